@@ -1,0 +1,27 @@
+# The README's two set-up commands are `make serve` and `make test`; both go through `make install`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install serve test lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+serve: install
+	$(BIN)/afv serve --host 127.0.0.1 --port 8000
+
+test: install
+	$(BIN)/python -m pytest tests
+
+lint: install
+	$(BIN)/ruff check model index service tests
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,1 @@
+"""AFV model: EBM-GAN networks, training, Fisher statistics and AFV extraction."""
