@@ -235,3 +235,21 @@ def normalize(v: torch.Tensor, method: str) -> torch.Tensor:
     elif method != "l2":
         raise ValueError(f"unknown normalization {method!r}; choose one of {NORMALIZATIONS}")
     return F.normalize(v, dim=-1)
+
+
+@torch.no_grad()
+def estimate_stats(d: nn.Module, g: nn.Module, n: int, batch_size: int = 64, seed: int = 0,
+                   progress: bool = False) -> FisherStats:
+    """Fisher statistics of folded D from `n` samples of G (streamed: O(P) memory)."""
+    from tqdm import tqdm
+
+    device = next(d.parameters()).device
+    rng = torch.Generator().manual_seed(seed)
+    acc = MomentAccumulator(sum(p.numel() for p in d.parameters()))
+    with tqdm(total=n, desc="Fisher statistics", unit="sample", disable=not progress) as bar:
+        while acc.n < n:
+            b = min(batch_size, n - acc.n)
+            z = torch.randn(b, g.nz, generator=rng).to(device)
+            acc.update(per_sample_grads(d, g(z)))
+            bar.update(b)
+    return acc.finish()

@@ -1,0 +1,1 @@
+"""Compressed AFV index: projection, FAISS product quantization and a durable metadata store."""

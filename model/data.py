@@ -1,0 +1,153 @@
+"""Image decoding and collection reading: folders (any nesting) or .tar/.tar.gz archives of images."""
+
+from __future__ import annotations
+
+import io
+import logging
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
+MAX_PIXELS = 64_000_000  # decompression-bomb guard for collections
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+
+class ImageDecodeError(ValueError):
+    """The bytes are not a decodable image (corrupt, truncated, empty or another format)."""
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image of a collection: its name (path inside the folder/archive) and raw bytes."""
+
+    name: str
+    data: bytes
+
+
+def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode bytes to an RGB PIL image; raise ImageDecodeError with a reason if that's impossible."""
+    if not data:
+        raise ImageDecodeError("empty file (0 bytes)")
+    try:
+        img = Image.open(io.BytesIO(data))
+        if img.width * img.height > max_pixels:
+            raise ImageDecodeError(f"image too large: {img.width}x{img.height} pixels > {max_pixels}")
+        img.load()
+    except ImageDecodeError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise ImageDecodeError(f"not a readable image: {e}") from e
+    return to_rgb(img)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any mode (L, P, RGBA, CMYK, I;16, …) to RGB; alpha is composited on white."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = arr.max() if arr.size and arr.max() > 255 else 255.0
+        img = Image.fromarray((arr / hi * 255).clip(0, 255).astype(np.uint8), "L")
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA"):
+        bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        return Image.alpha_composite(bg, img.convert("RGBA")).convert("RGB")
+    return img.convert("RGB")
+
+
+def fit_to_square(img: Image.Image, resolution: int) -> Image.Image:
+    """Resize the short side to `resolution` (bicubic, antialiased) and center-crop to a square."""
+    w, h = img.size
+    if (w, h) != (resolution, resolution):
+        scale = resolution / min(w, h)
+        nw, nh = max(resolution, round(w * scale)), max(resolution, round(h * scale))
+        img = img.resize((nw, nh), Image.BICUBIC)
+        left, top = (nw - resolution) // 2, (nh - resolution) // 2
+        img = img.crop((left, top, left + resolution, top + resolution))
+    return img
+
+
+def image_to_uint8(img: Image.Image, resolution: int) -> np.ndarray:
+    """PIL image → 3×R×R uint8 array at the model's resolution."""
+    return np.asarray(fit_to_square(to_rgb(img), resolution), dtype=np.uint8).transpose(2, 0, 1).copy()
+
+
+def uint8_to_model(x: torch.Tensor) -> torch.Tensor:
+    """N×3×R×R uint8 → float in [-1, 1], the networks' input contract."""
+    return x.float().div(127.5).sub(1.0)
+
+
+def model_to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Inverse of `uint8_to_model` (for sample grids)."""
+    return x.add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+def _is_image_name(name: str) -> bool:
+    return Path(name).suffix.lower() in IMAGE_SUFFIXES and not Path(name).name.startswith("._")
+
+
+def _is_tar(path: Path) -> bool:
+    return path.is_file() and (path.suffix == ".tar" or path.name.endswith((".tar.gz", ".tgz")))
+
+
+def iter_records(path: str | Path, subdir: str | None = None) -> Iterator[ImageRecord]:
+    """Yield every image file (by suffix) under a folder or inside a tar archive, sorted by name.
+
+    `subdir` keeps only entries under that top-level folder (e.g. 'train' of CIFAR-10's archive).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such file or folder: {path}")
+    prefix = None if subdir is None else subdir.strip("/") + "/"
+    if _is_tar(path):
+        yield from _iter_tar(path, prefix)
+    elif path.is_dir():
+        for f in sorted(p for p in path.rglob("*") if p.is_file() and _is_image_name(p.name)):
+            rel = f.relative_to(path).as_posix()
+            if prefix is None or rel.startswith(prefix):
+                yield ImageRecord(rel, f.read_bytes())
+    elif path.is_file():
+        yield ImageRecord(path.name, path.read_bytes())
+    else:
+        raise ValueError(f"{path} is neither a folder, an image nor a .tar/.tar.gz archive")
+
+
+def _iter_tar(path: Path, prefix: str | None) -> Iterator[ImageRecord]:
+    with tarfile.open(path, "r:*") as tar:
+        members = [m for m in tar.getmembers() if m.isfile() and _is_image_name(m.name)]
+        for m in sorted(members, key=lambda m: m.name):
+            name = m.name[2:] if m.name.startswith("./") else m.name
+            if prefix is None or name.startswith(prefix):
+                f = tar.extractfile(m)
+                yield ImageRecord(name, f.read() if f else b"")
+
+
+def load_collection(path: str | Path, resolution: int, subdir: str | None = None,
+                    limit: int | None = None, progress: bool = False) -> tuple[torch.Tensor, list[str]]:
+    """Decode a whole collection into an N×3×R×R uint8 tensor, skipping unreadable files with a warning."""
+    from tqdm import tqdm
+
+    arrays, names, skipped = [], [], []
+    for rec in tqdm(iter_records(path, subdir), desc="loading images", unit="img", disable=not progress):
+        try:
+            arrays.append(image_to_uint8(decode_image(rec.data), resolution))
+            names.append(rec.name)
+        except ImageDecodeError as e:
+            log.warning("skipping %s: %s", rec.name, e)
+            skipped.append(rec.name)
+        if limit is not None and len(arrays) >= limit:
+            break
+    if not arrays:
+        where = f"{path}" + (f" (under {subdir}/)" if subdir else "")
+        raise ValueError(f"no readable images found in {where}"
+                         + (f"; {len(skipped)} unreadable file(s) skipped" if skipped else ""))
+    return torch.from_numpy(np.stack(arrays)), names

@@ -1,0 +1,191 @@
+"""AFV extraction: load a run's discriminator and Fisher statistics, turn images into AFVs and distances."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from model import fisher
+from model.checkpoint import (
+    CheckpointError, atomic_torch_save, find_checkpoint, load_networks, state_hash,
+)
+from model.data import image_to_uint8, uint8_to_model
+from model.nets import Discriminator, Generator, fold_spectral_norm
+from model.presets import get_preset
+
+log = logging.getLogger(__name__)
+
+FISHER_FILE = "fisher.pt"
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+DEFAULT_POINTER = WEIGHTS_DIR / "DEFAULT"  # one line: the folder name of the bundled default model
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """'auto' → CUDA when present, else CPU; anything else is passed to torch.device."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda was requested but no CUDA GPU is available")
+    return torch.device(device)
+
+
+def default_run_dir() -> Path | None:
+    """The bundled default model's folder, or None while no model is bundled."""
+    if DEFAULT_POINTER.is_file():
+        run = WEIGHTS_DIR / DEFAULT_POINTER.read_text().strip()
+        if run.is_dir():
+            return run
+    return None
+
+
+def stats_hash(stats: fisher.FisherStats) -> str:
+    h = hashlib.sha256(stats.mean.numpy().tobytes())
+    h.update(stats.var.numpy().tobytes())
+    return h.hexdigest()
+
+
+def load_or_estimate_stats(run: Path, d: Discriminator, g: Generator, model_hash: str, n: int,
+                           device: torch.device) -> fisher.FisherStats:
+    """Read RUN/fisher.pt if it belongs to these weights; else estimate from G and save it."""
+    path = run / FISHER_FILE if run.is_dir() else run.with_name(FISHER_FILE)
+    if path.is_file():
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        if saved.get("model_sha256") == model_hash:
+            return fisher.FisherStats(saved["mean"], saved["var"], int(saved["n_samples"]),
+                                      float(saved.get("eps_rel", 1e-6)))
+        log.warning("%s belongs to other weights; re-estimating Fisher statistics", path)
+    log.info("estimating Fisher statistics from %d generator samples (once per model)", n)
+    stats = fisher.estimate_stats(fold_spectral_norm(d).to(device), g.to(device), n, progress=True)
+    save_stats(path, stats, model_hash)
+    return stats
+
+
+def save_stats(path: Path, stats: fisher.FisherStats, model_hash: str) -> None:
+    """Store Fisher statistics beside the checkpoint, pinned to the weights' hash."""
+    try:
+        atomic_torch_save({"mean": stats.mean, "var": stats.var, "n_samples": stats.n_samples,
+                           "eps_rel": stats.eps_rel, "model_sha256": model_hash}, path)
+    except OSError as e:
+        log.warning("could not save Fisher statistics to %s: %s", path, e)
+
+
+@dataclass
+class DistanceReport:
+    """Fisher distance and each discriminator block's share of the squared distance."""
+
+    distance: float
+    layers: dict[str, float]
+
+    def to_dict(self) -> dict:
+        return {"distance": self.distance, "layers": self.layers}
+
+
+class AFVExtractor:
+    """Images → Adversarial Fisher Vectors of one discriminator (with its stored Fisher statistics)."""
+
+    def __init__(self, d: Discriminator, g: Generator, stats: fisher.FisherStats, *,
+                 device: torch.device, normalization: str = "none", batch_size: int = 64,
+                 name: str = "unnamed", model_hash: str | None = None):
+        if normalization not in fisher.NORMALIZATIONS:
+            raise ValueError(f"unknown normalization {normalization!r}; choose one of {fisher.NORMALIZATIONS}")
+        self.preset, self.device, self.name = d.preset, device, name
+        self.d = fold_spectral_norm(d).to(device)
+        self.g = g.to(device).eval()
+        self.stats = stats.to(device)
+        self.inv_std = self.stats.inv_std()
+        self.normalization, self.batch_size = normalization, batch_size
+        self.layout = fisher.param_layout(self.d)
+        self.blocks = fisher.block_slices(self.layout)
+        self.model_hash = model_hash or state_hash(d)
+        self.stats_hash = stats_hash(stats)
+
+    @classmethod
+    def load(cls, run: str | Path | None = None, device: str = "auto", normalization: str | None = None,
+             batch_size: int = 64) -> AFVExtractor:
+        """Load RUN_DIR (or the bundled default; or, while none is bundled, a fresh tiny model)."""
+        dev = resolve_device(device)
+        if run is None:
+            run = default_run_dir()
+            if run is None:
+                return cls.untrained("tiny", dev, normalization or "none", batch_size)
+        run = Path(run)
+        preset, d, g, ckpt = load_networks(find_checkpoint(run))
+        model_hash = state_hash(d)
+        stats = load_or_estimate_stats(run, d, g, model_hash, preset.fisher_samples, dev)
+        norm = normalization or ckpt.get("normalization", "none")
+        return cls(d, g, stats, device=dev, normalization=norm, batch_size=batch_size,
+                   name=run.name, model_hash=model_hash)
+
+    @classmethod
+    def untrained(cls, preset_name: str, device: torch.device, normalization: str = "none",
+                  batch_size: int = 64, seed: int = 0) -> AFVExtractor:
+        """A seeded, freshly initialised model: a stand-in and the 'afv-random' baseline."""
+        log.warning("!!! NO TRAINED MODEL: using a freshly initialised '%s' discriminator (seed %d). "
+                    "Distances are NOT perceptually meaningful; pass --model RUN_DIR. !!!", preset_name, seed)
+        preset = get_preset(preset_name)
+        torch.manual_seed(seed)
+        d, g = Discriminator(preset).eval(), Generator(preset).eval()
+        stats = fisher.estimate_stats(fold_spectral_norm(d).to(device), g.to(device),
+                                      preset.fisher_samples, seed=seed)
+        return cls(d, g, stats, device=device, normalization=normalization, batch_size=batch_size,
+                   name=f"untrained-{preset_name}-seed{seed}")
+
+    @property
+    def resolution(self) -> int:
+        return self.preset.resolution
+
+    @property
+    def dim(self) -> int:
+        return self.layout[-1].start + self.layout[-1].numel
+
+    def preprocess(self, img: Image.Image) -> np.ndarray:
+        """Any PIL image → 3×R×R uint8 at the model's resolution (short side resized, centre crop)."""
+        return image_to_uint8(img, self.resolution)
+
+    def raw_fisher_vectors(self, x: torch.Tensor) -> torch.Tensor:
+        """N×3×R×R uint8 (one batch) → N×P un-normalised V = diag(I)^-1/2 (∇θD(x) − mean), on device."""
+        grads = fisher.per_sample_grads(self.d, uint8_to_model(x.to(self.device)))
+        return fisher.fisher_vectors(grads, self.stats, self.inv_std)
+
+    def afv(self, x: torch.Tensor) -> torch.Tensor:
+        """N×3×R×R uint8 (one batch) → N×P AFVs with this extractor's normalisation, on device."""
+        return fisher.normalize(self.raw_fisher_vectors(x), self.normalization)
+
+    def iter_afvs(self, x: torch.Tensor) -> Iterator[torch.Tensor]:
+        """Stream AFVs of any number of images in batches: memory stays O(batch × P)."""
+        for i in range(0, x.shape[0], self.batch_size):
+            yield self.afv(x[i : i + self.batch_size])
+
+    def mean_afv(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean AFV of a set (float64 accumulation), the set's representative in the Fisher space."""
+        total = torch.zeros(self.dim, dtype=torch.float64, device=self.device)
+        for v in self.iter_afvs(x):
+            total += v.double().sum(0)
+        return total / x.shape[0]
+
+    def distance(self, a: torch.Tensor, b: torch.Tensor) -> DistanceReport:
+        """Fisher distance between two single images (3×R×R uint8 each) with per-block shares."""
+        v = self.afv(torch.stack([a, b]))
+        diff2 = (v[0] - v[1]).double().pow(2)
+        total = float(diff2.sum())
+        layers = {k: (float(diff2[s].sum()) / total if total > 0 else 0.0) for k, s in self.blocks.items()}
+        return DistanceReport(total ** 0.5, layers)
+
+    def set_distance(self, xa: torch.Tensor, xb: torch.Tensor) -> float:
+        """Fisher distance between two image sets: ‖mean AFV(A) − mean AFV(B)‖."""
+        return float((self.mean_afv(xa) - self.mean_afv(xb)).norm())
+
+    def pooled_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The 'discriminator features' baseline: globally pooled last-block activations, N×ndf."""
+        with torch.no_grad():
+            return self.d.features(uint8_to_model(x.to(self.device)))
+
+
+__all__ = ["AFVExtractor", "CheckpointError", "DistanceReport", "resolve_device", "default_run_dir"]

@@ -1,0 +1,1 @@
+"""AFV service: HTTP API, settings and the `afv` command line."""
