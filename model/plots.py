@@ -1,0 +1,56 @@
+"""Pictures people would rather look at than read: sample grids and training curves."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from model.data import model_to_uint8
+
+
+def save_grid(x: torch.Tensor, path: Path, nrow: int = 8, pad: int = 2) -> None:
+    """Save N×3×R×R images in [-1, 1] as one PNG grid."""
+    imgs = model_to_uint8(x.detach().cpu()).permute(0, 2, 3, 1).numpy()
+    n, r = imgs.shape[0], imgs.shape[1]
+    rows = (n + nrow - 1) // nrow
+    grid = np.full((rows * (r + pad) + pad, nrow * (r + pad) + pad, 3), 255, np.uint8)
+    for i, im in enumerate(imgs):
+        y, x0 = pad + (i // nrow) * (r + pad), pad + (i % nrow) * (r + pad)
+        grid[y : y + r, x0 : x0 + r] = im
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid).save(path)
+
+
+def _read_metrics(path: Path) -> dict[str, np.ndarray]:
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    cols = rows[0].keys() if rows else []
+    return {c: np.array([float(r[c]) if r[c] not in ("", None) else np.nan for r in rows]) for c in cols}
+
+
+def plot_metrics(csv_path: Path, png_path: Path) -> None:
+    """Losses and the Fisher-similarity monitor against training step, as one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m = _read_metrics(csv_path)
+    if not m or len(m["step"]) == 0:
+        return
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for k in ("loss_d", "loss_g", "d_real", "d_fake"):
+        ax1.plot(m["step"], m[k], label=k, marker=".")
+    ax1.set_xlabel("step"), ax1.set_title("losses"), ax1.legend()
+    for k, lbl in (("fd_val_gen", "held-out real ↔ generated"), ("fd_train_gen", "train ↔ generated"),
+                   ("fd_val_train", "held-out ↔ train")):
+        ax2.plot(m["step"], m[k], label=lbl, marker=".")
+    ax2.set_xlabel("step"), ax2.set_title("Fisher distance between image sets (monitor)"), ax2.legend()
+    fig.tight_layout()
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png_path, dpi=90)
+    plt.close(fig)

@@ -1,0 +1,159 @@
+"""The `afv` command line: train models, compute distances, build indexes, evaluate, benchmark, serve."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(help="Adversarial Fisher Vectors: perceptual similarity and reverse image search.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+bench_app = typer.Typer(help="Benchmarks (not part of the test suite).", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+ModelOpt = Annotated[Optional[Path], typer.Option("--model", help="Run directory (default: the bundled model).")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def fail(message: str) -> None:
+    """Print a clear error and exit 2 (no traceback)."""
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def _load_extractor(model: Path | None, device: str):
+    from model.checkpoint import CheckpointError
+    from model.extract import AFVExtractor
+
+    try:
+        return AFVExtractor.load(model, device=device)
+    except (CheckpointError, ValueError, FileNotFoundError) as e:
+        fail(str(e))
+
+
+def _load_images(path: Path, resolution: int):
+    from model.data import ImageDecodeError, decode_image, image_to_uint8, load_collection
+
+    if path.is_file() and not path.name.endswith((".tar", ".tar.gz", ".tgz")):
+        try:
+            import torch
+
+            return torch.from_numpy(image_to_uint8(decode_image(path.read_bytes()), resolution))[None]
+        except ImageDecodeError as e:
+            fail(f"{path}: {e}")
+    try:
+        return load_collection(path, resolution)[0]
+    except (ValueError, FileNotFoundError) as e:
+        fail(str(e))
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Option(help="Folder or .tar/.tar.gz of images.")],
+    out: Annotated[Path, typer.Option(help="Run directory (resumes if it holds last.pt).")],
+    preset: Annotated[str, typer.Option(help="tiny | cpu | paper | paper64")] = "cpu",
+    steps: Annotated[Optional[int], typer.Option(help="Total steps (default: the preset's).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Default: the preset's.")] = None,
+    device: DeviceOpt = "auto",
+    split: Annotated[str, typer.Option(help="Sub-folder to train on; 'auto' = train/ if present, '' = all.")] = "auto",
+    limit: Annotated[Optional[int], typer.Option(help="Use only the first N images.")] = None,
+    gamma: Annotated[float, typer.Option(help="MCMC generator term step size (0 = off).")] = 0.0,
+    noise_std: Annotated[float, typer.Option(help="MCMC generator term noise.")] = 0.0,
+    ckpt_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 500,
+    seed: int = 0,
+    max_minutes: Annotated[Optional[float], typer.Option(help="Stop (resumably) after this long.")] = None,
+) -> None:
+    """Train an EBM-GAN; checkpoints, samples, metrics.csv and training.png go to OUT."""
+    from model.checkpoint import CheckpointError
+    from model.train import TrainConfig
+    from model.train import train as run_training
+
+    cfg = TrainConfig(data=str(data), out=str(out), preset=preset, steps=steps, batch_size=batch_size,
+                      device=device, split=split or None, limit=limit, gamma=gamma, noise_std=noise_std,
+                      ckpt_every=ckpt_every, seed=seed, max_minutes=max_minutes)
+    try:
+        run = run_training(cfg)
+    except (CheckpointError, ValueError, FileNotFoundError) as e:
+        fail(str(e))
+    typer.echo(f"done: {run} (model.pt, fisher.pt, metrics.csv, training.png, samples/)")
+
+
+@app.command()
+def fisher(model: Annotated[Path, typer.Option("--model")], samples: int = 2048,
+           device: DeviceOpt = "auto") -> None:
+    """(Re-)estimate a run's Fisher statistics from N generator samples and save fisher.pt."""
+    from model.checkpoint import find_checkpoint, load_networks, state_hash
+    from model.extract import FISHER_FILE, resolve_device, save_stats
+    from model.fisher import estimate_stats
+    from model.nets import fold_spectral_norm
+
+    dev = resolve_device(device)
+    _, d, g, _ = load_networks(find_checkpoint(model))
+    stats = estimate_stats(fold_spectral_norm(d).to(dev), g.to(dev), samples, progress=True)
+    save_stats(model / FISHER_FILE, stats, state_hash(d))
+    typer.echo(f"saved {model / FISHER_FILE} ({samples} samples)")
+
+
+@app.command()
+def distance(image_a: Path, image_b: Path, model: ModelOpt = None, device: DeviceOpt = "auto",
+             json_out: JsonOpt = False) -> None:
+    """Fisher distance between two images, with each block's share of the squared distance."""
+    ext = _load_extractor(model, device)
+    a, b = (_load_images(p, ext.resolution)[0] for p in (image_a, image_b))
+    report = ext.distance(a, b).to_dict()
+    if json_out:
+        typer.echo(json.dumps(report))
+        return
+    typer.echo(f"Fisher distance: {report['distance']:.6g}")
+    for name, share in report["layers"].items():
+        typer.echo(f"  {name:<10} {share:7.1%}  {'#' * round(share * 40)}")
+
+
+@app.command("set-distance")
+def set_distance(dir_a: Path, dir_b: Path, model: ModelOpt = None, device: DeviceOpt = "auto",
+                 json_out: JsonOpt = False) -> None:
+    """Fisher distance between two image sets (distance between their mean AFVs)."""
+    ext = _load_extractor(model, device)
+    xa, xb = (_load_images(p, ext.resolution) for p in (dir_a, dir_b))
+    d = ext.set_distance(xa, xb)
+    typer.echo(json.dumps({"distance": d, "n_a": xa.shape[0], "n_b": xb.shape[0]}) if json_out
+               else f"Fisher set distance: {d:.6g} ({xa.shape[0]} vs {xb.shape[0]} images)")
+
+
+@bench_app.command("extract")
+def bench_extract_cmd(
+    preset: Annotated[list[str], typer.Option(help="Preset(s) to time.")] = ["tiny", "cpu", "paper", "paper64"],
+    batch_size: int = 32, device: DeviceOpt = "auto", repeats: int = 3,
+    loop_images: Annotated[int, typer.Option(help="Images timed in the batch-1 loop.")] = 32,
+    json_out: JsonOpt = False,
+) -> None:
+    """Time (a) the batch-1 autograd loop, (b) our extractor, (c) the batched-gradient floor."""
+    from model.bench import bench_extract
+    from model.extract import resolve_device
+    from model.presets import get_preset
+
+    dev = resolve_device(device)
+    rows = [bench_extract(get_preset(p), batch_size, dev, repeats, loop_images) for p in preset]
+    if json_out:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    typer.echo(f"{'preset':<8} {'device':<6} {'params':>9} {'(a) loop':>10} {'(b) ours':>10} "
+               f"{'(c) floor':>10} {'b/a':>6} {'c/b':>6}   images/s, batch {batch_size}")
+    for r in rows:
+        typer.echo(f"{r['preset']:<8} {r['device']:<6} {r['params']:>9} {r['loop_img_s']:>10.1f} "
+                   f"{r['ours_img_s']:>10.1f} {r['floor_img_s']:>10.1f} {r['speedup_vs_loop']:>5.2f}x "
+                   f"{r['slowdown_vs_floor']:>5.2f}x")
+
+
+if __name__ == "__main__":
+    app()
