@@ -1,0 +1,35 @@
+"""Shared fixtures: the committed CIFAR-10 images and small trained/untrained tiny models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+FIXTURES = Path(__file__).parent / "fixtures"
+CIFAR = FIXTURES / "cifar10"
+
+
+@pytest.fixture(scope="session")
+def cifar_dir() -> Path:
+    return CIFAR
+
+
+@pytest.fixture(scope="session")
+def cifar_images() -> torch.Tensor:
+    """All 300 fixture images as N×3×32×32 uint8."""
+    from model.data import load_collection
+
+    return load_collection(CIFAR, 32)[0]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A tiny model trained for a few steps on the fixture (a real run directory)."""
+    from model.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("tiny_run")
+    train(TrainConfig(data=str(CIFAR), out=str(out), preset="tiny", steps=30, ckpt_every=15,
+                      device="cpu", monitor_samples=64, holdout=32), progress=False)
+    return out

@@ -1,0 +1,108 @@
+"""Per-sample gradients, Fisher statistics and normalisations."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model import fisher
+from model.nets import Discriminator, Generator, fold_spectral_norm
+from model.presets import PRESETS, Preset
+
+TINY64 = Preset("tiny64", 64, ndf=8, ngf=8, nz=16, batch_size=4, steps=1, fisher_samples=64)
+
+
+def _warm_sn(d: Discriminator) -> Discriminator:
+    """Run a few training-mode forwards so the spectral-norm vectors are not at their init."""
+    for _ in range(3):
+        d(torch.randn(2, 3, d.preset.resolution, d.preset.resolution))
+    return d
+
+
+@pytest.mark.parametrize("preset", [PRESETS["tiny"], PRESETS["cpu"], TINY64], ids=lambda p: p.name)
+def test_per_sample_grads_equal_the_per_example_loop(preset):
+    # float64, so that the backend's batch-size-dependent conv algorithms don't blur the comparison
+    torch.manual_seed(0)
+    d = fold_spectral_norm(_warm_sn(Discriminator(preset))).double()
+    x = torch.rand(5, 3, preset.resolution, preset.resolution, dtype=torch.float64) * 2 - 1
+    fast, loop = fisher.per_sample_grads(d, x), fisher.per_sample_grads_loop(d, x)
+    assert fast.shape == (5, sum(p.numel() for p in d.parameters()))
+    torch.testing.assert_close(fast, loop, rtol=1e-9, atol=1e-12)
+
+
+def test_per_sample_grads_match_the_loop_in_float32_within_backend_precision():
+    torch.manual_seed(0)
+    d = fold_spectral_norm(_warm_sn(Discriminator(PRESETS["cpu"])))
+    x = torch.rand(5, 3, 32, 32) * 2 - 1
+    fast, loop = fisher.per_sample_grads(d, x), fisher.per_sample_grads_loop(d, x)
+    rel = (fast - loop).norm(dim=1) / loop.norm(dim=1)
+    assert rel.max().item() < 1e-2
+
+
+def test_per_sample_grads_sum_to_the_batched_gradient():
+    torch.manual_seed(1)
+    d = fold_spectral_norm(Discriminator(PRESETS["tiny"]))
+    x = torch.rand(8, 3, 32, 32) * 2 - 1
+    torch.testing.assert_close(fisher.per_sample_grads(d, x).sum(0), fisher.summed_grad(d, x),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_folded_discriminator_computes_what_the_spectral_norm_one_does():
+    torch.manual_seed(2)
+    d = _warm_sn(Discriminator(PRESETS["tiny"]))
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    torch.testing.assert_close(fold_spectral_norm(d)(x), d.eval()(x))
+    assert not any("parametrizations" in n for n, _ in fold_spectral_norm(d).named_parameters())
+
+
+def test_fisher_score_has_zero_mean_and_unit_variance_over_fresh_generator_samples():
+    torch.manual_seed(3)
+    preset = PRESETS["tiny"]
+    d, g = fold_spectral_norm(Discriminator(preset)), Generator(preset).eval()
+    stats = fisher.estimate_stats(d, g, 1024, seed=0)
+    with torch.no_grad():
+        fresh = g(torch.randn(256, preset.nz, generator=torch.Generator().manual_seed(99)))
+    v = fisher.fisher_vectors(fisher.per_sample_grads(d, fresh), stats)
+    mean_rms = v.mean(0).pow(2).mean().sqrt().item()
+    assert mean_rms < 0.25, f"AFV mean over generator samples is not ≈ 0 (rms {mean_rms:.3f})"
+    assert 0.5 < v.var(0).median().item() < 2.0
+
+
+def test_fisher_vectors_use_the_given_statistics():
+    g = torch.tensor([[1.0, 2.0, 3.0]])
+    stats = fisher.FisherStats(mean=torch.tensor([1.0, 0.0, 1.0]), var=torch.tensor([4.0, 1.0, 0.25]),
+                               n_samples=10, eps_rel=0.0)
+    torch.testing.assert_close(fisher.fisher_vectors(g, stats), torch.tensor([[0.0, 2.0, 4.0]]))
+
+
+def test_moment_accumulator_matches_numpy_moments():
+    x = torch.randn(100, 7, dtype=torch.float64)
+    acc = fisher.MomentAccumulator(7)
+    for chunk in x.split(13):
+        acc.update(chunk)
+    stats = acc.finish()
+    torch.testing.assert_close(stats.mean.double(), x.mean(0), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(stats.var.double(), x.var(0, unbiased=False), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["l2", "power"])
+def test_normalisations_give_unit_vectors(method):
+    v = torch.randn(4, 50) * 10
+    out = fisher.normalize(v, method)
+    torch.testing.assert_close(out.norm(dim=1), torch.ones(4))
+    assert torch.equal(out.sign(), v.sign())
+
+
+def test_unknown_normalisation_is_rejected():
+    with pytest.raises(ValueError, match="unknown normalization"):
+        fisher.normalize(torch.ones(1, 2), "zca")
+
+
+def test_block_slices_cover_every_parameter_once():
+    d = fold_spectral_norm(Discriminator(PRESETS["tiny"]))
+    layout = fisher.param_layout(d)
+    blocks = fisher.block_slices(layout)
+    covered = sorted((s.start, s.stop) for s in blocks.values())
+    assert covered[0][0] == 0 and covered[-1][1] == sum(p.numel() for p in d.parameters())
+    assert all(a[1] == b[0] for a, b in zip(covered, covered[1:]))
+    assert list(blocks) == ["blocks.0", "blocks.1", "blocks.2", "blocks.3", "head"]

@@ -1,0 +1,91 @@
+"""Training: loss goes down, checkpoints are written, resume is bit-exact, bad data is reported."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+
+import pytest
+import torch
+
+from model.checkpoint import CheckpointError, load_networks, read_checkpoint
+from model.data import load_collection
+from model.presets import PRESETS
+from model.train import TrainConfig, Trainer, train
+
+
+def _cfg(data, out, steps, **kw) -> TrainConfig:
+    return TrainConfig(data=str(data), out=str(out), preset="tiny", steps=steps, device="cpu",
+                       monitor_samples=32, holdout=32, **kw)
+
+
+def test_a_few_steps_decrease_the_discriminator_loss(cifar_images):
+    # Early on D wins against the untrained G; later the adversarial game makes the loss oscillate.
+    trainer = Trainer(_cfg("", "", 20), PRESETS["tiny"], cifar_images, torch.device("cpu"))
+    losses = [trainer.train_step()["loss_d"] for _ in range(20)]
+    first, last = sum(losses[:5]) / 5, sum(losses[10:]) / 10
+    assert last < first - 0.05, f"D loss did not fall: {first:.3f} → {last:.3f}"
+
+
+def test_training_writes_checkpoint_samples_metrics_and_fisher_stats(tiny_run):
+    for name in ("last.pt", "model.pt", "fisher.pt", "metrics.csv", "training.png", "config.json"):
+        assert (tiny_run / name).is_file(), name
+    assert sorted(p.name for p in (tiny_run / "samples").iterdir()) == ["step_0000015.png", "step_0000030.png"]
+    rows = (tiny_run / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("step,") and len(rows) == 3
+    header, last = rows[0].split(","), rows[-1].split(",")
+    assert float(last[header.index("fd_val_gen")]) > 0
+    assert read_checkpoint(tiny_run / "last.pt")["step"] == 30
+
+
+def test_resume_after_a_stop_is_bit_exact(cifar_dir, tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train(_cfg(cifar_dir, straight, 6, ckpt_every=3), progress=False)
+    train(_cfg(cifar_dir, resumed, 3, ckpt_every=3), progress=False)
+    train(_cfg(cifar_dir, resumed, 6, ckpt_every=3), progress=False)  # picks up last.pt at step 3
+    a, b = read_checkpoint(straight / "last.pt"), read_checkpoint(resumed / "last.pt")
+    assert a["step"] == b["step"] == 6
+    for key in ("D", "G", "G_ema"):
+        for name, t in a[key].items():
+            assert torch.equal(t, b[key][name]), f"{key}.{name} differs after resume"
+
+
+def test_unreadable_files_are_skipped_with_a_warning_naming_them(cifar_dir, tmp_path, caplog):
+    shutil.copytree(cifar_dir / "cat", tmp_path / "imgs")
+    (tmp_path / "imgs" / "empty.jpg").write_bytes(b"")
+    (tmp_path / "imgs" / "notes.png").write_bytes(b"this is text, not a png")
+    (tmp_path / "imgs" / "truncated.jpg").write_bytes((cifar_dir / "cat" / "0000.jpg").read_bytes()[:100])
+    with caplog.at_level(logging.WARNING):
+        images, names = load_collection(tmp_path / "imgs", 32)
+    assert images.shape[0] == 30
+    for bad in ("empty.jpg", "notes.png", "truncated.jpg"):
+        assert bad not in names
+        assert any(bad in r.getMessage() for r in caplog.records), bad
+
+
+def test_a_folder_without_images_fails_clearly(tmp_path):
+    (tmp_path / "readme.txt").write_text("no images here")
+    with pytest.raises(ValueError, match="no readable images"):
+        train(_cfg(tmp_path, tmp_path / "run", 2), progress=False)
+
+
+def test_a_checkpoint_of_another_architecture_fails_clearly(tiny_run, tmp_path):
+    ckpt = read_checkpoint(tiny_run / "model.pt")
+    ckpt["preset"] = PRESETS["cpu"].to_dict()  # tiny weights, labelled as the wider cpu preset
+    torch.save(ckpt, tmp_path / "model.pt")
+    with pytest.raises(CheckpointError, match="do not fit the 'cpu' architecture"):
+        load_networks(tmp_path / "model.pt")
+
+
+def test_resuming_with_another_preset_fails_clearly(tiny_run, cifar_dir, tmp_path):
+    shutil.copy(tiny_run / "last.pt", tmp_path / "last.pt")
+    cfg = _cfg(cifar_dir, tmp_path, 40)
+    cfg.preset = "cpu"
+    with pytest.raises(ValueError, match="cannot resume it as 'cpu'"):
+        train(cfg, progress=False)
+
+
+def test_a_corrupt_checkpoint_fails_clearly(tmp_path):
+    (tmp_path / "model.pt").write_bytes(b"\x00garbage")
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        load_networks(tmp_path / "model.pt")
