@@ -105,6 +105,35 @@ def fisher(model: Annotated[Path, typer.Option("--model")], samples: int = 2048,
 
 
 @app.command()
+def export(model: Annotated[Path, typer.Option("--model", help="Run directory.")],
+           out: Annotated[Path, typer.Option(help="Folder to write (e.g. model/weights/NAME).")],
+           default: Annotated[bool, typer.Option(help="Make it the bundled default.")] = False) -> None:
+    """Copy a run's inference weights, Fisher statistics and training record into a small folder."""
+    import shutil
+
+    from model.checkpoint import FORMAT, MODEL_FILE, atomic_torch_save, find_checkpoint, read_checkpoint
+    from model.extract import DEFAULT_POINTER, FISHER_FILE, WEIGHTS_DIR
+
+    ckpt = read_checkpoint(find_checkpoint(model))
+    if not (model / FISHER_FILE).is_file():
+        fail(f"{model / FISHER_FILE} is missing: run `afv fisher --model {model}` first")
+    slim = {k: ckpt[k] for k in ("preset", "step", "D", "G_ema", "normalization") if k in ckpt}
+    atomic_torch_save({"format": FORMAT, **slim}, out / MODEL_FILE)
+    shutil.copy(model / FISHER_FILE, out / FISHER_FILE)
+    for name in ("metrics.csv", "training.png", "config.json"):
+        if (model / name).is_file():
+            shutil.copy(model / name, out / name)
+    samples = sorted((model / "samples").glob("*.png"))
+    if samples:
+        shutil.copy(samples[-1], out / "samples.png")
+    if default:
+        if out.resolve().parent != WEIGHTS_DIR.resolve():
+            fail(f"--default needs --out inside {WEIGHTS_DIR}")
+        DEFAULT_POINTER.write_text(out.name + "\n")
+    typer.echo(f"exported step {ckpt['step']} of {model} to {out}")
+
+
+@app.command()
 def distance(image_a: Path, image_b: Path, model: ModelOpt = None, device: DeviceOpt = "auto",
              json_out: JsonOpt = False) -> None:
     """Fisher distance between two images, with each block's share of the squared distance."""

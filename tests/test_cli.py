@@ -49,3 +49,16 @@ def test_bench_extract_reports_all_three_methods(tmp_path):
     assert res.exit_code == 0, res.output
     row = json.loads(res.stdout[res.stdout.index("["):])[0]
     assert row["loop_img_s"] > 0 and row["ours_img_s"] > 0 and row["floor_img_s"] > 0
+
+
+def test_export_writes_a_small_loadable_model_folder(tiny_run, tmp_path, cifar_dir):
+    out = tmp_path / "exported"
+    res = runner.invoke(app, ["export", "--model", str(tiny_run), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert {"model.pt", "fisher.pt", "metrics.csv", "samples.png"} <= {p.name for p in out.iterdir()}
+    img = str(cifar_dir / "cat" / "0000.jpg")
+    other = str(cifar_dir / "dog" / "0000.jpg")
+    runs = [runner.invoke(app, ["distance", img, other, "--model", str(m), "--device", "cpu", "--json"])
+            for m in (tiny_run, out)]
+    a, b = (json.loads(r.stdout.strip().splitlines()[-1])["distance"] for r in runs)
+    assert a == b > 0
