@@ -1,0 +1,469 @@
+"""AFVIndex: the one facade the service and CLI use (projection + FAISS + SQLite + write-ahead log).
+
+Layout of an index folder: `meta.sqlite` (items, float32 sketches, op log, settings), `manifest.json`
+(which FAISS checkpoint is current, the op sequence it contains, its plan), `vectors-<seq>.faiss`
+and `LOCK` (one writer process at a time). The SQLite log is the truth; FAISS is rebuilt from it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from index import wal
+from index.faiss_index import FaissIndexError, IndexPlan, VectorIndex, exact_rerank, plan_index
+from index.projection import ProjectionError, Projector
+from index.store import MetadataStore, StoreError, validate_metadata
+from model.data import ImageDecodeError, decode_image
+
+log = logging.getLogger(__name__)
+
+FORMAT = "afv-index/1"
+DB_FILE, MANIFEST_FILE, LOCK_FILE = "meta.sqlite", "manifest.json", "LOCK"
+SAVE_EVERY = 10_000  # logged ops between FAISS checkpoints (replay on open covers the rest)
+RERANK_FACTOR = 10  # candidates fetched per wanted neighbour when re-ranking exactly
+BRUTE_FORCE_MAX = 2_000  # filters matching at most this many items are searched exactly
+
+
+class AFVIndexError(Exception):
+    """Base class of index errors."""
+
+
+class IndexNotFoundError(AFVIndexError, FileNotFoundError):
+    """No index in the given folder."""
+
+
+class IndexExistsError(AFVIndexError, FileExistsError):
+    """An index already exists where a new one was to be created."""
+
+
+class IndexMismatchError(AFVIndexError):
+    """The index was built with another model, Fisher statistics or projection."""
+
+
+class IndexCorruptError(AFVIndexError):
+    """Index files are missing or unreadable."""
+
+
+class IndexReadOnlyError(AFVIndexError):
+    """A write was attempted on an index opened read-only (or without a model)."""
+
+
+class IndexLockedError(AFVIndexError):
+    """Another process holds the index open for writing."""
+
+
+class InvalidInputError(AFVIndexError, ValueError):
+    """Bad vectors, records, filters or images passed to the index."""
+
+
+IndexError_ = AFVIndexError  # the name the service was first written against
+
+
+@dataclass
+class Hit:
+    """One search result: external id, Euclidean distance in sketch space and the item's metadata."""
+
+    id: int
+    distance: float
+    metadata: dict = field(default_factory=dict)
+
+
+@dataclass
+class AddResult:
+    """The id an added item got, and whether it was already present (same content hash)."""
+
+    id: int
+    duplicate: bool
+
+
+def _lock(index_dir: Path):
+    fd = os.open(index_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise IndexLockedError(f"{index_dir} is open for writing in another process") from None
+    return fd
+
+
+class AFVIndex:
+    """A persistent, compressed nearest-neighbour index of image AFV sketches with metadata."""
+
+    def __init__(self, index_dir: Path, extractor, store: MetadataStore, projector: Projector | None,
+                 vindex: VectorIndex, base_seq: int, read_only: bool, lock_fd: int | None):
+        self.index_dir, self.extractor, self.store = index_dir, extractor, store
+        self.projector, self.vindex, self.base_seq = projector, vindex, base_seq
+        self.read_only, self._lock_fd = read_only, lock_fd
+        self.dim: int = store.get_meta("dim")
+        self.kind_request: str = store.get_meta("kind", "auto")
+        self.memory_budget: int = store.get_meta("memory_budget")
+        self._lock = threading.RLock()
+        self._model_lock = threading.Lock()  # the extractor's hooks are per module: one batch at a time
+        self._closed = False
+
+    # -- opening -------------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, index_dir, extractor, *, dim: int = 1024, mode: str = "fast", seed: int = 0,
+               kind: str = "auto", memory_budget: int = 256 * 2**20) -> AFVIndex:
+        """Create an empty index in `index_dir` pinned to `extractor` (model, statistics) and `seed`."""
+        index_dir = Path(index_dir)
+        if (index_dir / DB_FILE).exists():
+            raise IndexExistsError(f"an index already exists in {index_dir}")
+        try:
+            projector = Projector(extractor, d=dim, mode=mode, seed=seed)
+            plan_index(0, dim, memory_budget, kind)
+        except (ProjectionError, FaissIndexError) as e:
+            raise InvalidInputError(str(e)) from e
+        index_dir.mkdir(parents=True, exist_ok=True)
+        lock_fd = _lock(index_dir)
+        store = MetadataStore(index_dir / DB_FILE)
+        store.set_meta({"format": FORMAT, "dim": dim, "kind": kind, "memory_budget": memory_budget,
+                        "model_hash": extractor.model_hash, "stats_hash": extractor.stats_hash,
+                        "model_name": getattr(extractor, "name", None),
+                        "projection": projector.to_dict(), "created_at": time.time()})
+        self = cls(index_dir, extractor, store, projector, VectorIndex.build(IndexPlan("flat", dim)),
+                   0, False, lock_fd)
+        self._checkpoint()
+        return self
+
+    @classmethod
+    def open(cls, index_dir, extractor, *, read_only: bool = False) -> AFVIndex:
+        """Open an index; check it belongs to `extractor` (None: metadata/search only) and replay the log."""
+        index_dir = Path(index_dir)
+        if not (index_dir / DB_FILE).is_file():
+            raise IndexNotFoundError(f"no AFV index in {index_dir} (missing {DB_FILE})")
+        lock_fd = None if read_only else _lock(index_dir)
+        try:
+            store = _open_store(index_dir, read_only)
+            projector = _check_pins(store, extractor)
+            vindex, base_seq = _load_vectors(index_dir, store, read_only)
+        except BaseException:
+            if lock_fd is not None:
+                os.close(lock_fd)
+            raise
+        return cls(index_dir, extractor, store, projector, vindex, base_seq, read_only, lock_fd)
+
+    @classmethod
+    def open_or_create(cls, index_dir, extractor, **create_kwargs) -> AFVIndex:
+        """Open the index in `index_dir` if there is one, else create it."""
+        if (Path(index_dir) / DB_FILE).is_file():
+            read_only = create_kwargs.get("read_only", False)
+            return cls.open(index_dir, extractor, read_only=read_only)
+        create_kwargs.pop("read_only", None)
+        return cls.create(index_dir, extractor, **create_kwargs)
+
+    @classmethod
+    def repair(cls, index_dir, extractor) -> AFVIndex:
+        """Rebuild the FAISS file from the vectors in SQLite (after IndexCorruptError on the FAISS file)."""
+        index_dir = Path(index_dir)
+        lock_fd = _lock(index_dir)
+        store = _open_store(index_dir, False)
+        projector = _check_pins(store, extractor)
+        self = cls(index_dir, extractor, store, projector,
+                   VectorIndex.build(IndexPlan("flat", store.get_meta("dim"))), 0, False, lock_fd)
+        with self._lock:
+            self._rebuild(self._wanted_plan())
+        return self
+
+    # -- model work ----------------------------------------------------------------------------
+
+    def embed(self, x_uint8: torch.Tensor) -> np.ndarray:
+        """N×3×R×R uint8 images → N×dim float32 sketches (model work only; never touches the store)."""
+        if self.projector is None:
+            raise IndexReadOnlyError("this index was opened without a model; it cannot embed images")
+        try:
+            with self._model_lock:
+                return self.projector.embed(x_uint8)
+        except ProjectionError as e:
+            raise InvalidInputError(str(e)) from e
+
+    # -- writes --------------------------------------------------------------------------------
+
+    def add_embedded(self, vectors: np.ndarray, records: list[dict]) -> list[AddResult]:
+        """Add sketches with records {name, sha256, size, metadata}; a known sha256 returns its id."""
+        vectors = self._as_queries(vectors)
+        records = [_check_record(r) for r in records]
+        if len(records) != len(vectors):
+            raise InvalidInputError(f"{len(vectors)} vectors but {len(records)} records")
+        with self._lock:
+            self._check_writable()
+            results = self.store.add(vectors, records)  # durable (committed) from here on
+            new = [(i, rid) for i, (rid, dup) in enumerate(results) if not dup]
+            if new:
+                self.vindex.add(vectors[[i for i, _ in new]], np.array([r for _, r in new]))
+            self._maybe_checkpoint()
+        return [AddResult(int(rid), bool(dup)) for rid, dup in results]
+
+    def add_images(self, items: list[tuple[bytes, dict]], name: str | None = None) -> list[AddResult]:
+        """Decode, embed and add raw image files with user metadata; `name` names every item."""
+        shas = [hashlib.sha256(data).hexdigest() for data, _ in items]
+        known = self.store_known(shas)
+        vecs = self._embed_items(items, [i for i, s in enumerate(shas) if s not in known], name)
+        recs = [{"name": name, "sha256": shas[i], "size": len(d), "metadata": m}
+                for i, (d, m) in enumerate(items)]
+        with self._lock:  # an item deleted since the check above must be embedded after all
+            known = self.store.has_sha256(shas)
+            vecs.update(self._embed_items(items, [i for i, s in enumerate(shas)
+                                                  if s not in known and i not in vecs], name))
+            placeholder = np.zeros(self.dim, np.float32)  # known hashes are answered by id, not stored
+            rows = [vecs.get(i, placeholder) for i in range(len(items))]
+            return self.add_embedded(np.stack(rows) if rows else np.zeros((0, self.dim), np.float32), recs)
+
+    def _embed_items(self, items: list[tuple[bytes, dict]], todo: list[int], name: str | None) -> dict:
+        """{item position: sketch} for the items at positions `todo`."""
+        arrays = []
+        for i in todo:
+            try:
+                arrays.append(self.extractor.preprocess(decode_image(items[i][0])))
+            except ImageDecodeError as e:
+                raise InvalidInputError(f"item {i}{f' ({name})' if name else ''}: {e}") from e
+        if not arrays:
+            return {}
+        return dict(zip(todo, self.embed(torch.from_numpy(np.stack(arrays)))))
+
+    def store_known(self, shas: list[str]) -> set[str]:
+        """Which of these content hashes are already indexed."""
+        with self._lock:
+            return self.store.has_sha256(shas)
+
+    def delete(self, id: int) -> bool:
+        """Delete an item by id; False if there is no such item."""
+        with self._lock:
+            self._check_writable()
+            if not self.store.delete(int(id)):
+                return False
+            self.vindex.remove(np.array([int(id)]))
+            self._maybe_checkpoint()
+            return True
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def search(self, vectors: np.ndarray, k: int = 10, where: dict | None = None,
+               rerank: bool = False) -> list[list[Hit]]:
+        """k nearest items of each query sketch, nearest first (Euclidean distance in sketch space)."""
+        xq = self._as_queries(vectors)
+        if k < 1:
+            raise InvalidInputError(f"k must be ≥ 1, got {k}")
+        with self._lock:
+            subset = self._filter(where)
+            if subset is not None and len(subset) <= BRUTE_FORCE_MAX:
+                D, I = exact_rerank(xq, np.tile(subset, (len(xq), 1)), self.store.vectors(subset), k)
+            else:
+                D, I = self._ann(xq, k, subset, rerank)
+            metas = self.store.get_many({int(i) for i in I.ravel() if i >= 0})
+        return [[Hit(int(i), float(dist), metas[int(i)]) for dist, i in zip(drow, irow)
+                 if i >= 0 and int(i) in metas] for drow, irow in zip(D, I)]
+
+    def _filter(self, where: dict | None) -> np.ndarray | None:
+        if not where:
+            return None
+        if not isinstance(where, dict):
+            raise InvalidInputError("where must be a dict of field → value")
+        try:
+            return self.store.filter_ids(where)
+        except StoreError as e:
+            raise InvalidInputError(str(e)) from e
+
+    def _ann(self, xq: np.ndarray, k: int, subset, rerank: bool) -> tuple[np.ndarray, np.ndarray]:
+        exact = self.vindex.plan.kind == "flat"
+        kk = k if exact or not rerank else k * RERANK_FACTOR
+        D, I = self.vindex.search(xq, kk, subset)
+        if exact or not rerank:
+            return D, I
+        return exact_rerank(xq, I, self.store.vectors({int(i) for i in I.ravel() if i >= 0}), k)
+
+    def get(self, id: int) -> dict | None:
+        """Metadata of one item (id, name, sha256, size, added_at and user fields), or None."""
+        with self._lock:
+            return self.store.get(int(id))
+
+    @property
+    def count(self) -> int:
+        with self._lock:
+            return self.store.count()
+
+    def stats(self) -> dict:
+        """Size, structure and provenance of the index."""
+        with self._lock:
+            plan, spec = self.vindex.plan, self.store.get_meta("projection")
+            files = list(self.index_dir.glob("vectors-*.faiss"))
+            return {"count": self.store.count(), "ntotal": self.vindex.ntotal, "dim": self.dim,
+                    "kind": plan.kind, "kind_requested": self.kind_request,
+                    "bytes_per_vector": plan.bytes_per_vector, "nlist": plan.nlist, "pq_bytes": plan.m,
+                    "nprobe": self.vindex.nprobe, "memory_budget": self.memory_budget,
+                    "model_hash": self.store.get_meta("model_hash"),
+                    "stats_hash": self.store.get_meta("stats_hash"),
+                    "model_name": self.store.get_meta("model_name"), "mode": spec["mode"],
+                    "seed": spec["seed"], "normalization": spec["normalization"],
+                    "param_dim": spec["param_dim"], "index_file_bytes": sum(f.stat().st_size for f in files),
+                    "pending_ops": self.store.last_seq() - self.base_seq, "read_only": self.read_only,
+                    "mmapped": self.vindex.mmapped, "path": str(self.index_dir)}
+
+    # -- persistence ---------------------------------------------------------------------------
+
+    def save(self) -> None:
+        """Checkpoint the FAISS index (retraining it first if the collection outgrew its structure)."""
+        with self._lock:
+            self._check_writable()
+            wanted = self._wanted_plan()
+            if _needs_rebuild(self.vindex.plan, wanted, self.store.count()):
+                self._rebuild(wanted)
+            else:
+                self._checkpoint()
+
+    def optimize(self, kind: str | None = None) -> None:
+        """Rebuild the FAISS structure for the current size (or as `kind`) and checkpoint it."""
+        with self._lock:
+            self._check_writable()
+            if kind is not None:
+                self.kind_request = kind
+                self.store.set_meta({"kind": kind})
+            self._rebuild(self._wanted_plan())
+
+    def close(self) -> None:
+        """Checkpoint (if writable) and release files; idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                if not self.read_only and self.store.last_seq() != self.base_seq:
+                    self.save()
+            finally:
+                self._closed = True
+                self.store.close()
+                if self._lock_fd is not None:
+                    os.close(self._lock_fd)
+
+    def __enter__(self) -> AFVIndex:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _check_writable(self) -> None:
+        if self._closed:
+            raise AFVIndexError("the index is closed")
+        if self.read_only:
+            raise IndexReadOnlyError(f"{self.index_dir} was opened read-only")
+
+    def _as_queries(self, vectors: np.ndarray) -> np.ndarray:
+        x = np.asarray(vectors, dtype=np.float32)
+        x = x[None, :] if x.ndim == 1 else x
+        if x.ndim != 2 or x.shape[1] != self.dim or not np.isfinite(x).all():
+            raise InvalidInputError(f"expected finite n×{self.dim} vectors, got shape {x.shape}")
+        return np.ascontiguousarray(x)
+
+    def _wanted_plan(self) -> IndexPlan:
+        return plan_index(self.store.count(), self.dim, self.memory_budget, self.kind_request)
+
+    def _maybe_checkpoint(self) -> None:
+        if self.store.last_seq() - self.base_seq >= SAVE_EVERY:
+            self.save()
+
+    def _rebuild(self, plan: IndexPlan) -> None:
+        """Train `plan` on stored vectors, add them all, checkpoint."""
+        n = self.store.count()
+        if plan.kind != "flat" and n < plan.min_train // 4:
+            log.warning("only %d vectors: too few to train %s; keeping a flat index", n, plan.factory)
+            plan = IndexPlan("flat", self.dim)
+        log.info("building %s index of %d vectors", plan.factory, n)
+        seq = self.store.last_seq()
+        train = None if plan.kind == "flat" else self.store.sample_vectors(max(plan.min_train, 20_000))
+        vindex = VectorIndex.build(plan, train)
+        for ids, xb in self.store.iter_vectors():
+            vindex.add(xb, ids)
+        self.vindex = vindex
+        self._checkpoint(seq)
+
+    def _checkpoint(self, seq: int | None = None) -> None:
+        """Write vectors-<seq>.faiss atomically, point the manifest at it, drop older files."""
+        seq = self.store.last_seq() if seq is None else seq
+        name = f"vectors-{seq}.faiss"
+        self.vindex.save(self.index_dir / name)
+        wal.write_manifest(self.index_dir / MANIFEST_FILE, {
+            "format": FORMAT, "faiss_file": name, "seq": seq, "plan": self.vindex.plan.to_dict()})
+        for f in self.index_dir.glob("vectors-*.faiss"):
+            if f.name != name:
+                f.unlink(missing_ok=True)
+        self.base_seq = seq
+
+
+def _needs_rebuild(have: IndexPlan, want: IndexPlan, n: int) -> bool:
+    if have.kind == "flat":
+        return want.kind != "flat"
+    return want.kind == "flat" and n == 0 or want.nlist >= 4 * have.nlist
+
+
+def _check_record(rec: dict) -> dict:
+    if not isinstance(rec, dict) or not isinstance(rec.get("sha256"), str) or len(rec["sha256"]) < 8:
+        raise InvalidInputError("every record needs a 'sha256' content hash string")
+    try:
+        meta = validate_metadata(rec.get("metadata"))
+    except StoreError as e:
+        raise InvalidInputError(str(e)) from e
+    return {"name": rec.get("name"), "sha256": rec["sha256"], "size": rec.get("size"), "metadata": meta}
+
+
+def _open_store(index_dir: Path, read_only: bool) -> MetadataStore:
+    try:
+        store = MetadataStore(index_dir / DB_FILE, read_only=read_only)
+        fmt = store.get_meta("format")
+    except (StoreError, ValueError) as e:
+        raise IndexCorruptError(f"index metadata in {index_dir} is unreadable: {e}") from e
+    if fmt != FORMAT:
+        store.close()
+        raise IndexCorruptError(f"{index_dir / DB_FILE} is not an AFV index (format {fmt!r}, expected {FORMAT!r})")
+    return store
+
+
+def _check_pins(store: MetadataStore, extractor) -> Projector | None:
+    """Refuse a model whose weights, Fisher statistics or projection differ from the index's."""
+    if extractor is None:
+        return None
+    for key, have, what in (("model_hash", extractor.model_hash, "model weights"),
+                            ("stats_hash", extractor.stats_hash, "Fisher statistics")):
+        want = store.get_meta(key)
+        if want != have:
+            raise IndexMismatchError(
+                f"this index was built with other {what} ({key} {str(want)[:12]}…, model "
+                f"{store.get_meta('model_name')!r}) than the loaded model ({str(have)[:12]}…, "
+                f"{getattr(extractor, 'name', '?')!r}); load the index's model or build a new index")
+    try:
+        return Projector.from_dict(store.get_meta("projection"), extractor)
+    except (ProjectionError, KeyError, TypeError) as e:
+        raise IndexMismatchError(f"the index's projection does not fit this model: {e}") from e
+
+
+def _load_vectors(index_dir: Path, store: MetadataStore, read_only: bool) -> tuple[VectorIndex, int]:
+    """Read the FAISS checkpoint named by the manifest and replay the log after it."""
+    try:
+        manifest = wal.read_manifest(index_dir / MANIFEST_FILE)
+        plan, seq, path = IndexPlan(**manifest["plan"]), int(manifest["seq"]), index_dir / manifest["faiss_file"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise IndexCorruptError(f"index manifest {index_dir / MANIFEST_FILE} is unreadable: {e}") from e
+    pending = store.last_seq() > seq
+    try:
+        vindex = VectorIndex.load(path, plan, mmap=read_only and not pending)
+    except (FaissIndexError, OSError) as e:
+        raise IndexCorruptError(f"{e}; AFVIndex.repair(dir, model) (or `afv index build`) rebuilds it "
+                                "from the stored vectors") from e
+    if pending:
+        applied = wal.replay(store, vindex, seq)
+        log.info("replayed %d logged operations into %s", applied, path.name)
+    if vindex.ntotal != store.count():
+        raise IndexCorruptError(f"{path.name} holds {vindex.ntotal} vectors but the metadata has "
+                                f"{store.count()} items; AFVIndex.repair(dir, model) rebuilds it")
+    return vindex, seq
