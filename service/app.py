@@ -1,0 +1,73 @@
+"""The FastAPI application: `create_app(settings)` loads model and index once, in the lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from service.engine import Engine
+from service.errors import BodySizeLimitMiddleware, install_error_handlers
+from service.metrics import Metrics, MetricsMiddleware
+from service.routes import health, images, index, jnd, search, similarity
+from service.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """Perceptual similarity (Fisher distance between Adversarial Fisher Vectors), BAPPS-style
+2AFC and JND judgments, and reverse image search over a compressed index.
+
+Images: `multipart/form-data` file uploads, or JSON with base64 strings. Write endpoints need
+`Authorization: Bearer <key>` (keys from `AFV_API_KEYS`). Errors are JSON:
+`{"error": {"code", "message", "detail"}}`."""
+
+
+def api_keys(settings: Settings) -> list[str]:
+    """The configured keys, or one generated now and logged loudly (for `make serve` users)."""
+    if settings.api_keys:
+        return list(settings.api_keys)
+    key = secrets.token_urlsafe(24)
+    log.warning("!!! No API key configured (AFV_API_KEYS). Generated one for this run; write endpoints "
+                "need:  Authorization: Bearer %s  !!!", key)
+    return [key]
+
+
+def _lifespan(settings: Settings):
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.api_keys = api_keys(settings)
+        engine = await run_in_threadpool(Engine.load, settings, app.state.metrics)
+        await engine.start()
+        app.state.engine = engine
+        demo = None
+        if settings.demo_collection is not None and settings.index_dir is None:
+            demo = asyncio.create_task(engine.seed_demo(settings.demo_collection))
+        try:
+            yield
+        finally:
+            if demo is not None:
+                demo.cancel()
+                await asyncio.gather(demo, return_exceptions=True)
+            app.state.engine = None
+            await engine.stop()
+    return lifespan
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app; the model and index are loaded when it starts (lifespan), not here."""
+    settings = settings or get_settings()
+    app = FastAPI(title="AFV similarity service", version="1", description=DESCRIPTION,
+                  lifespan=_lifespan(settings))
+    app.dependency_overrides[get_settings] = lambda: settings
+    app.state.settings, app.state.metrics, app.state.engine = settings, Metrics(), None
+    install_error_handlers(app)
+    for module in (health, similarity, jnd, search, images, index):
+        app.include_router(module.router)
+    app.add_middleware(BodySizeLimitMiddleware, limit=settings.max_request_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    return app

@@ -1,0 +1,57 @@
+"""`Annotated` dependency aliases: settings, loaded resources and API-key checks."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from service.engine import Engine
+from service.errors import APIError
+from service.settings import Settings, get_settings
+
+_bearer = HTTPBearer(auto_error=False, description="API key: `Authorization: Bearer <key>`.")
+
+
+def get_engine(request: Request) -> Engine:
+    engine = getattr(request.app.state, "engine", None)
+    if engine is None:
+        raise APIError(503, "not_ready", "the model and index are still loading")
+    return engine
+
+
+def key_is_valid(given: str, keys: list[str]) -> bool:
+    """Constant-time comparison against every configured key (no early exit)."""
+    ok = False
+    for key in keys:
+        ok |= secrets.compare_digest(given.encode(), key.encode())
+    return ok
+
+
+def _check_key(request: Request, creds: HTTPAuthorizationCredentials | None) -> None:
+    keys: list[str] = request.app.state.api_keys
+    if creds is None or not key_is_valid(creds.credentials, keys):
+        raise APIError(401, "unauthorized",
+                       "missing or invalid API key: send `Authorization: Bearer <key>`",
+                       headers={"WWW-Authenticate": "Bearer"})
+
+
+def require_write_key(request: Request,
+                      creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+    """Write endpoints: always need a key."""
+    _check_key(request, creds)
+
+
+def require_read_key(request: Request, settings: Annotated[Settings, Depends(get_settings)],
+                     creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+    """Read endpoints: need a key only when `AFV_AUTH_READS` is set."""
+    if settings.auth_reads:
+        _check_key(request, creds)
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+EngineDep = Annotated[Engine, Depends(get_engine)]
+WriteAuth = Depends(require_write_key)
+ReadAuth = Depends(require_read_key)

@@ -1,0 +1,148 @@
+"""Request bodies that carry images: multipart/form-data uploads or JSON with base64 strings.
+
+A route names one pydantic model (service.schemas) whose image fields are `ImageBytes` (or lists of
+them). `parse_body` fills it from either content type; `openapi_body` documents both. Images are then
+decoded (size and pixel limits; any mode → RGB) and preprocessed in a thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any, TypeVar, get_args, get_origin
+
+import numpy as np
+from fastapi import Request
+from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from model.data import ImageDecodeError, decode_image
+from service.errors import APIError, BodyTooLarge, validation_message
+from service.settings import Settings
+
+M = TypeVar("M", bound=BaseModel)
+
+MULTIPART, JSON = "multipart/form-data", "application/json"
+
+
+def _is_list(annotation: Any) -> bool:
+    if get_origin(annotation) is list:
+        return True
+    return any(_is_list(a) for a in get_args(annotation))
+
+
+def openapi_body(model: type[BaseModel]) -> dict:
+    """`openapi_extra` documenting MODEL as multipart (binary files) and as JSON (base64 strings)."""
+    form = model.model_json_schema()
+    js = copy.deepcopy(form)
+    _binary_to_base64(js)
+    objects = [name for name, prop in form.get("properties", {}).items() if _is_object(prop)]
+    multipart: dict[str, Any] = {"schema": form}
+    if objects:  # JSON objects travel as JSON-encoded form fields
+        multipart["encoding"] = {name: {"contentType": JSON} for name in objects}
+    return {"requestBody": {"required": True, "content": {MULTIPART: multipart, JSON: {"schema": js}}}}
+
+
+def _is_object(prop: dict) -> bool:
+    if prop.get("type") == "object":
+        return True
+    items = prop.get("items")
+    return isinstance(items, dict) and items.get("type") == "object"
+
+
+def _binary_to_base64(node: Any) -> None:
+    if isinstance(node, dict):
+        if node.get("format") == "binary":
+            node["format"] = "byte"
+            node["contentEncoding"] = "base64"
+        for v in node.values():
+            _binary_to_base64(v)
+    elif isinstance(node, list):
+        for v in node:
+            _binary_to_base64(v)
+
+
+async def parse_body(request: Request, model: type[M], settings: Settings) -> M:
+    """Fill MODEL from a multipart or JSON body; 415/422/413 with a clear message otherwise."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == MULTIPART:
+        data = await _read_form(request, model, settings)
+    elif ctype == JSON or ctype.endswith("+json"):
+        data = await _read_json(request)
+    else:
+        raise APIError(415, "unsupported_media_type",
+                       f"send {MULTIPART} (file uploads) or {JSON} (base64 images), not {ctype or 'no content type'}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        errors = e.errors(include_input=False, include_url=False)
+        raise APIError(422, "validation_error", validation_message(errors),
+                       detail=[{k: err[k] for k in ("loc", "msg", "type")} for err in errors]) from None
+
+
+async def _read_json(request: Request) -> Any:
+    body = await request.body()
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as e:
+        raise APIError(422, "validation_error", f"malformed JSON body: {e}") from None
+
+
+async def _read_form(request: Request, model: type[BaseModel], settings: Settings) -> dict:
+    try:
+        form = await request.form(max_files=settings.max_images_per_request * 2 + 2,
+                                  max_fields=64, max_part_size=settings.max_image_bytes)
+    except BodyTooLarge:
+        raise
+    except Exception as e:  # starlette raises HTTPException(400) for malformed multipart
+        raise APIError(400, "bad_request", f"malformed multipart body: {getattr(e, 'detail', e)}") from None
+    try:
+        data: dict[str, Any] = {}
+        for name, f in model.model_fields.items():
+            values = form.getlist(name)
+            if not values:
+                continue
+            values = [await _form_value(v, name, settings) for v in values]
+            data[name] = values if _is_list(f.annotation) else values[0]
+        return data
+    finally:
+        await form.close()
+
+
+async def _form_value(v: Any, name: str, settings: Settings) -> Any:
+    if isinstance(v, UploadFile):
+        if v.size is not None and v.size > settings.max_image_bytes:
+            raise _too_big(name, settings)
+        data = await v.read(settings.max_image_bytes + 1)
+        if len(data) > settings.max_image_bytes:
+            raise _too_big(name, settings)
+        return data
+    return v
+
+
+def _too_big(name: str, settings: Settings) -> APIError:
+    return APIError(413, "payload_too_large", f"{name}: image exceeds {settings.max_image_bytes} bytes")
+
+
+def decode_one(data: bytes, field: str, settings: Settings, preprocess) -> np.ndarray:
+    """Bytes → preprocessed 3×R×R uint8, or a 400/413 APIError naming the field."""
+    if len(data) > settings.max_image_bytes:
+        raise _too_big(field, settings)
+    try:
+        img = decode_image(data, max_pixels=settings.max_pixels)
+        return preprocess(img)
+    except ImageDecodeError as e:
+        if "too large" in str(e) or "decompression bomb" in str(e).lower():
+            raise APIError(413, "too_many_pixels", f"{field}: {e}") from None
+        message = "not a readable image: unknown or unsupported format" if "cannot identify" in str(e) else e
+        raise APIError(400, "invalid_image", f"{field}: {message}") from None
+    except (OSError, ValueError) as e:  # PIL may still fail while resizing a broken image
+        raise APIError(400, "invalid_image", f"{field}: not a readable image: {e}") from None
+
+
+async def decode_images(items: list[tuple[str, bytes]], settings: Settings, preprocess) -> np.ndarray:
+    """[(field, bytes)] → n×3×R×R uint8, decoded off the event loop."""
+    def work() -> np.ndarray:
+        return np.stack([decode_one(data, field, settings, preprocess) for field, data in items])
+    return await run_in_threadpool(work)

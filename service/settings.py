@@ -1,0 +1,66 @@
+"""Service settings: one pydantic-settings object (env vars `AFV_*`, `.env`), read once at start-up."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEMO_COLLECTION = Path(__file__).parent / "demo" / "cifar10-test-2000"
+MiB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    """Everything the server reads from its environment; overridden in tests via `create_app(settings)`."""
+
+    model_config = SettingsConfigDict(env_prefix="AFV_", env_file=".env", extra="ignore")
+
+    # What to serve.
+    model: Path | None = Field(None, description="Run directory; None = the bundled default model.")
+    device: str = Field("auto", description="auto | cpu | cuda")
+    data_dir: Path = Field(Path("./data"), description="Server state: index, JND calibration.")
+    index_dir: Path | None = Field(None, description="Default: DATA_DIR/index (created on first start).")
+    demo_collection: Path | None = Field(
+        DEMO_COLLECTION, description="Indexed once into an empty default index; None = never.")
+
+    # Auth: write endpoints always need a key; read endpoints only if `auth_reads`.
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated; empty = generate one at start-up and log it.")
+    auth_reads: bool = False
+
+    # Input limits.
+    max_request_bytes: int = Field(64 * MiB, gt=0, description="Whole request body.")
+    max_image_bytes: int = Field(16 * MiB, gt=0, description="One encoded image.")
+    max_pixels: int = Field(40_000_000, gt=0, description="Decoded width × height (bomb guard).")
+    max_images_per_request: int = Field(256, gt=0, description="Set distance, batch add.")
+
+    # Micro-batching in front of the model.
+    batch_max_size: int = Field(32, gt=0)
+    batch_max_wait_ms: float = Field(5.0, ge=0, le=5.0)
+
+    # JND: distances at or below the threshold are judged "same". None = calibrated file, else synthetic.
+    jnd_threshold: float | None = Field(None, ge=0)
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [k.strip() for k in v.split(",") if k.strip()]
+        return v
+
+    @property
+    def resolved_index_dir(self) -> Path:
+        return self.index_dir if self.index_dir is not None else self.data_dir / "index"
+
+    @property
+    def jnd_file(self) -> Path:
+        return self.data_dir / "jnd.json"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process's settings, read once (tests pass their own to `create_app`)."""
+    return Settings()
