@@ -144,6 +144,9 @@ class AFVIndex:
         if not (index_dir / DB_FILE).is_file():
             raise IndexNotFoundError(f"no AFV index in {index_dir} (missing {DB_FILE})")
         lock_fd = None if read_only else _lock(index_dir)
+        if not read_only:  # leftovers of a save interrupted by a crash
+            for tmp in index_dir.glob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
         try:
             store = _open_store(index_dir, read_only)
             projector = _check_pins(store, extractor)

@@ -30,10 +30,14 @@ def make_extractor(seed: int = 0, n_stats: int = 32) -> AFVExtractor:
 @pytest.fixture(autouse=True)
 def one_torch_thread():
     """Tiny tensors on a shared 2-core machine: intra-op threads cost far more than they give."""
-    before = torch.get_num_threads()
+    import faiss
+
+    before, before_omp = torch.get_num_threads(), faiss.omp_get_max_threads()
     torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
     yield
     torch.set_num_threads(before)
+    faiss.omp_set_num_threads(before_omp)
 
 
 @pytest.fixture(scope="session")
