@@ -1,0 +1,1 @@
+"""`afv` sub-commands, one module each (mounted in service/cli.py)."""

@@ -1,0 +1,42 @@
+"""`afv serve`: run the HTTP service with uvicorn (mounted in service/cli.py)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+log = logging.getLogger(__name__)
+
+
+def serve_command(
+    host: Annotated[str, typer.Option(help="Interface to bind (127.0.0.1 = this machine only).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    model: Annotated[Optional[Path], typer.Option("--model", help="Run directory (default: the bundled model).")] = None,
+    index: Annotated[Optional[Path], typer.Option("--index", help="Index folder (default: DATA_DIR/index).")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+) -> None:
+    """Serve similarity, 2AFC/JND judgments and reverse image search over HTTP (OpenAPI docs at /docs)."""
+    import uvicorn
+
+    from service.app import create_app
+    from service.settings import get_settings
+
+    updates = {"device": device}
+    if model is not None:
+        updates["model"] = model
+    if index is not None:
+        updates["index_dir"] = index
+    try:
+        settings = get_settings().model_copy(update=updates)
+    except ValueError as e:  # invalid AFV_* environment / .env values
+        typer.secho(f"error: invalid settings: {e}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    if model is not None and not model.exists():
+        typer.secho(f"error: no such model folder: {model}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("binding %s: the service is reachable from other machines", host)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
