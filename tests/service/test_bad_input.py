@@ -1,0 +1,162 @@
+"""Every kind of bad input gets its documented 4xx JSON error (or is converted), never a 5xx.
+
+Documented: 400 invalid_image (empty, corrupt, truncated, not an image) / bad_request (malformed
+multipart); 404 not_found; 405; 413 payload_too_large / too_many_pixels; 415; 422 validation_error.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.service.conftest import cifar, encode, png
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that *declares* width×height (a decompression bomb's header) with a tiny body."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+
+
+def zero_bomb(side: int) -> bytes:
+    """A real, highly compressible side×side PNG (decodes to side² pixels)."""
+    return encode(Image.new("L", (side, side)), "PNG", optimize=True)
+
+
+def sixteen_bit() -> bytes:
+    arr = (np.arange(40 * 40, dtype=np.uint16).reshape(40, 40) * 40).astype(np.uint16)
+    img = Image.fromarray(arr)
+    assert img.mode == "I;16"
+    return encode(img)
+
+
+CONVERTED = {
+    "cmyk_jpeg": lambda: encode(cifar(1).convert("CMYK"), "JPEG"),
+    "sixteen_bit_png": sixteen_bit,
+    "palette_png": lambda: encode(cifar(1).convert("P")),
+    "rgba_png": lambda: encode(cifar(1).convert("RGBA")),
+    "la_png": lambda: encode(cifar(1).convert("LA")),
+    "grey_png": lambda: encode(cifar(1).convert("L")),
+    "gif": lambda: encode(cifar(1), "GIF"),
+    "webp": lambda: encode(cifar(1), "WEBP"),
+    "tall_thin": lambda: encode(Image.new("RGB", (3, 500), (10, 200, 30))),
+}
+
+REJECTED = {
+    "zero_bytes": (lambda: b"", 400, "invalid_image"),
+    "text": (lambda: b"hello, this is not an image\n" * 10, 400, "invalid_image"),
+    "truncated_png": (lambda: png(0)[:200], 400, "invalid_image"),
+    "truncated_jpeg": (lambda: encode(cifar(0), "JPEG")[:300], 400, "invalid_image"),
+    "corrupt_png": (lambda: png(0)[:60] + b"\0" * 200 + png(0)[260:], 400, "invalid_image"),
+    "pixel_bomb_header": (lambda: png_header_only(100_000, 100_000), 413, "too_many_pixels"),
+    "over_pixel_limit": (lambda: zero_bomb(2_100), 413, "too_many_pixels"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONVERTED))
+def test_modes_are_converted(live, case):
+    with live.client() as c:
+        r = c.post("/v1/embed", files={"image": (f"{case}.img", CONVERTED[case]())})
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("case", sorted(REJECTED))
+@pytest.mark.parametrize("route", ["/v1/embed", "/v1/distance", "/v1/images"])
+def test_bad_images_rejected(live, case, route):
+    make, status, code = REJECTED[case]
+    data = make()
+    files = {"image_a": ("a.png", png(0)), "image_b": ("b", data)} if route == "/v1/distance" else {"image": ("x", data)}
+    with live.client(headers=live.auth) as c:
+        r = c.post(route, files=files)
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["code"] == code
+    if route == "/v1/distance":
+        assert r.json()["error"]["message"].startswith("image_b")
+
+
+def test_oversize_image_and_request(live):
+    big = np.random.default_rng(0).integers(0, 256, (700, 700, 3), dtype=np.uint8)
+    one_image = encode(Image.fromarray(big))  # ~1.5 MB > max_image_bytes, < max_request_bytes
+    assert live.settings.max_image_bytes < len(one_image) < live.settings.max_request_bytes
+    with live.client() as c:
+        r = c.post("/v1/embed", files={"image": one_image})
+        assert (r.status_code, r.json()["error"]["code"]) == (413, "payload_too_large")
+        r = c.post("/v1/embed", files={"image": b"\0" * 4_000_000})
+        assert (r.status_code, r.json()["error"]["code"]) == (413, "payload_too_large")
+        chunked = (b"\0" * 100_000 for _ in range(40))  # no Content-Length: limited while streaming
+        r = c.post("/v1/embed", content=chunked, headers={"Content-Type": "application/json"})
+        assert r.status_code == 413
+        r = c.post("/v1/set-distance", files=[("images_a", png(0))] * 20 + [("images_b", png(1))] * 20)
+        assert (r.status_code, r.json()["error"]["code"]) == (413, "payload_too_large")
+
+
+@pytest.mark.parametrize("body,ctype,status,code", [
+    (b"{not json", "application/json", 422, "validation_error"),
+    (b"[1, 2, 3]", "application/json", 422, "validation_error"),
+    (b'{"image": "@@@not base64@@@"}', "application/json", 422, "validation_error"),
+    (b'{"image": 12}', "application/json", 422, "validation_error"),
+    (b"{}", "application/json", 422, "validation_error"),
+    (b'{"image": "aGk=", "extra": 1}', "application/json", 422, "validation_error"),
+    (b"image=abc", "application/x-www-form-urlencoded", 415, "unsupported_media_type"),
+    (b"raw bytes", "", 415, "unsupported_media_type"),
+    (b"--x\r\nbroken", "multipart/form-data; boundary=x", 422, "validation_error"),  # no parts
+    (b"--x\r\nbroken", "multipart/form-data", 400, "bad_request"),
+])
+def test_malformed_bodies(live, body, ctype, status, code):
+    with live.client() as c:
+        r = c.post("/v1/embed", content=body, headers={"Content-Type": ctype} if ctype else {})
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["code"] == code
+
+
+@pytest.mark.parametrize("payload,status", [
+    ({"id": "987654"}, 404), ({"id": "not-an-id"}, 404), ({"id": "-1"}, 404),
+    ({"id": "99999999999999999999999"}, 404),
+    ({}, 422), ({"id": "1", "image": "aGk="}, 422), ({"id": "1", "k": 0}, 422),
+    ({"id": "1", "k": 10**6}, 422), ({"id": "1", "where": ["x"]}, 422),
+    ({"id": "1", "where": {"bad key!": 1}}, 422), ({"id": "1", "where": {"a": {"nested": 1}}}, 422),
+])
+def test_search_bad_requests(live, payload, status):
+    with live.client(headers=live.auth) as c:
+        if payload.get("id") == "1":  # make sure id 1 exists so the error is about the other field
+            c.post("/v1/images", files={"image": png(40)})
+        r = c.post("/v1/search", json=payload)
+    assert r.status_code == status, r.text
+
+
+def test_unknown_ids_routes_and_methods(live):
+    with live.client(headers=live.auth) as c:
+        for path in ("/v1/images/123456", "/v1/images/abc", "/v1/images/-5", "/v1/images/1e9"):
+            assert c.get(path).status_code == 404
+            assert c.delete(path).status_code == 404
+        r = c.get("/v1/nothing-here")
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+        r = c.get("/v1/distance")
+        assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
+
+
+@pytest.mark.parametrize("metadata", ['{"name": "reserved"}', "not json", "[1]", '{"bad key": 1}'])
+def test_bad_metadata(live, metadata):
+    with live.client(headers=live.auth) as c:
+        r = c.post("/v1/images", files={"image": png(41)}, data={"metadata": metadata})
+    assert r.status_code == 422, r.text
+
+
+def test_batch_misaligned_names(live):
+    with live.client(headers=live.auth) as c:
+        r = c.post("/v1/images:batch", files=[("images", png(1)), ("images", png(2))], data={"names": ["a"]})
+    assert r.status_code == 422
+
+
+def test_still_ready_after_all_that(live):
+    with live.client() as c:
+        assert c.get("/readyz").json()["ready"] is True
+        assert c.post("/v1/distance", files={"image_a": png(0), "image_b": png(1)}).status_code == 200
+        metrics = c.get("/metrics").text
+    assert 'status="500"' not in metrics
