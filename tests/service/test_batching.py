@@ -1,0 +1,114 @@
+"""The micro-batcher: concurrent submissions share one call, batches and waits are bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from service.batching import BatcherClosed, MicroBatcher
+
+
+class Recorder:
+    def __init__(self, delay: float = 0.0):
+        self.sizes: list[int] = []
+        self.threads: set[str] = set()
+        self.delay = delay
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        self.sizes.append(len(x))
+        self.threads.add(threading.current_thread().name)
+        time.sleep(self.delay)
+        return x * 2
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def _with(batcher: MicroBatcher, coro_fn):
+    await batcher.start()
+    try:
+        return await coro_fn()
+    finally:
+        await batcher.stop()
+
+
+def test_concurrent_requests_share_one_call():
+    rec = Recorder()
+    b = MicroBatcher({"f": rec}, max_batch=64, max_wait_s=0.005)
+    xs = [np.full((1, 3), i) for i in range(10)]
+    out = run(_with(b, lambda: asyncio.gather(*(b.submit("f", x) for x in xs))))
+    assert [o.tolist() for o in out] == [(x * 2).tolist() for x in xs]
+    assert rec.sizes == [10]
+    assert all(name.startswith("afv-model") for name in rec.threads)  # never the event loop thread
+
+
+def test_batches_are_bounded_and_large_requests_split():
+    rec = Recorder()
+    b = MicroBatcher({"f": rec}, max_batch=4, max_wait_s=0.005)
+    big = np.arange(11).reshape(11, 1)
+    out = run(_with(b, lambda: asyncio.gather(b.submit("f", big), b.submit("f", big[:3]))))
+    assert out[0].ravel().tolist() == (big * 2).ravel().tolist() and len(out[1]) == 3
+    assert max(rec.sizes) <= 4 and sum(rec.sizes) == 14
+
+
+def test_wait_is_bounded():
+    rec = Recorder()
+    b = MicroBatcher({"f": rec}, max_batch=1000, max_wait_s=0.005)
+
+    async def one():
+        t0 = time.perf_counter()
+        await b.submit("f", np.zeros((1, 2)))
+        return time.perf_counter() - t0
+
+    assert run(_with(b, one)) < 0.2
+
+
+def test_requests_arriving_during_a_pass_form_the_next_batch():
+    rec = Recorder(delay=0.05)
+    b = MicroBatcher({"f": rec}, max_batch=100, max_wait_s=0.001)
+
+    async def staggered():
+        first = asyncio.create_task(b.submit("f", np.zeros((1, 1))))
+        await asyncio.sleep(0.01)  # the first pass is running now
+        rest = [asyncio.create_task(b.submit("f", np.zeros((1, 1)))) for _ in range(7)]
+        await asyncio.gather(first, *rest)
+
+    run(_with(b, staggered))
+    assert rec.sizes == [1, 7]
+
+
+def test_kinds_are_run_separately_and_errors_propagate():
+    def boom(x):
+        raise RuntimeError("model failed")
+
+    rec = Recorder()
+    b = MicroBatcher({"ok": rec, "bad": boom}, max_batch=8, max_wait_s=0.005)
+
+    async def mixed():
+        return await asyncio.gather(b.submit("ok", np.ones((2, 1))), b.submit("bad", np.ones((1, 1))),
+                                    return_exceptions=True)
+
+    ok, bad = run(_with(b, mixed))
+    assert ok.tolist() == [[2.0], [2.0]] and isinstance(bad, RuntimeError) and rec.sizes == [2]
+
+
+def test_submit_after_stop_fails_cleanly():
+    b = MicroBatcher({"f": Recorder()})
+
+    async def go():
+        await b.start()
+        await b.stop()
+        await b.submit("f", np.zeros((1, 1)))
+
+    with pytest.raises(BatcherClosed):
+        run(go())
+
+
+def test_invalid_configuration():
+    with pytest.raises(ValueError):
+        MicroBatcher({"f": Recorder()}, max_batch=0)

@@ -1,0 +1,55 @@
+"""JND threshold fitting, calibration through the API, persistence across restarts."""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from service import jnd
+from service.app import create_app
+from tests.service.conftest import API_KEY, cifar, encode, noisy, test_settings
+
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
+def test_fit_threshold_separable():
+    t, acc = jnd.fit_threshold(np.array([1.0, 2.0, 5.0, 6.0]), np.array([1, 1, 0, 0]))
+    assert t == pytest.approx(3.5) and acc == 1.0
+
+
+def test_fit_threshold_soft_labels_and_edges():
+    t, acc = jnd.fit_threshold(np.array([1.0, 2.0, 3.0]), np.array([0.9, 0.2, 0.1]))
+    assert 1.0 < t < 2.0 and acc == pytest.approx((0.9 + 0.8 + 0.9) / 3)
+    assert jnd.fit_threshold(np.array([1.0, 2.0]), np.array([1, 1]))[0] > 2.0
+    assert jnd.fit_threshold(np.array([1.0, 2.0]), np.array([0, 0]))[0] < 1.0
+    with pytest.raises(ValueError):
+        jnd.fit_threshold(np.array([]), np.array([]))
+
+
+def test_calibrate_persists_and_is_pinned_to_the_model(tmp_path):
+    settings = test_settings(tmp_path)
+    ref = cifar(4)
+    pairs = [{"image_a": base64.b64encode(encode(ref)).decode(),
+              "image_b": base64.b64encode(encode(noisy(ref, s, seed=s))).decode(), "same": float(s < 5)}
+             for s in (1, 2, 3, 40, 60, 80)]
+    with TestClient(create_app(settings)) as c:
+        r = c.post("/v1/jnd/calibrate", json={"pairs": pairs}, headers=AUTH)
+        assert r.status_code == 200, r.text
+        fitted = r.json()
+        assert fitted["source"] == "calibrated" and fitted["accuracy"] == 1.0 and fitted["n_pairs"] == 6
+        assert c.get("/v1/jnd/threshold").json() == fitted
+        bad = c.post("/v1/jnd/calibrate", json={"pairs": [{"same": 1}, {"distance": 1, "same": 2}]}, headers=AUTH)
+        assert bad.status_code == 422
+    assert settings.jnd_file.is_file()
+    with TestClient(create_app(settings)) as c:  # restart: the calibration is kept
+        assert c.get("/v1/jnd/threshold").json()["threshold"] == fitted["threshold"]
+    assert jnd.load(settings.jnd_file, "other-model") is None
+
+
+def test_threshold_from_settings(tmp_path):
+    with TestClient(create_app(test_settings(tmp_path, jnd_threshold=12.5))) as c:
+        assert c.get("/v1/jnd/threshold").json() == {"threshold": 12.5, "source": "settings",
+                                                     "n_pairs": 0, "accuracy": None}

@@ -1,0 +1,29 @@
+"""Settings come from AFV_* environment variables (and .env), read once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from service.settings import Settings, get_settings
+
+
+def test_env_and_defaults(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AFV_API_KEYS", " k1, k2 ,,")
+    monkeypatch.setenv("AFV_DATA_DIR", str(tmp_path / "d"))
+    monkeypatch.setenv("AFV_BATCH_MAX_SIZE", "8")
+    s = Settings()
+    assert s.api_keys == ["k1", "k2"] and s.batch_max_size == 8
+    assert s.resolved_index_dir == tmp_path / "d" / "index"
+    assert Settings(index_dir=Path("/x")).resolved_index_dir == Path("/x")
+
+
+def test_dotenv(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("AFV_API_KEYS=from-dotenv\nAFV_MAX_PIXELS=1000\n")
+    s = Settings()
+    assert s.api_keys == ["from-dotenv"] and s.max_pixels == 1000
+
+
+def test_get_settings_is_cached():
+    assert get_settings() is get_settings()
