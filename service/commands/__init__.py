@@ -1,1 +1,1 @@
-"""`afv` sub-commands, one module each (mounted in service/cli.py)."""
+"""CLI sub-commands of `afv` (mounted by service/cli.py)."""

@@ -1,0 +1,205 @@
+"""`afv eval 2afc|jnd|probe|class-distances`: the AFV paper's claims, checked on the user's own data.
+
+Every command runs the trained AFV metric and its baselines (`--metric`, repeatable; default all of
+afv, l2, ssim, dpool, afv-random) in one run, so each number has its comparison beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated, Optional
+
+import numpy as np
+import typer
+
+from model.evaluation.metrics import METRICS
+
+log = logging.getLogger(__name__)
+
+eval_app = typer.Typer(help="Evaluate the metric: BAPPS 2AFC / JND, probes, class distances.",
+                       no_args_is_help=True)
+
+ModelOpt = Annotated[Optional[Path], typer.Option("--model", help="Run directory (default: the bundled model).")]
+MetricOpt = Annotated[Optional[list[str]], typer.Option(
+    "--metric", help=f"Metric(s) to score, repeatable: {' | '.join(METRICS)} (default: all).")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+NormOpt = Annotated[Optional[str], typer.Option(
+    "--normalization", help="AFV normalisation none | l2 | power (default: the model's).")]
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def _metrics(names: list[str] | None, model: Path | None, device: str, normalization: str | None) -> list:
+    """Build the requested metrics, loading the trained model once (afv and dpool share it)."""
+    from model.checkpoint import CheckpointError
+    from model.evaluation.metrics import get_metric, load_extractors
+
+    names = names or list(METRICS)
+    bad = [n for n in names if n not in METRICS]
+    if bad:
+        _fail(f"unknown metric {bad[0]!r}; choose from {', '.join(METRICS)}")
+    try:
+        trained = (load_extractors("afv", model, device, normalization)
+                   if {"afv", "dpool", "afv-random"} & set(names) else None)
+        out = []
+        for n in names:
+            ext = trained if n in ("afv", "dpool") else None
+            if n == "afv-random":
+                from model.extract import AFVExtractor
+
+                ext = AFVExtractor.untrained(trained.preset.name, trained.device, trained.normalization)
+            out.append(get_metric(n, extractor=ext))
+        return out
+    except (CheckpointError, ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+
+
+def _table(rows: list[dict], dirs: list[str], key: str) -> str:
+    """Metric × directory table with a mean column (as the BAPPS paper's tables)."""
+    names = list(dict.fromkeys(r["metric"] for r in rows))
+    short = [Path(d).name or d for d in dirs]
+    lines = [f"{'metric':<12}" + "".join(f"{s[:14]:>15}" for s in short) + f"{'mean':>15}"]
+    for n in names:
+        vals = [next(r[key] for r in rows if r["metric"] == n and r["dir"] == d) for d in dirs]
+        lines.append(f"{n:<12}" + "".join(f"{v:>15.4f}" for v in vals) + f"{np.mean(vals):>15.4f}")
+    return "\n".join(lines)
+
+
+def _bapps(kind: str, dirs: list[Path], metric: list[str] | None, model, device, normalization,
+           json_out: bool) -> None:
+    from model.evaluation import bapps
+
+    load, run, key = ((bapps.load_2afc, bapps.evaluate_2afc, "score") if kind == "2afc"
+                      else (bapps.load_jnd, bapps.evaluate_jnd, "map"))
+    try:
+        sets = [load(d) for d in dirs]
+    except (bapps.BAPPSLayoutError, ValueError) as e:
+        _fail(str(e))
+    rows = [run(m, s) for m in _metrics(metric, model, device, normalization) for s in sets]
+    names = list(dict.fromkeys(r["metric"] for r in rows))
+    means = {n: float(np.mean([r[key] for r in rows if r["metric"] == n])) for n in names}
+    if json_out:
+        typer.echo(json.dumps({"task": kind, "results": rows, "mean": means}))
+        return
+    typer.echo(f"BAPPS {'2AFC score' if kind == '2afc' else 'JND mAP'} ({', '.join(f'{s.root}: {len(s)}' for s in sets)})")
+    typer.echo(_table(rows, [str(s.root) for s in sets], key))
+    if kind == "2afc":
+        typer.echo("human agreement (p²+(1−p)²): "
+                   + ", ".join(f"{r['human']:.4f}" for r in rows if r["metric"] == names[0]))
+
+
+@eval_app.command("2afc")
+def two_afc(dirs: Annotated[list[Path], typer.Argument(help="BAPPS 2AFC folder(s): ref/ p0/ p1/ judge/.")],
+            model: ModelOpt = None, metric: MetricOpt = None, device: DeviceOpt = "auto",
+            normalization: NormOpt = None, json_out: JsonOpt = False) -> None:
+    """BAPPS 2AFC score of each metric on each folder, and their mean."""
+    _bapps("2afc", dirs, metric, model, device, normalization, json_out)
+
+
+@eval_app.command("jnd")
+def jnd(dirs: Annotated[list[Path], typer.Argument(help="BAPPS JND folder(s): p0/ p1/ same/.")],
+        model: ModelOpt = None, metric: MetricOpt = None, device: DeviceOpt = "auto",
+        normalization: NormOpt = None, json_out: JsonOpt = False) -> None:
+    """BAPPS JND mAP of each metric's distance as a same/different detector."""
+    _bapps("jnd", dirs, metric, model, device, normalization, json_out)
+
+
+def _variants(ext, norms: list[str] | None, eps: list[float] | None):
+    from model.evaluation.probe import Variant
+
+    return [Variant(n, e) for n in (norms or [ext.normalization]) for e in (eps or [ext.stats.eps_rel])]
+
+
+@eval_app.command("probe")
+def probe(
+    data: Annotated[Path, typer.Option(help="Folder or .tar(.gz) with SPLIT/CLASS/* images.")],
+    model: ModelOpt = None, metric: MetricOpt = None, device: DeviceOpt = "auto",
+    train_split: Annotated[str, typer.Option(help="Training split folder.")] = "train",
+    test_split: Annotated[str, typer.Option(help="Test split folder.")] = "test",
+    train_limit: Annotated[Optional[int], typer.Option(help="Class-stratified subset of train.")] = None,
+    test_limit: Annotated[Optional[int], typer.Option(help="Class-stratified subset of test.")] = None,
+    k: Annotated[int, typer.Option(help="Neighbours in the k-NN vote.")] = 10,
+    dim: Annotated[int, typer.Option(help="Sketch wider features (AFVs) to this many values.")] = 4096,
+    normalization: Annotated[Optional[list[str]], typer.Option(
+        help="AFV normalisation(s) to compare, repeatable (default: the model's).")] = None,
+    eps_rel: Annotated[Optional[list[float]], typer.Option(
+        help="Fisher floor(s) FisherStats.eps_rel to compare, repeatable (default: the stored one).")] = None,
+    seed: int = 0, json_out: JsonOpt = False,
+    out: Annotated[Optional[Path], typer.Option(help="Also write the rows as JSON here.")] = None,
+) -> None:
+    """Linear-probe and k-NN accuracy (train split → test split) of each metric's embedding."""
+    from model.evaluation.probe import load_labelled, run_probe
+
+    metrics = _metrics(metric, model, device, None)
+    res = next((m.resolution for m in metrics if m.resolution), 32)
+    try:
+        train = load_labelled(data, train_split, res, train_limit, seed)
+        test = load_labelled(data, test_split, res, test_limit, seed, classes=train.classes)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    log.info("probe: %d train / %d test images, %d classes", len(train.y), len(test.y), len(train.classes))
+    rows = []
+    for m in metrics:
+        vs = _variants(m.extractor, normalization, eps_rel) if m.name.startswith("afv") else None
+        rows += run_probe(m, train, test, k=k, dim=dim, seed=seed, variants=vs)
+    report = {"data": str(data), "n_train": len(train.y), "n_test": len(test.y), "k": k, "rows": rows}
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2))
+    if json_out:
+        typer.echo(json.dumps(report))
+        return
+    typer.echo(f"probe: {report['n_train']} train / {report['n_test']} test images, k={k}")
+    typer.echo(f"{'metric':<12} {'variant':<24} {'dim':>6} {'linear':>8} {'kNN':>8}")
+    for r in rows:
+        var = f"{r['normalization']}, eps={r['eps_rel']:g}" if "normalization" in r else ""
+        lin = "n/a" if r["linear"] is None else f"{r['linear']:.2%}"
+        typer.echo(f"{r['metric']:<12} {var:<24} {r['dim'] or '-':>6} {lin:>8} {r['knn']:>8.2%}")
+
+
+@eval_app.command("class-distances")
+def class_distances(
+    data: Annotated[Path, typer.Option(help="Folder or .tar(.gz) with [SPLIT/]CLASS/* images.")],
+    out: Annotated[Path, typer.Option(help="Output path prefix: writes OUT.csv and OUT.png.")],
+    model: ModelOpt = None, device: DeviceOpt = "auto", normalization: NormOpt = None,
+    split: Annotated[str, typer.Option(help="Split folder ('' = classes at the top level).")] = "test",
+    limit: Annotated[Optional[int], typer.Option(help="Class-stratified subset size.")] = None,
+    seed: int = 0, json_out: JsonOpt = False,
+) -> None:
+    """Class-by-class Fisher set-distance matrix (CSV + heat map), e.g. over CIFAR-10's test classes."""
+    from model.evaluation import setdist
+    from model.evaluation.probe import load_labelled
+
+    ext = _metrics(["afv"], model, device, normalization)[0].extractor
+    try:
+        data_set = (load_labelled(data, split, ext.resolution, limit, seed) if split
+                    else _top_level_classes(data, ext.resolution, limit, seed))
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    per_class = {c: data_set.x[data_set.y == i] for i, c in enumerate(data_set.classes)}
+    names, d = setdist.distance_matrix(setdist.class_means(ext, per_class))
+    prefix = out.with_suffix("") if out.suffix in (".csv", ".png") else out
+    setdist.write_csv(prefix.with_name(prefix.name + ".csv"), names, d)
+    setdist.write_heatmap(prefix.with_name(prefix.name + ".png"), names, d,
+                          f"Fisher distance between class means ({ext.name}, {len(data_set.y)} images)")
+    pairs = setdist.nearest_pairs(names, d)
+    if json_out:
+        typer.echo(json.dumps({"classes": names, "distances": d.tolist(),
+                               "nearest": [list(p) for p in pairs]}))
+        return
+    typer.echo(f"wrote {prefix}.csv and {prefix}.png")
+    for a, b, v in pairs:
+        typer.echo(f"  {a:<12} nearest {b:<12} {v:.4g}")
+
+
+def _top_level_classes(data: Path, resolution: int, limit: int | None, seed: int):
+    """CLASS/* at the top of a folder: read it as a split named after the folder."""
+    from model.evaluation.probe import load_labelled
+
+    return load_labelled(data.parent, data.name, resolution, limit, seed)
