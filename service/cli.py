@@ -184,5 +184,21 @@ def bench_extract_cmd(
                    f"{r['slowdown_vs_floor']:>5.2f}x")
 
 
+def _mount() -> None:
+    """Attach the sub-commands that live beside their subsystems (index, eval, serve)."""
+    from service.commands.bench_index import bench_index
+    from service.commands.eval import eval_app
+    from service.commands.index import index_app, search_command
+    from service.commands.serve import serve_command
+
+    app.add_typer(index_app, name="index")
+    app.add_typer(eval_app, name="eval")
+    app.command("search")(search_command)
+    app.command("serve")(serve_command)
+    bench_app.command("index")(bench_index)
+
+
+_mount()
+
 if __name__ == "__main__":
     app()
