@@ -1,0 +1,116 @@
+"""The metric registry: the trained AFV distance and the four baselines behind one interface.
+
+| name        | distance between two images                                  | embedding (for probes)        |
+|-------------|--------------------------------------------------------------|-------------------------------|
+| afv         | ‖AFV(a) − AFV(b)‖ of the trained discriminator               | AFV (P values)                |
+| l2          | ‖a − b‖ of the pixels scaled to [0, 1]                        | the pixels (3·H·W values)     |
+| ssim        | 1 − SSIM(a, b) (`model.evaluation.ssim`, scikit-image defaults) | none: k-NN by brute force     |
+| dpool       | ‖f(a) − f(b)‖, f = D's globally pooled last-block activations  | f (ndf values)                |
+| afv-random  | as afv, for a randomly initialised D of the same preset       | AFV (P values)                |
+
+Inputs are N×3×R×R uint8 batches. The model metrics expect R = the model's resolution
+(`Metric.resolution`); the pixel metrics (`resolution None`) take images at their own size, which
+must be one size within a call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model.evaluation.ssim import ssim
+
+METRICS = ("afv", "l2", "ssim", "dpool", "afv-random")
+DistanceFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+EmbedFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class Metric:
+    """One distance: `distance(a, b)` → N distances of N pairs; `embed(x)` → N×F features whose
+    Euclidean distances are this metric's (None where there is no such embedding, e.g. SSIM)."""
+
+    name: str
+    resolution: int | None
+    pair_fn: DistanceFn
+    embed_fn: EmbedFn | None = None
+    batch_size: int = 64
+    extractor: object | None = None
+
+    def distance(self, a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
+        """N×3×R×R uint8 pairs (a[i], b[i]) → N float64 distances, in batches."""
+        if a.shape != b.shape or a.dim() != 4:
+            raise ValueError(f"{self.name}: need two N×3×H×W batches of one shape, "
+                             f"got {tuple(a.shape)} and {tuple(b.shape)}")
+        parts = [self.pair_fn(a[i : i + self.batch_size], b[i : i + self.batch_size]).double().cpu()
+                 for i in range(0, a.shape[0], self.batch_size)]
+        return torch.cat(parts).numpy() if parts else np.zeros(0)
+
+    @property
+    def has_embedding(self) -> bool:
+        return self.embed_fn is not None
+
+    def iter_embed(self, x: torch.Tensor) -> Iterator[torch.Tensor]:
+        """Stream N×F float32 features of N images in batches (memory O(batch × F))."""
+        if self.embed_fn is None:
+            raise ValueError(f"metric {self.name!r} has no embedding; compare images pairwise instead")
+        for i in range(0, x.shape[0], self.batch_size):
+            yield self.embed_fn(x[i : i + self.batch_size]).float().cpu()
+
+
+def _pixels(x: torch.Tensor) -> torch.Tensor:
+    return x.float().div(255.0).flatten(1)
+
+
+def _l2(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (_pixels(a) - _pixels(b)).norm(dim=1)
+
+
+def _one_minus_ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return 1.0 - ssim(a, b)
+
+
+def _feature_distance(embed: EmbedFn) -> DistanceFn:
+    """‖f(a) − f(b)‖ of a feature map f, with a and b embedded in one batch."""
+    def pair(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        f = embed(torch.cat([a, b])).double()
+        return (f[: a.shape[0]] - f[a.shape[0]:]).norm(dim=1)
+
+    return pair
+
+
+def _extractor_metric(name: str, ext, batch_size: int, pooled: bool = False) -> Metric:
+    embed = ext.pooled_features if pooled else ext.afv
+    # a pair batch embeds 2×batch images: halve it so AFV memory stays O(batch_size × P)
+    return Metric(name, ext.resolution, _feature_distance(embed), embed,
+                  batch_size=batch_size if pooled else max(1, batch_size // 2), extractor=ext)
+
+
+def load_extractors(metric: str, model: str | Path | None, device: str = "auto",
+                    normalization: str | None = None, seed: int = 0):
+    """The extractor a model metric needs: the trained one, or a random one of the same preset."""
+    from model.extract import AFVExtractor, resolve_device
+
+    trained = AFVExtractor.load(model, device=device, normalization=normalization)
+    if metric != "afv-random":
+        return trained
+    return AFVExtractor.untrained(trained.preset.name, resolve_device(device),
+                                  normalization=trained.normalization, seed=seed)
+
+
+def get_metric(name: str, model: str | Path | None = None, *, device: str = "auto",
+               normalization: str | None = None, batch_size: int = 64, seed: int = 0,
+               extractor=None) -> Metric:
+    """Build metric `name` (see `METRICS`); model metrics load `model` (or use `extractor`)."""
+    if name not in METRICS:
+        raise ValueError(f"unknown metric {name!r}; choose one of {', '.join(METRICS)}")
+    if name == "l2":
+        return Metric("l2", None, _l2, _pixels, batch_size=batch_size)
+    if name == "ssim":
+        return Metric("ssim", None, _one_minus_ssim, None, batch_size=batch_size)
+    ext = extractor or load_extractors(name, model, device, normalization, seed)
+    return _extractor_metric(name, ext, batch_size, pooled=name == "dpool")

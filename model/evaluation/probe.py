@@ -1,0 +1,230 @@
+"""Linear and k-nearest-neighbour probes of a metric's embedding on a labelled split/class/*.jpg set.
+
+* Data: ``ROOT/<split>/<class>/*`` in a folder or .tar(.gz) (e.g. CIFAR-10's train/ and test/).
+  `--limit`s take a seeded, class-stratified random subset (not the first N files, which would be
+  the first classes only).
+* Embedding: the metric's features (`metrics.Metric.embed_fn`). Features wider than `dim` (AFVs:
+  P = 67k values for the `cpu` preset, 4.2M for `paper`) are streamed through the index's seeded
+  sparse Johnson–Lindenstrauss sketch (`index.projection.SparseSketch`, the `exact` projection
+  mode) to `dim` values, so 50k AFVs never have to be held in memory; Euclidean distances are kept
+  to within a few per cent. Pixels (3,072) and pooled features stay un-projected at the default dim.
+* Linear probe: multinomial logistic regression (scikit-learn, L-BFGS) on standardised features;
+  C is picked from a small grid on a seeded 10 % hold-out of the training set, then refit on all.
+* k-NN probe: the training features in the project's FAISS index (`index.faiss_index`, planned by
+  `plan_index`: exact flat search below 50k vectors), k = 10, majority vote; a tie goes to the tied
+  class met first (nearest). SSIM has no embedding: its k-NN is brute force over all pairs and it
+  has no linear probe.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from model import fisher
+from model.data import ImageDecodeError, decode_image, image_to_uint8, iter_records, uint8_to_model
+from model.evaluation.metrics import Metric
+from model.evaluation.ssim import ssim_cross
+
+log = logging.getLogger(__name__)
+
+C_GRID = (1e-3, 1e-2, 1e-1, 1.0)
+
+
+@dataclass
+class LabelledSet:
+    """N×3×R×R uint8 images, their N integer labels and the class names (sorted)."""
+
+    x: torch.Tensor
+    y: np.ndarray
+    classes: list[str]
+
+
+def _records_by_class(path, split: str) -> dict[str, list]:
+    by_class: dict[str, list] = defaultdict(list)
+    for rec in iter_records(path, split):
+        parts = rec.name.split("/")
+        if len(parts) >= 3:  # split/class/file
+            by_class[parts[-2]].append(rec)
+    if not by_class:
+        raise ValueError(f"no images under {split}/<class>/ in {path}")
+    return by_class
+
+
+def load_labelled(path, split: str, resolution: int, limit: int | None = None, seed: int = 0,
+                  classes: list[str] | None = None) -> LabelledSet:
+    """Load `split` of a split/class/* collection; `limit` → a seeded class-stratified subset."""
+    by_class = _records_by_class(path, split)
+    classes = classes or sorted(by_class)
+    rng = np.random.default_rng(seed)
+    per_class = None if limit is None else max(1, -(-limit // len(classes)))
+    arrays, labels = [], []
+    for label, name in enumerate(classes):
+        recs = by_class.get(name, [])
+        if per_class is not None and len(recs) > per_class:
+            recs = [recs[i] for i in sorted(rng.choice(len(recs), per_class, replace=False))]
+        for rec in recs:
+            try:
+                arrays.append(image_to_uint8(decode_image(rec.data), resolution))
+                labels.append(label)
+            except ImageDecodeError as e:
+                log.warning("skipping %s: %s", rec.name, e)
+    return LabelledSet(torch.from_numpy(np.stack(arrays)), np.asarray(labels, np.int64), classes)
+
+
+# -- features -----------------------------------------------------------------------------------
+
+
+def _sketch(in_dim: int, dim: int, seed: int):
+    from index.projection import SparseSketch
+
+    return None if in_dim <= dim else SparseSketch(in_dim, dim, seed)
+
+
+def embed(metric: Metric, x: torch.Tensor, dim: int = 4096, seed: int = 0) -> np.ndarray:
+    """N×F features of `metric` (sketched to `dim` if F > dim), float32, streamed in batches."""
+    out, sketch = None, None
+    i = 0
+    for f in metric.iter_embed(x):
+        if out is None:
+            sketch = _sketch(f.shape[1], dim, seed)
+            out = np.empty((x.shape[0], f.shape[1] if sketch is None else dim), np.float32)
+        f = f if sketch is None else sketch(f)
+        out[i : i + f.shape[0]] = f.numpy()
+        i += f.shape[0]
+    return out
+
+
+@dataclass(frozen=True)
+class Variant:
+    """An AFV configuration: the normalisation and the Fisher floor `FisherStats.eps_rel`."""
+
+    normalization: str
+    eps_rel: float
+
+    @property
+    def label(self) -> str:
+        return f"{self.normalization}, eps_rel={self.eps_rel:g}"
+
+
+def afv_variants(ext, x: torch.Tensor, variants: list[Variant], dim: int = 4096,
+                 seed: int = 0) -> dict[Variant, np.ndarray]:
+    """Sketched AFVs of `x` for several (normalisation, eps_rel) at the price of one gradient pass."""
+    inv_std = {e: fisher.FisherStats(ext.stats.mean, ext.stats.var, ext.stats.n_samples, e).inv_std()
+               for e in {v.eps_rel for v in variants}}
+    sketch = _sketch(ext.dim, dim, seed)
+    width = ext.dim if sketch is None else dim
+    out = {v: np.empty((x.shape[0], width), np.float32) for v in variants}
+    for i, grads in _grad_batches(ext, x):
+        for v in variants:
+            f = fisher.normalize(fisher.fisher_vectors(grads, ext.stats, inv_std[v.eps_rel]), v.normalization)
+            f = f if sketch is None else sketch(f.float())
+            out[v][i : i + f.shape[0]] = f.cpu().numpy()
+    return out
+
+
+def _grad_batches(ext, x: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
+    for i in range(0, x.shape[0], ext.batch_size):
+        xm = uint8_to_model(x[i : i + ext.batch_size].to(ext.device))
+        yield i, fisher.per_sample_grads(ext.d, xm)
+
+
+# -- probes -------------------------------------------------------------------------------------
+
+
+def linear_probe(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, yte: np.ndarray,
+                 c_grid: tuple[float, ...] = C_GRID, seed: int = 0) -> dict:
+    """Logistic-regression accuracy on the test set; C chosen on a 10 % hold-out of train."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import train_test_split
+    from sklearn.preprocessing import StandardScaler
+
+    def fit(x, y, c):
+        scaler = StandardScaler().fit(x)
+        clf = LogisticRegression(C=c, max_iter=500, tol=1e-3).fit(scaler.transform(x), y)
+        return lambda z: clf.predict(scaler.transform(z))
+
+    c = c_grid[0]
+    if len(c_grid) > 1:
+        a, b, ya, yb = train_test_split(xtr, ytr, test_size=0.1, random_state=seed, stratify=ytr)
+        scores = {c: float(np.mean(fit(a, ya, c)(b) == yb)) for c in c_grid}
+        c = max(scores, key=lambda k: (scores[k], -k))
+    acc = float(np.mean(fit(xtr, ytr, c)(xte) == yte))
+    return {"accuracy": acc, "C": c}
+
+
+def majority_vote(neighbour_labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """nq×k labels (nearest first; -1 = missing) → nq predictions; ties go to the nearest tied class."""
+    preds = np.empty(len(neighbour_labels), np.int64)
+    for q, row in enumerate(neighbour_labels):
+        row = row[row >= 0]
+        counts = np.bincount(row, minlength=n_classes)
+        tied = set(np.flatnonzero(counts == counts.max()))
+        preds[q] = next(int(c) for c in row if c in tied) if len(row) else -1
+    return preds
+
+
+def knn_probe(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, yte: np.ndarray, k: int = 10) -> dict:
+    """k-NN majority-vote accuracy with the training features in the project's FAISS index."""
+    from index.faiss_index import VectorIndex, plan_index
+
+    n, d = xtr.shape
+    plan = plan_index(n, d, memory_budget=max(256 * 2**20, n * (4 * d + 8)))
+    index = VectorIndex.build(plan, train=xtr)
+    index.add(xtr, np.arange(n, dtype=np.int64))
+    _, ids = index.search(xte, k)
+    labels = np.where(ids >= 0, ytr[np.clip(ids, 0, None)], -1)
+    return {"accuracy": float(np.mean(majority_vote(labels, int(ytr.max()) + 1) == yte)),
+            "k": k, "index": plan.factory}
+
+
+def knn_probe_ssim(train: LabelledSet, test: LabelledSet, k: int = 10) -> dict:
+    """k-NN majority-vote accuracy under SSIM (brute force: every test image against every train one)."""
+    labels = np.empty((test.x.shape[0], k), np.int64)
+    for i in range(0, test.x.shape[0], 64):
+        sim = ssim_cross(test.x[i : i + 64], train.x)
+        labels[i : i + 64] = train.y[sim.topk(k, dim=1).indices.numpy()]
+    return {"accuracy": float(np.mean(majority_vote(labels, len(train.classes)) == test.y)),
+            "k": k, "index": "brute-force SSIM"}
+
+
+def probe_features(name: str, ftr: np.ndarray, fte: np.ndarray, train: LabelledSet,
+                   test: LabelledSet, k: int = 10, seed: int = 0) -> dict:
+    """Both probes on precomputed features."""
+    t0 = time.perf_counter()
+    row = {"metric": name, "dim": int(ftr.shape[1]),
+           "linear": linear_probe(ftr, train.y, fte, test.y, seed=seed)["accuracy"],
+           "knn": knn_probe(ftr, train.y, fte, test.y, k)["accuracy"]}
+    row["probe_s"] = round(time.perf_counter() - t0, 1)
+    return row
+
+
+def run_probe(metric: Metric, train: LabelledSet, test: LabelledSet, *, k: int = 10, dim: int = 4096,
+              seed: int = 0, variants: list[Variant] | None = None) -> list[dict]:
+    """Probe rows of one metric (one row per AFV variant for the AFV metrics)."""
+    t0 = time.perf_counter()
+    if metric.name == "ssim":
+        row = {"metric": "ssim", "dim": None, "linear": None, **_acc(knn_probe_ssim(train, test, k))}
+        return [{**row, "features_s": 0.0, "probe_s": round(time.perf_counter() - t0, 1)}]
+    if metric.name in ("afv", "afv-random"):
+        ext = metric.extractor
+        variants = variants or [Variant(ext.normalization, ext.stats.eps_rel)]
+        ftr = afv_variants(ext, train.x, variants, dim, seed)
+        fte = afv_variants(ext, test.x, variants, dim, seed)
+        feat_s = round(time.perf_counter() - t0, 1)
+        return [{**probe_features(metric.name, ftr[v], fte[v], train, test, k, seed),
+                 "normalization": v.normalization, "eps_rel": v.eps_rel, "features_s": feat_s}
+                for v in variants]
+    ftr, fte = embed(metric, train.x, dim, seed), embed(metric, test.x, dim, seed)
+    feat_s = round(time.perf_counter() - t0, 1)
+    return [{**probe_features(metric.name, ftr, fte, train, test, k, seed), "features_s": feat_s}]
+
+
+def _acc(res: dict) -> dict:
+    return {"knn": res["accuracy"]}
