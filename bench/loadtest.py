@@ -1,0 +1,310 @@
+"""Load test of the HTTP service: concurrent clients on /v1/search and /v1/distance, loopback only.
+
+Starts a server in a subprocess (over a temporary index, or `--url` targets a running one on
+127.0.0.1), seeds the index, then drives a bounded asyncio httpx client (at most `--requests`
+requests and `--duration` seconds) and prints latency percentiles, throughput and errors. In the same
+run it times the raw model work — `AFVExtractor.afv` and the index's `embed` on batches of the
+server's batch size, with the server idle — and reports service throughput as a share of it.
+
+    .venv/bin/python bench/loadtest.py                         # default (bundled or untrained tiny) model
+    .venv/bin/python bench/loadtest.py --preset cpu            # untrained `cpu`-preset networks (same cost)
+    .venv/bin/python bench/loadtest.py --model runs/cpu-c10 --concurrency 32 --duration 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+IMAGES = ROOT / "tests" / "fixtures" / "cifar10"
+KEY = "loadtest-key"
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+SERVER_CODE = """
+import json, logging, sys
+import uvicorn
+from model.extract import AFVExtractor
+from service.app import create_app
+from service.settings import Settings
+cfg = json.loads(sys.argv[1])
+if cfg.pop("preset"):
+    from model.extract import resolve_device
+    preset = cfg.pop("preset_name")
+    AFVExtractor.load = classmethod(lambda cls, run=None, device="auto", **kw:
+                                    cls.untrained(preset, resolve_device(device)))
+else:
+    cfg.pop("preset_name")
+port = cfg.pop("port")
+logging.basicConfig(level=logging.WARNING)
+uvicorn.run(create_app(Settings(**cfg)), host="127.0.0.1", port=port, log_level="warning",
+            access_log=False)
+"""
+
+
+# ---- raw model throughput ------------------------------------------------------------------------
+
+def load_extractor(model: str | None, preset: str | None, device: str):
+    from model.extract import AFVExtractor, resolve_device
+
+    if preset:
+        return AFVExtractor.untrained(preset, resolve_device(device))
+    return AFVExtractor.load(model, device=device)
+
+
+def time_batches(fn, x, seconds: float = 3.0) -> float:
+    """Images per second of fn on batch x, repeated for about `seconds` after one warm-up call."""
+    fn(x)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        fn(x)
+        n += len(x)
+    return n / (time.perf_counter() - t0)
+
+
+class RawTimer:
+    """Raw `.afv` and index `.embed` images/s on one batch, in this process, with the server idle.
+
+    Timed before and after the load; the comparison uses the mean of the two (shared machines)."""
+
+    def __init__(self, args, images: list[bytes]):
+        import torch
+
+        from index import AFVIndex
+        from model.data import decode_image
+
+        self.ext = load_extractor(args.model, args.preset, args.device)
+        self.x = torch.from_numpy(np.stack([self.ext.preprocess(decode_image(b))
+                                            for b in (images * args.batch_size)[: args.batch_size]]))
+        self._tmp = tempfile.TemporaryDirectory()
+        self.idx = AFVIndex.create(Path(self._tmp.name) / "ix", self.ext)
+        self.runs: list[dict[str, float]] = []
+
+    def measure(self) -> None:
+        self.runs.append({"afv_img_s": time_batches(lambda b: self.ext.afv(b).cpu(), self.x),
+                          "embed_img_s": time_batches(self.idx.embed, self.x)})
+
+    def result(self) -> dict:
+        self.idx.close()
+        self._tmp.cleanup()
+        mean = {k: float(np.mean([r[k] for r in self.runs])) for k in self.runs[0]}
+        return {**mean, "runs": self.runs}
+
+
+# ---- server ---------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(args, data_dir: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    cfg = {"data_dir": str(data_dir), "demo_collection": None, "api_keys": [KEY], "device": args.device,
+           "model": args.model, "port": port, "preset": bool(args.preset), "preset_name": args.preset,
+           "batch_max_size": args.batch_size}
+    proc = subprocess.Popen([sys.executable, "-c", SERVER_CODE, json.dumps(cfg)], cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited with status {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    proc.terminate()
+    raise SystemExit("server did not become ready in 180 s")
+
+
+# ---- load -----------------------------------------------------------------------------------------
+
+@dataclass
+class Results:
+    latencies: dict[str, list[float]] = field(default_factory=lambda: {"search": [], "distance": []})
+    errors: dict[str, int] = field(default_factory=dict)
+    images: int = 0
+
+    def error(self, what: str) -> None:
+        self.errors[what] = self.errors.get(what, 0) + 1
+
+
+def load_images(n: int) -> list[bytes]:
+    files = sorted(IMAGES.rglob("*.jpg"))[:n]
+    if not files:
+        raise SystemExit(f"no images under {IMAGES}")
+    return [f.read_bytes() for f in files]
+
+
+async def seed_index(client: httpx.AsyncClient, images: list[bytes]) -> None:
+    for i in range(0, len(images), 32):
+        chunk = images[i : i + 32]
+        r = await client.post("/v1/images:batch", files=[("images", (f"{i + j}.jpg", b)) for j, b in enumerate(chunk)],
+                              headers={"Authorization": f"Bearer {KEY}"})
+        r.raise_for_status()
+
+
+async def one_request(client: httpx.AsyncClient, op: str, i: int, images: list[bytes], res: Results) -> None:
+    a, b = images[i % len(images)], images[(i * 7 + 3) % len(images)]
+    t0 = time.perf_counter()
+    try:
+        if op == "search":
+            r = await client.post("/v1/search", files={"image": ("q.jpg", a)}, data={"k": "10"})
+        else:
+            r = await client.post("/v1/distance", files={"image_a": ("a.jpg", a), "image_b": ("b.jpg", b)})
+    except httpx.HTTPError as e:
+        res.error(type(e).__name__)
+        return
+    if r.status_code != 200:
+        res.error(f"HTTP {r.status_code}")
+        return
+    res.latencies[op].append(time.perf_counter() - t0)
+    res.images += 1 if op == "search" else 2
+
+
+async def drive(url: str, images: list[bytes], args) -> tuple[Results, float]:
+    res, counter = Results(), iter(range(args.requests))
+    limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
+        deadline = time.perf_counter() + args.duration
+
+        async def worker() -> None:
+            for i in counter:
+                if time.perf_counter() > deadline:
+                    return
+                op = "search" if (i % (args.search_weight + args.distance_weight)) < args.search_weight else "distance"
+                await one_request(client, op, i, images, res)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+        return res, time.perf_counter() - t0
+
+
+async def warm_and_seed(url: str, images: list[bytes], n_index: int) -> None:
+    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+        await seed_index(client, images[:n_index])
+        for b in images[:4]:
+            (await client.post("/v1/search", files={"image": b})).raise_for_status()
+
+
+def batch_stats(url: str) -> dict[str, float]:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        for kind in ("afv", "embed"):
+            for stat in ("sum", "count"):
+                if line.startswith(f'afv_model_batch_size_{stat}{{kind="{kind}"}}'):
+                    out[f"{kind}_{stat}"] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+# ---- report ---------------------------------------------------------------------------------------
+
+def percentiles(xs: list[float]) -> dict[str, float]:
+    if not xs:
+        return {"n": 0}
+    a = np.asarray(xs) * 1000
+    return {"n": len(xs), "p50_ms": float(np.percentile(a, 50)), "p95_ms": float(np.percentile(a, 95)),
+            "p99_ms": float(np.percentile(a, 99)), "mean_ms": float(a.mean())}
+
+
+def summarise(res: Results, elapsed: float, raw: dict, before: dict, after: dict) -> dict:
+    n_search, n_dist = len(res.latencies["search"]), len(res.latencies["distance"])
+    afv_imgs, embed_imgs = 2 * n_dist, n_search
+    raw_mix_seconds = afv_imgs / raw["afv_img_s"] + embed_imgs / raw["embed_img_s"]
+    mean_batch = {k: (after.get(f"{k}_sum", 0) - before.get(f"{k}_sum", 0))
+                  / max(1.0, after.get(f"{k}_count", 0) - before.get(f"{k}_count", 0)) for k in ("afv", "embed")}
+    return {
+        "elapsed_s": elapsed, "requests_ok": n_search + n_dist, "errors": sum(res.errors.values()),
+        "error_kinds": res.errors, "req_per_s": (n_search + n_dist) / elapsed,
+        "images_per_s": res.images / elapsed,
+        "latency": {"all": percentiles(res.latencies["search"] + res.latencies["distance"]),
+                    "search": percentiles(res.latencies["search"]),
+                    "distance": percentiles(res.latencies["distance"])},
+        "raw": raw, "raw_same_mix_img_s": res.images / raw_mix_seconds if raw_mix_seconds else 0.0,
+        "service_vs_raw": (res.images / elapsed) / (res.images / raw_mix_seconds) if raw_mix_seconds else 0.0,
+        "mean_model_batch": mean_batch,
+    }
+
+
+def print_report(s: dict, args) -> None:
+    print(f"\n== AFV service load test: {args.concurrency} clients, {s['elapsed_s']:.1f} s, "
+          f"model {args.preset or args.model or 'default'} ==")
+    print(f"{'route':<10} {'n':>7} {'p50 ms':>9} {'p95 ms':>9} {'p99 ms':>9}")
+    for name, p in s["latency"].items():
+        if p["n"]:
+            print(f"{name:<10} {p['n']:>7} {p['p50_ms']:>9.1f} {p['p95_ms']:>9.1f} {p['p99_ms']:>9.1f}")
+    print(f"throughput: {s['req_per_s']:.1f} req/s, {s['images_per_s']:.1f} images/s; errors: {s['errors']} "
+          f"{s['error_kinds'] or ''}")
+    print(f"mean images per model pass: afv {s['mean_model_batch']['afv']:.1f}, "
+          f"embed {s['mean_model_batch']['embed']:.1f}")
+    runs = ", ".join(f"{r['afv_img_s']:.0f}/{r['embed_img_s']:.0f}" for r in s["raw"]["runs"])
+    print(f"raw model work (batch {args.batch_size}, same run, server idle, mean of before/after = {runs}): "
+          f"afv {s['raw']['afv_img_s']:.1f} img/s, index embed {s['raw']['embed_img_s']:.1f} img/s; "
+          f"same request mix: {s['raw_same_mix_img_s']:.1f} img/s")
+    print(f"service throughput = {100 * s['service_vs_raw']:.0f}% of raw extraction throughput")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--url", help="target a running server on loopback (else one is started)")
+    p.add_argument("--model", help="run directory for the started server and the raw timing")
+    p.add_argument("--preset", help="untrained networks of this preset (tiny, cpu, …) instead of --model")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--duration", type=float, default=20.0, help="seconds of load (upper bound)")
+    p.add_argument("--requests", type=int, default=20_000, help="requests (upper bound)")
+    p.add_argument("--search-weight", type=int, default=1)
+    p.add_argument("--distance-weight", type=int, default=1)
+    p.add_argument("--index-images", type=int, default=200)
+    p.add_argument("--batch-size", type=int, default=32, help="server batch_max_size and raw timing batch")
+    p.add_argument("--json", action="store_true", help="also print the summary as JSON")
+    args = p.parse_args(argv)
+    if args.url and urlparse(args.url).hostname not in LOOPBACK:
+        p.error("--url must point at a loopback address (127.0.0.1, localhost, ::1)")
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    images = load_images(max(args.index_images, 64))
+    with tempfile.TemporaryDirectory(prefix="afv-loadtest-") as tmp:
+        proc, url = (None, args.url.rstrip("/")) if args.url else start_server(args, Path(tmp))
+        try:
+            asyncio.run(warm_and_seed(url, images, args.index_images))
+            raw = RawTimer(args, images)
+            raw.measure()
+            before = batch_stats(url)
+            res, elapsed = asyncio.run(drive(url, images, args))
+            after = batch_stats(url)
+            raw.measure()
+            summary = summarise(res, elapsed, raw.result(), before, after)
+        finally:
+            if proc is not None:
+                proc.terminate()
+                proc.wait(timeout=30)
+    print_report(summary, args)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
