@@ -143,7 +143,7 @@ class MicroBatcher:
         t0 = time.perf_counter()
         try:
             out = await self.run_in_worker(self.fns[kind], x)
-        except Exception as e:  # noqa: BLE001 - handed to every waiting request
+        except Exception as e:
             log.exception("model batch (%s, %d images) failed", kind, len(x))
             for j in jobs:
                 if not j.future.done():

@@ -144,7 +144,7 @@ class Engine:
             await seed(self, folder)
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001 - a demo must never take the server down
+        except Exception:
             log.exception("indexing the demo collection failed")
 
 

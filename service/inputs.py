@@ -12,10 +12,11 @@ import json
 from typing import Any, TypeVar, get_args, get_origin
 
 import numpy as np
-from fastapi import Request
+from fastapi import HTTPException, Request
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException
 
 from model.data import ImageDecodeError, decode_image
 from service.errors import APIError, BodyTooLarge, validation_message
@@ -95,7 +96,7 @@ async def _read_form(request: Request, model: type[BaseModel], settings: Setting
                                   max_fields=64, max_part_size=settings.max_image_bytes)
     except BodyTooLarge:
         raise
-    except Exception as e:  # starlette raises HTTPException(400) for malformed multipart
+    except (HTTPException, MultiPartException, ValueError) as e:  # malformed multipart
         raise APIError(400, "bad_request", f"malformed multipart body: {getattr(e, 'detail', e)}") from None
     try:
         data: dict[str, Any] = {}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -14,8 +14,8 @@ log = logging.getLogger(__name__)
 def serve_command(
     host: Annotated[str, typer.Option(help="Interface to bind (127.0.0.1 = this machine only).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
-    model: Annotated[Optional[Path], typer.Option("--model", help="Run directory (default: the bundled model).")] = None,
-    index: Annotated[Optional[Path], typer.Option("--index", help="Index folder (default: DATA_DIR/index).")] = None,
+    model: Annotated[Path | None, typer.Option("--model", help="Run directory (default: the bundled model).")] = None,
+    index: Annotated[Path | None, typer.Option("--index", help="Index folder (default: DATA_DIR/index).")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
 ) -> None:
     """Serve similarity, 2AFC/JND judgments and reverse image search over HTTP (OpenAPI docs at /docs)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
+from starlette.concurrency import run_in_threadpool
 
 from service.errors import error_response
 from service.schemas import ErrorResponse, Health, Ready
@@ -24,11 +25,11 @@ async def readyz(request: Request):
         return error_response(503, "not_ready", "the model and index are still loading")
     ext = engine.extractor
     return Ready(ready=True, model=ext.name, model_hash=ext.model_hash, device=str(ext.device),
-                 index_images=engine.index.count)
+                 index_images=await run_in_threadpool(lambda: engine.index.count))
 
 
 @router.get("/metrics", response_class=Response)
 async def metrics(request: Request) -> Response:
     """Prometheus text format."""
-    body, ctype = request.app.state.metrics.render()
+    body, ctype = await run_in_threadpool(request.app.state.metrics.render)  # reads the index size
     return Response(body, media_type=ctype)

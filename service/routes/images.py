@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
-
 from fastapi import APIRouter, Request
 
 from service.deps import EngineDep, ReadAuth, SettingsDep, WriteAuth
@@ -13,11 +12,17 @@ from service.engine import Engine, parse_id, split_record
 from service.errors import APIError
 from service.inputs import openapi_body, parse_body
 from service.routes.common import AUTH_ERRORS, IMAGE_ERRORS, NOT_FOUND, limit_images, load_images
-from service.settings import Settings
 from service.schemas import (
-    AddImageRequest, BatchAddRequest, BatchAddResponse, BatchItem, Deleted, ErrorBody, ImageAdded,
+    AddImageRequest,
+    BatchAddRequest,
+    BatchAddResponse,
+    BatchItem,
+    Deleted,
+    ErrorBody,
+    ImageAdded,
     ImageInfo,
 )
+from service.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["images"])
 

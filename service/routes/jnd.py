@@ -7,7 +7,13 @@ from fastapi import APIRouter, Request
 
 from service.deps import EngineDep, ReadAuth, SettingsDep, WriteAuth
 from service.inputs import openapi_body, parse_body
-from service.routes.common import AUTH_ERRORS, IMAGE_ERRORS, limit_images, load_images, pair_distance
+from service.routes.common import (
+    AUTH_ERRORS,
+    IMAGE_ERRORS,
+    limit_images,
+    load_images,
+    pair_distance,
+)
 from service.schemas import JNDCalibrateRequest, JNDRequest, JNDResponse, JNDThreshold
 
 router = APIRouter(prefix="/v1/jnd", tags=["jnd"])

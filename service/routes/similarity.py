@@ -8,11 +8,21 @@ from fastapi import APIRouter, Request
 from service.deps import EngineDep, ReadAuth, SettingsDep
 from service.inputs import openapi_body, parse_body
 from service.routes.common import (
-    IMAGE_ERRORS, block_shares, limit_images, load_images, pair_distance,
+    IMAGE_ERRORS,
+    block_shares,
+    limit_images,
+    load_images,
+    pair_distance,
 )
 from service.schemas import (
-    DistanceRequest, DistanceResponse, EmbedRequest, EmbedResponse, SetDistanceRequest,
-    SetDistanceResponse, TwoAFCRequest, TwoAFCResponse,
+    DistanceRequest,
+    DistanceResponse,
+    EmbedRequest,
+    EmbedResponse,
+    SetDistanceRequest,
+    SetDistanceResponse,
+    TwoAFCRequest,
+    TwoAFCResponse,
 )
 
 router = APIRouter(prefix="/v1", tags=["similarity"], dependencies=[ReadAuth], responses=IMAGE_ERRORS)

@@ -39,9 +39,9 @@ class LiveServer:
 
 def test_settings(data_dir: Path, **overrides) -> Settings:
     """Small limits so the limit tests stay cheap; no demo collection."""
-    base = dict(data_dir=data_dir, demo_collection=None, api_keys=[API_KEY], device="cpu",
-                max_request_bytes=3_000_000, max_image_bytes=1_000_000, max_pixels=4_000_000,
-                max_images_per_request=32)
+    base = {"data_dir": data_dir, "demo_collection": None, "api_keys": [API_KEY], "device": "cpu",
+            "max_request_bytes": 3_000_000, "max_image_bytes": 1_000_000, "max_pixels": 4_000_000,
+            "max_images_per_request": 32}
     return Settings(**{**base, **overrides})
 
 
