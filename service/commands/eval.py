@@ -130,11 +130,15 @@ def probe(
         help="AFV normalisation(s) to compare, repeatable (default: the model's).")] = None,
     eps_rel: Annotated[Optional[list[float]], typer.Option(
         help="Fisher floor(s) FisherStats.eps_rel to compare, repeatable (default: the stored one).")] = None,
+    c: Annotated[Optional[list[float]], typer.Option(
+        "--C", help="Logistic-regression C (repeatable: picked on a 10% train hold-out).")] = None,
+    ssim_queries: Annotated[Optional[int], typer.Option(
+        help="SSIM k-NN is brute force: score it on this many (stratified) test images.")] = 500,
     seed: int = 0, json_out: JsonOpt = False,
     out: Annotated[Optional[Path], typer.Option(help="Also write the rows as JSON here.")] = None,
 ) -> None:
     """Linear-probe and k-NN accuracy (train split → test split) of each metric's embedding."""
-    from model.evaluation.probe import load_labelled, run_probe
+    from model.evaluation.probe import C_GRID, load_labelled, run_probe
 
     metrics = _metrics(metric, model, device, None)
     res = next((m.resolution for m in metrics if m.resolution), 32)
@@ -147,7 +151,8 @@ def probe(
     rows = []
     for m in metrics:
         vs = _variants(m.extractor, normalization, eps_rel) if m.name.startswith("afv") else None
-        rows += run_probe(m, train, test, k=k, dim=dim, seed=seed, variants=vs)
+        rows += run_probe(m, train, test, k=k, dim=dim, seed=seed, variants=vs,
+                          ssim_queries=ssim_queries, c_grid=tuple(c or C_GRID))
     report = {"data": str(data), "n_train": len(train.y), "n_test": len(test.y), "k": k, "rows": rows}
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -160,7 +165,8 @@ def probe(
     for r in rows:
         var = f"{r['normalization']}, eps={r['eps_rel']:g}" if "normalization" in r else ""
         lin = "n/a" if r["linear"] is None else f"{r['linear']:.2%}"
-        typer.echo(f"{r['metric']:<12} {var:<24} {r['dim'] or '-':>6} {lin:>8} {r['knn']:>8.2%}")
+        note = f"  (k-NN on {r['knn_queries']} test images)" if "knn_queries" in r else ""
+        typer.echo(f"{r['metric']:<12} {var:<24} {r['dim'] or '-':>6} {lin:>8} {r['knn']:>8.2%}{note}")
 
 
 @eval_app.command("class-distances")
