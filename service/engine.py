@@ -44,6 +44,8 @@ class Engine:
     @classmethod
     def load(cls, settings: Settings, metrics: Metrics) -> Engine:
         """Load the model and open (or create) the index. Blocking: call from a thread."""
+        if settings.torch_threads is not None:
+            torch.set_num_threads(settings.torch_threads)
         extractor = AFVExtractor.load(settings.model, device=settings.device)
         index_dir = settings.resolved_index_dir
         index_dir.mkdir(parents=True, exist_ok=True)

@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     # Micro-batching in front of the model.
     batch_max_size: int = Field(32, gt=0)
     batch_max_wait_ms: float = Field(5.0, ge=0, le=5.0)
+    torch_threads: int | None = Field(
+        None, ge=1, description="PyTorch intra-op threads for model work; None = PyTorch's default. "
+        "1 leaves the other cores to HTTP and decoding on small machines.")
 
     # JND: distances at or below the threshold are judged "same". None = calibrated file, else synthetic.
     jnd_threshold: float | None = Field(None, ge=0)
