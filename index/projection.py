@@ -245,7 +245,9 @@ class Projector:
         ex = self.extractor
         xm = uint8_to_model(x.to(ex.device))
         parts = []
-        for m, a, g in capture(ex.d, xm):
+        with ex.lock:  # capture hooks the extractor's shared module
+            captured = capture(ex.d, xm)
+        for m, a, g in captured:
             name, plan = self.modules_by_id[id(m)]
             if plan.sketched:
                 parts.append(self.kron[id(m)](a, g))

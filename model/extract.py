@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,6 +106,7 @@ class AFVExtractor:
         self.blocks = fisher.block_slices(self.layout)
         self.model_hash = model_hash or state_hash(d)
         self.stats_hash = stats_hash(stats)
+        self.lock = threading.Lock()  # per-sample gradients hook the shared module: one batch at a time
 
     @classmethod
     def load(cls, run: str | Path | None = None, device: str = "auto", normalization: str | None = None,
@@ -151,7 +153,8 @@ class AFVExtractor:
 
     def raw_fisher_vectors(self, x: torch.Tensor) -> torch.Tensor:
         """N×3×R×R uint8 (one batch) → N×P un-normalised V = diag(I)^-1/2 (∇θD(x) − mean), on device."""
-        grads = fisher.per_sample_grads(self.d, uint8_to_model(x.to(self.device)))
+        with self.lock:
+            grads = fisher.per_sample_grads(self.d, uint8_to_model(x.to(self.device)))
         return fisher.fisher_vectors(grads, self.stats, self.inv_std)
 
     def afv(self, x: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
+# One intra-op thread: on a busy 2-core machine torch's thread pool stalls small ops by 10-40x,
+# and the suite's models are small enough that a second thread buys little when the machine is idle.
+torch.set_num_threads(1)
+
 FIXTURES = Path(__file__).parent / "fixtures"
 CIFAR = FIXTURES / "cifar10"
 
