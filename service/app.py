@@ -63,7 +63,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     app = FastAPI(title="AFV similarity service", version="1", description=DESCRIPTION,
                   lifespan=_lifespan(settings))
-    app.dependency_overrides[get_settings] = lambda: settings
     app.state.settings, app.state.metrics, app.state.engine = settings, Metrics(), None
     install_error_handlers(app)
     for module in (health, similarity, jnd, search, images, index):

@@ -10,9 +10,17 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.engine import Engine
 from service.errors import APIError
-from service.settings import Settings, get_settings
+from service.settings import Settings
 
 _bearer = HTTPBearer(auto_error=False, description="API key: `Authorization: Bearer <key>`.")
+
+
+def app_settings(request: Request) -> Settings:
+    """The settings the app was created with (`create_app(settings)`; default: `get_settings()`).
+
+    Read from app state rather than through `dependency_overrides`, which FastAPI re-analyses on
+    every request."""
+    return request.app.state.settings
 
 
 def get_engine(request: Request) -> Engine:
@@ -44,14 +52,14 @@ def require_write_key(request: Request,
     _check_key(request, creds)
 
 
-def require_read_key(request: Request, settings: Annotated[Settings, Depends(get_settings)],
+def require_read_key(request: Request, settings: Annotated[Settings, Depends(app_settings)],
                      creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
     """Read endpoints: need a key only when `AFV_AUTH_READS` is set."""
     if settings.auth_reads:
         _check_key(request, creds)
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+SettingsDep = Annotated[Settings, Depends(app_settings)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
 WriteAuth = Depends(require_write_key)
 ReadAuth = Depends(require_read_key)
