@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from service.engine import Engine
 from service.errors import BodySizeLimitMiddleware, install_error_handlers
 from service.metrics import Metrics, MetricsMiddleware
-from service.routes import health, images, index, jnd, search, similarity
+from service.routes import health, images, index, jnd, search, similarity, ui
 from service.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   lifespan=_lifespan(settings))
     app.state.settings, app.state.metrics, app.state.engine = settings, Metrics(), None
     install_error_handlers(app)
-    for module in (health, similarity, jnd, search, images, index):
+    for module in (health, similarity, jnd, search, images, index, ui):
         app.include_router(module.router)
     app.add_middleware(BodySizeLimitMiddleware, limit=settings.max_request_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
