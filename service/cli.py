@@ -107,7 +107,9 @@ def fisher(model: Annotated[Path, typer.Option("--model")], samples: int = 2048,
 @app.command()
 def export(model: Annotated[Path, typer.Option("--model", help="Run directory.")],
            out: Annotated[Path, typer.Option(help="Folder to write (e.g. model/weights/NAME).")],
-           default: Annotated[bool, typer.Option(help="Make it the bundled default.")] = False) -> None:
+           default: Annotated[bool, typer.Option(help="Make it the bundled default.")] = False,
+           normalization: Annotated[Optional[str], typer.Option(
+               help="AFV normalisation recorded with the model: none | l2 | power.")] = None) -> None:
     """Copy a run's inference weights, Fisher statistics and training record into a small folder."""
     import shutil
 
@@ -117,7 +119,13 @@ def export(model: Annotated[Path, typer.Option("--model", help="Run directory.")
     ckpt = read_checkpoint(find_checkpoint(model))
     if not (model / FISHER_FILE).is_file():
         fail(f"{model / FISHER_FILE} is missing: run `afv fisher --model {model}` first")
+    from model.fisher import NORMALIZATIONS
+
     slim = {k: ckpt[k] for k in ("preset", "step", "D", "G_ema", "normalization") if k in ckpt}
+    if normalization is not None:
+        if normalization not in NORMALIZATIONS:
+            fail(f"unknown normalization {normalization!r}; choose one of {NORMALIZATIONS}")
+        slim["normalization"] = normalization
     atomic_torch_save({"format": FORMAT, **slim}, out / MODEL_FILE)
     shutil.copy(model / FISHER_FILE, out / FISHER_FILE)
     for name in ("metrics.csv", "training.png", "config.json"):
