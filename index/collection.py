@@ -114,10 +114,15 @@ class AFVIndex:
     # -- opening -------------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, index_dir, extractor, *, dim: int = 1024, mode: str = "fast", seed: int = 0,
+    def create(cls, index_dir, extractor, *, dim: int = 1024, mode: str = "auto", seed: int = 0,
                kind: str = "auto", memory_budget: int = 256 * 2**20) -> AFVIndex:
-        """Create an empty index in `index_dir` pinned to `extractor` (model, statistics) and `seed`."""
+        """Create an empty index in `index_dir` pinned to `extractor` (model, statistics) and `seed`.
+
+        mode 'auto' = 'fast' unless the model's normalisation is 'power', which only 'exact' supports.
+        """
         index_dir = Path(index_dir)
+        if mode == "auto":
+            mode = "exact" if extractor.normalization == "power" else "fast"
         if (index_dir / DB_FILE).exists():
             raise IndexExistsError(f"an index already exists in {index_dir}")
         try:

@@ -161,3 +161,16 @@ def test_auto_kind_switches_to_ivfpq_and_back_through_save(tmp_path, extractor, 
         assert np.mean([h[0].id == i for h, i in zip(hits, ids[:50])]) >= 0.9
     with AFVIndex.open(tmp_path / "big", extractor) as again:
         assert again.stats()["kind"] == s["kind"] and again.count == 4_000
+
+
+def test_auto_mode_uses_the_exact_projection_for_power_normalised_models(tmp_path):
+    import torch
+
+    from index.collection import AFVIndex
+    from model.extract import AFVExtractor
+
+    torch.manual_seed(0)
+    ext = AFVExtractor.untrained("tiny", torch.device("cpu"), normalization="power")
+    idx = AFVIndex.create(tmp_path / "idx", ext, dim=64)
+    assert idx.stats()["mode"] == "exact"
+    idx.close()
