@@ -96,6 +96,14 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, f"request body exceeds {limit} bytes")
 
 
+async def _drain(receive: Receive) -> None:
+    """Read and drop a request body, so that the error response reaches the client intact."""
+    while True:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return
+
+
 class BodySizeLimitMiddleware:
     """Reject bodies over `limit` bytes: by Content-Length up front, else while streaming."""
 
@@ -108,6 +116,8 @@ class BodySizeLimitMiddleware:
             return
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
+            if int(length) <= 4 * self.limit:
+                await _drain(receive)  # else the unread body makes the kernel reset the connection
             await error_response(413, "payload_too_large", f"request body exceeds {self.limit} bytes",
                                  headers={"Connection": "close"})(scope, receive, send)
             return
