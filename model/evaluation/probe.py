@@ -244,6 +244,7 @@ def probe_features(name: str, ftr: np.ndarray, fte: np.ndarray, train: LabelledS
     row = {"metric": name, "dim": int(ftr.shape[1]), "linear": lin["accuracy"], "C": lin["C"],
            "knn": knn_probe(ftr, train.y, fte, test.y, k)["accuracy"]}
     row["probe_s"] = round(time.perf_counter() - t0, 1)
+    log.info("%s: linear %.4f (C=%g), %d-NN %.4f", name, row["linear"], row["C"], k, row["knn"])
     return row
 
 
