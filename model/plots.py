@@ -49,6 +49,7 @@ def plot_metrics(csv_path: Path, png_path: Path) -> None:
     for k, lbl in (("fd_val_gen", "held-out real ↔ generated"), ("fd_train_gen", "train ↔ generated"),
                    ("fd_val_train", "held-out ↔ train")):
         ax2.plot(m["step"], m[k], label=lbl, marker=".")
+    ax2.set_yscale("log")
     ax2.set_xlabel("step"), ax2.set_title("Fisher distance between image sets (monitor)"), ax2.legend()
     fig.tight_layout()
     png_path.parent.mkdir(parents=True, exist_ok=True)

@@ -163,7 +163,7 @@ def test_auto_kind_switches_to_ivfpq_and_back_through_save(tmp_path, extractor, 
         assert again.stats()["kind"] == s["kind"] and again.count == 4_000
 
 
-def test_auto_mode_uses_the_exact_projection_for_power_normalised_models(tmp_path):
+def test_auto_mode_uses_the_exact_projection(tmp_path):
     import torch
 
     from index.collection import AFVIndex
