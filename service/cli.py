@@ -185,7 +185,8 @@ def bench_extract_cmd(
         typer.echo(json.dumps(rows, indent=2))
         return
     typer.echo(f"{'preset':<8} {'device':<6} {'params':>9} {'(a) loop':>10} {'(b) ours':>10} "
-               f"{'(c) floor':>10} {'b/a':>6} {'c/b':>6}   images/s, batch {batch_size}")
+               f"{'(c) floor':>10} {'a/b':>6} {'b/c':>6}   images/s, batch {batch_size}; "
+               "a/b = speed-up over the loop, b/c = time relative to the floor")
     for r in rows:
         typer.echo(f"{r['preset']:<8} {r['device']:<6} {r['params']:>9} {r['loop_img_s']:>10.1f} "
                    f"{r['ours_img_s']:>10.1f} {r['floor_img_s']:>10.1f} {r['speedup_vs_loop']:>5.2f}x "
