@@ -35,6 +35,7 @@ from model.evaluation.ssim import ssim_cross
 log = logging.getLogger(__name__)
 
 C_GRID = (1e-3, 1e-2, 1e-1, 1.0)
+MAX_ITER = 150  # L-BFGS iterations of the linear probe (each ≤ 1.25 loss evaluations on average)
 
 
 @dataclass
@@ -167,21 +168,22 @@ def _standardise(xtr: np.ndarray, *others: np.ndarray) -> list[torch.Tensor]:
     return [torch.from_numpy(((a - mu) / sd).astype(np.float32)) for a in (xtr, *others)]
 
 
-def _accuracy(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, yte: np.ndarray, c: float) -> float:
+def _accuracy(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, yte: np.ndarray, c: float,
+              max_iter: int = MAX_ITER) -> float:
     a, b = _standardise(xtr, xte)
-    w, bias = fit_logistic(a, torch.from_numpy(ytr), int(ytr.max()) + 1, c)
+    w, bias = fit_logistic(a, torch.from_numpy(ytr), int(ytr.max()) + 1, c, max_iter)
     return float(((b @ w + bias).argmax(1).numpy() == yte).mean())
 
 
 def linear_probe(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, yte: np.ndarray,
-                 c_grid: tuple[float, ...] = C_GRID, seed: int = 0) -> dict:
+                 c_grid: tuple[float, ...] = C_GRID, seed: int = 0, max_iter: int = MAX_ITER) -> dict:
     """Logistic-regression test accuracy; C chosen on a seeded, stratified 10 % hold-out of train."""
     c = c_grid[0]
     if len(c_grid) > 1:
         fit_i, val_i = _holdout(ytr, seed)
-        scores = {c: _accuracy(xtr[fit_i], ytr[fit_i], xtr[val_i], ytr[val_i], c) for c in c_grid}
+        scores = {c: _accuracy(xtr[fit_i], ytr[fit_i], xtr[val_i], ytr[val_i], c, max_iter) for c in c_grid}
         c = max(scores, key=lambda k: (scores[k], -k))
-    return {"accuracy": _accuracy(xtr, ytr, xte, yte, c), "C": c}
+    return {"accuracy": _accuracy(xtr, ytr, xte, yte, c, max_iter), "C": c}
 
 
 def _holdout(y: np.ndarray, seed: int, frac: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
@@ -237,10 +239,10 @@ def knn_probe_ssim(train: LabelledSet, test: LabelledSet, k: int = 10, max_queri
 
 def probe_features(name: str, ftr: np.ndarray, fte: np.ndarray, train: LabelledSet,
                    test: LabelledSet, k: int = 10, seed: int = 0,
-                   c_grid: tuple[float, ...] = C_GRID) -> dict:
+                   c_grid: tuple[float, ...] = C_GRID, max_iter: int = MAX_ITER) -> dict:
     """Both probes on precomputed features."""
     t0 = time.perf_counter()
-    lin = linear_probe(ftr, train.y, fte, test.y, c_grid, seed)
+    lin = linear_probe(ftr, train.y, fte, test.y, c_grid, seed, max_iter)
     row = {"metric": name, "dim": int(ftr.shape[1]), "linear": lin["accuracy"], "C": lin["C"],
            "knn": knn_probe(ftr, train.y, fte, test.y, k)["accuracy"]}
     row["probe_s"] = round(time.perf_counter() - t0, 1)
@@ -250,7 +252,8 @@ def probe_features(name: str, ftr: np.ndarray, fte: np.ndarray, train: LabelledS
 
 def run_probe(metric: Metric, train: LabelledSet, test: LabelledSet, *, k: int = 10, dim: int = 4096,
               seed: int = 0, variants: list[Variant] | None = None,
-              ssim_queries: int | None = None, c_grid: tuple[float, ...] = C_GRID) -> list[dict]:
+              ssim_queries: int | None = None, c_grid: tuple[float, ...] = C_GRID,
+              max_iter: int = MAX_ITER) -> list[dict]:
     """Probe rows of one metric (one row per AFV variant for the AFV metrics)."""
     t0 = time.perf_counter()
     if metric.name == "ssim":
@@ -264,9 +267,9 @@ def run_probe(metric: Metric, train: LabelledSet, test: LabelledSet, *, k: int =
         ftr = afv_variants(ext, train.x, variants, dim, seed)
         fte = afv_variants(ext, test.x, variants, dim, seed)
         feat_s = round(time.perf_counter() - t0, 1)
-        return [{**probe_features(metric.name, ftr[v], fte[v], train, test, k, seed, c_grid),
+        return [{**probe_features(metric.name, ftr[v], fte[v], train, test, k, seed, c_grid, max_iter),
                  "normalization": v.normalization, "eps_rel": v.eps_rel, "features_s": feat_s}
                 for v in variants]
     ftr, fte = embed(metric, train.x, dim, seed), embed(metric, test.x, dim, seed)
     feat_s = round(time.perf_counter() - t0, 1)
-    return [{**probe_features(metric.name, ftr, fte, train, test, k, seed, c_grid), "features_s": feat_s}]
+    return [{**probe_features(metric.name, ftr, fte, train, test, k, seed, c_grid, max_iter), "features_s": feat_s}]

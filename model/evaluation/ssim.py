@@ -9,7 +9,6 @@ Images smaller than 7 px on a side use a window as large as the short side.
 from __future__ import annotations
 
 import torch
-from torch.nn import functional as F
 
 WIN = 7
 K1, K2, DATA_RANGE = 0.01, 0.03, 255.0

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import numpy as np
 import typer
@@ -21,12 +21,12 @@ log = logging.getLogger(__name__)
 eval_app = typer.Typer(help="Evaluate the metric: BAPPS 2AFC / JND, probes, class distances.",
                        no_args_is_help=True)
 
-ModelOpt = Annotated[Optional[Path], typer.Option("--model", help="Run directory (default: the bundled model).")]
-MetricOpt = Annotated[Optional[list[str]], typer.Option(
+ModelOpt = Annotated[Path | None, typer.Option("--model", help="Run directory (default: the bundled model).")]
+MetricOpt = Annotated[list[str] | None, typer.Option(
     "--metric", help=f"Metric(s) to score, repeatable: {' | '.join(METRICS)} (default: all).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
-NormOpt = Annotated[Optional[str], typer.Option(
+NormOpt = Annotated[str | None, typer.Option(
     "--normalization", help="AFV normalisation none | l2 | power (default: the model's).")]
 
 
@@ -122,20 +122,21 @@ def probe(
     model: ModelOpt = None, metric: MetricOpt = None, device: DeviceOpt = "auto",
     train_split: Annotated[str, typer.Option(help="Training split folder.")] = "train",
     test_split: Annotated[str, typer.Option(help="Test split folder.")] = "test",
-    train_limit: Annotated[Optional[int], typer.Option(help="Class-stratified subset of train.")] = None,
-    test_limit: Annotated[Optional[int], typer.Option(help="Class-stratified subset of test.")] = None,
+    train_limit: Annotated[int | None, typer.Option(help="Class-stratified subset of train.")] = None,
+    test_limit: Annotated[int | None, typer.Option(help="Class-stratified subset of test.")] = None,
     k: Annotated[int, typer.Option(help="Neighbours in the k-NN vote.")] = 10,
     dim: Annotated[int, typer.Option(help="Sketch wider features (AFVs) to this many values.")] = 4096,
-    normalization: Annotated[Optional[list[str]], typer.Option(
+    normalization: Annotated[list[str] | None, typer.Option(
         help="AFV normalisation(s) to compare, repeatable (default: the model's).")] = None,
-    eps_rel: Annotated[Optional[list[float]], typer.Option(
+    eps_rel: Annotated[list[float] | None, typer.Option(
         help="Fisher floor(s) FisherStats.eps_rel to compare, repeatable (default: the stored one).")] = None,
-    c: Annotated[Optional[list[float]], typer.Option(
+    c: Annotated[list[float] | None, typer.Option(
         "--C", help="Logistic-regression C (repeatable: picked on a 10% train hold-out).")] = None,
-    ssim_queries: Annotated[Optional[int], typer.Option(
+    max_iter: Annotated[int, typer.Option(help="L-BFGS iterations of the linear probe.")] = 150,
+    ssim_queries: Annotated[int | None, typer.Option(
         help="SSIM k-NN is brute force: score it on this many (stratified) test images.")] = 500,
     seed: int = 0, json_out: JsonOpt = False,
-    out: Annotated[Optional[Path], typer.Option(help="Also write the rows as JSON here.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Also write the rows as JSON here.")] = None,
 ) -> None:
     """Linear-probe and k-NN accuracy (train split → test split) of each metric's embedding."""
     from model.evaluation.probe import C_GRID, load_labelled, run_probe
@@ -152,7 +153,8 @@ def probe(
     for m in metrics:
         vs = _variants(m.extractor, normalization, eps_rel) if m.name.startswith("afv") else None
         rows += run_probe(m, train, test, k=k, dim=dim, seed=seed, variants=vs,
-                          ssim_queries=ssim_queries, c_grid=tuple(c or C_GRID))
+                          ssim_queries=ssim_queries, c_grid=tuple(c or C_GRID),
+                          max_iter=max_iter)
     report = {"data": str(data), "n_train": len(train.y), "n_test": len(test.y), "k": k, "rows": rows}
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -175,7 +177,7 @@ def class_distances(
     out: Annotated[Path, typer.Option(help="Output path prefix: writes OUT.csv and OUT.png.")],
     model: ModelOpt = None, device: DeviceOpt = "auto", normalization: NormOpt = None,
     split: Annotated[str, typer.Option(help="Split folder ('' = classes at the top level).")] = "test",
-    limit: Annotated[Optional[int], typer.Option(help="Class-stratified subset size.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Class-stratified subset size.")] = None,
     seed: int = 0, json_out: JsonOpt = False,
 ) -> None:
     """Class-by-class Fisher set-distance matrix (CSV + heat map), e.g. over CIFAR-10's test classes."""
