@@ -121,6 +121,22 @@ def iter_records(path: str | Path, subdir: str | None = None) -> Iterator[ImageR
         raise ValueError(f"{path} is neither a folder, an image nor a .tar/.tar.gz archive")
 
 
+def iter_names(path: str | Path) -> Iterator[str]:
+    """Names of the image files of a folder or archive, without reading their bytes."""
+    path = Path(path)
+    if _is_tar(path):
+        with tarfile.open(path, "r:*") as tar:
+            for m in tar.getmembers():
+                if m.isfile() and _is_image_name(m.name):
+                    yield m.name[2:] if m.name.startswith("./") else m.name
+    elif path.is_dir():
+        for f in path.rglob("*"):
+            if f.is_file() and _is_image_name(f.name):
+                yield f.relative_to(path).as_posix()
+    elif path.is_file():
+        yield path.name
+
+
 def _iter_tar(path: Path, prefix: str | None) -> Iterator[ImageRecord]:
     with tarfile.open(path, "r:*") as tar:
         members = [m for m in tar.getmembers() if m.isfile() and _is_image_name(m.name)]

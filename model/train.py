@@ -140,15 +140,15 @@ class Trainer:
 
 
 def resolve_split(data: str, split: str | None) -> str | None:
-    """'auto' → 'train' when the collection has a train/ folder (e.g. CIFAR-10's archive), else all."""
+    """'auto' → 'train' when the collection has a top-level train/ folder (e.g. CIFAR-10's archive), else all.
+
+    Every entry is looked at: archives need not list train/ first (CIFAR-10's lists test/ first).
+    """
     if split != "auto":
         return split
-    from model.data import iter_records
+    from model.data import iter_names
 
-    first = next(iter(iter_records(data)), None)
-    if first is not None and first.name.split("/")[0] == "train":
-        return "train"
-    return None
+    return "train" if any(n.split("/")[0] == "train" for n in iter_names(data)) else None
 
 
 def train(cfg: TrainConfig, progress: bool = True) -> Path:

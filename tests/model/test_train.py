@@ -89,3 +89,18 @@ def test_a_corrupt_checkpoint_fails_clearly(tmp_path):
     (tmp_path / "model.pt").write_bytes(b"\x00garbage")
     with pytest.raises(CheckpointError, match="cannot read checkpoint"):
         load_networks(tmp_path / "model.pt")
+
+
+def test_auto_split_finds_train_even_when_the_archive_lists_test_first(cifar_dir, tmp_path):
+    import tarfile
+
+    from model.train import resolve_split
+
+    archive = tmp_path / "c.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:  # test/ first, as in the shared CIFAR-10 archive
+        tar.add(cifar_dir / "cat" / "0000.jpg", arcname="test/cat/0000.jpg")
+        tar.add(cifar_dir / "cat" / "0001.jpg", arcname="train/cat/0001.jpg")
+    assert resolve_split(str(archive), "auto") == "train"
+    assert resolve_split(str(cifar_dir), "auto") is None
+    images, names = load_collection(archive, 32, subdir=resolve_split(str(archive), "auto"))
+    assert names == ["train/cat/0001.jpg"]
