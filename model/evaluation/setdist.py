@@ -62,7 +62,7 @@ def write_heatmap(path: Path, names: list[str], d: np.ndarray, title: str) -> No
             ax.text(j, i, f"{d[i, j]:.3g}", ha="center", va="center", fontsize=7,
                     color="white" if d[i, j] > 0.5 * hi else "black")
     fig.colorbar(im, ax=ax, label="Fisher set distance")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
