@@ -151,34 +151,6 @@ def _exact_weight_grad(m: nn.Module, a: torch.Tensor, g: torch.Tensor) -> torch.
     return torch.bmm(g.flatten(2), cols.transpose(1, 2)).flatten(1)
 
 
-def capture(d_net: nn.Module, x: torch.Tensor) -> list[tuple[nn.Module, torch.Tensor, torch.Tensor]]:
-    """(layer, input, output-gradient) of every conv/linear layer from one backward of sum_b D(x_b).
-
-    The same capture as `model.fisher.per_sample_grads` (weights' own gradients switched off).
-    """
-    layers = [m for m in d_net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    inputs: dict[int, torch.Tensor] = {}
-    outputs: dict[int, torch.Tensor] = {}
-
-    def hook(m: nn.Module, args: tuple, out: torch.Tensor) -> None:
-        inputs[id(m)], outputs[id(m)] = args[0].detach(), out
-
-    handles = [m.register_forward_hook(hook) for m in layers]
-    flags = [p.requires_grad for p in d_net.parameters()]
-    try:
-        for p in d_net.parameters():
-            p.requires_grad_(False)
-        with torch.enable_grad():
-            y = d_net(x.detach().requires_grad_(True))
-            grads = torch.autograd.grad(y.sum(), [outputs[id(m)] for m in layers])
-    finally:
-        for h in handles:
-            h.remove()
-        for p, f in zip(d_net.parameters(), flags):
-            p.requires_grad_(f)
-    return [(m, inputs[id(m)], g) for m, g in zip(layers, grads)]
-
-
 class Projector:
     """AFV → d-dim sketch for one extractor (model + Fisher statistics), in 'exact' or 'fast' mode."""
 
@@ -246,7 +218,7 @@ class Projector:
         xm = uint8_to_model(x.to(ex.device))
         parts = []
         with ex.lock:  # capture hooks the extractor's shared module
-            captured = capture(ex.d, xm)
+            captured = fisher.capture(ex.d, xm)
         for m, a, g in captured:
             name, plan = self.modules_by_id[id(m)]
             if plan.sketched:

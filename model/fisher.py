@@ -122,11 +122,10 @@ def _linear_grads(m: nn.Linear, a: torch.Tensor, g: torch.Tensor) -> dict[str, t
     return out
 
 
-def per_sample_grads(d: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Exact ∇θ D(x_b) for every sample: B×P, in `param_layout(d)` order.
+def capture(d: nn.Module, x: torch.Tensor) -> list[tuple[nn.Module, torch.Tensor, torch.Tensor]]:
+    """(layer, input, output-gradient) of every conv/linear layer from one backward of sum_b D(x_b).
 
-    `d` must be free of cross-sample layers (no batch norm) and of parametrizations (fold spectral
-    norm first). One forward and one backward of sum_b D(x_b) w.r.t. the layer outputs only.
+    Only the layer outputs are differentiated: the weights' own gradients are switched off.
     """
     layers = _layers(d)
     inputs: dict[int, torch.Tensor] = {}
@@ -142,20 +141,29 @@ def per_sample_grads(d: nn.Module, x: torch.Tensor) -> torch.Tensor:
             p.requires_grad_(False)
         with torch.enable_grad():
             y = d(x.detach().requires_grad_(True))
-            grads_out = torch.autograd.grad(y.sum(), [outputs[id(m)] for m in layers])
+            grads = torch.autograd.grad(y.sum(), [outputs[id(m)] for m in layers])
     finally:
         for h in handles:
             h.remove()
         for p, f in zip(d.parameters(), flags):
             p.requires_grad_(f)
-    return _assemble(d, layers, inputs, grads_out)
+    return [(m, inputs[id(m)], g) for m, g in zip(layers, grads)]
 
 
-def _assemble(d: nn.Module, layers: list, inputs: dict, grads_out: tuple) -> torch.Tensor:
+def per_sample_grads(d: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Exact ∇θ D(x_b) for every sample: B×P, in `param_layout(d)` order.
+
+    `d` must be free of cross-sample layers (no batch norm) and of parametrizations (fold spectral
+    norm first). One forward and one backward of sum_b D(x_b) w.r.t. the layer outputs only.
+    """
+    return _assemble(d, capture(d, x))
+
+
+def _assemble(d: nn.Module, captured: list[tuple[nn.Module, torch.Tensor, torch.Tensor]]) -> torch.Tensor:
     per_param: dict[int, torch.Tensor] = {}
-    for m, g in zip(layers, grads_out):
+    for m, a, g in captured:
         fn = _conv_grads if isinstance(m, nn.Conv2d) else _linear_grads
-        for pname, grad in fn(m, inputs[id(m)], g).items():
+        for pname, grad in fn(m, a, g).items():
             per_param[id(getattr(m, pname))] = grad
     b = next(iter(per_param.values())).shape[0]
     return torch.cat([per_param[id(p)].reshape(b, -1) for p in d.parameters()], dim=1)
