@@ -15,7 +15,11 @@ from PIL import Image
 
 from model import fisher
 from model.checkpoint import (
-    CheckpointError, atomic_torch_save, find_checkpoint, load_networks, state_hash,
+    CheckpointError,
+    atomic_torch_save,
+    find_checkpoint,
+    load_networks,
+    state_hash,
 )
 from model.data import image_to_uint8, uint8_to_model
 from model.nets import Discriminator, Generator, fold_spectral_norm

@@ -15,7 +15,13 @@ from tqdm import tqdm
 
 from model import losses
 from model.checkpoint import (
-    FORMAT, LAST_FILE, MODEL_FILE, atomic_torch_save, load_state, read_checkpoint, state_hash,
+    FORMAT,
+    LAST_FILE,
+    MODEL_FILE,
+    atomic_torch_save,
+    load_state,
+    read_checkpoint,
+    state_hash,
 )
 from model.data import load_collection, uint8_to_model
 from model.extract import FISHER_FILE, save_stats

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -14,7 +14,7 @@ app = typer.Typer(help="Adversarial Fisher Vectors: perceptual similarity and re
 bench_app = typer.Typer(help="Benchmarks (not part of the test suite).", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 
-ModelOpt = Annotated[Optional[Path], typer.Option("--model", help="Run directory (default: the bundled model).")]
+ModelOpt = Annotated[Path | None, typer.Option("--model", help="Run directory (default: the bundled model).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
@@ -62,16 +62,16 @@ def train(
     data: Annotated[Path, typer.Option(help="Folder or .tar/.tar.gz of images.")],
     out: Annotated[Path, typer.Option(help="Run directory (resumes if it holds last.pt).")],
     preset: Annotated[str, typer.Option(help="tiny | cpu | paper | paper64")] = "cpu",
-    steps: Annotated[Optional[int], typer.Option(help="Total steps (default: the preset's).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Default: the preset's.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Total steps (default: the preset's).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Default: the preset's.")] = None,
     device: DeviceOpt = "auto",
     split: Annotated[str, typer.Option(help="Sub-folder to train on; 'auto' = train/ if present, '' = all.")] = "auto",
-    limit: Annotated[Optional[int], typer.Option(help="Use only the first N images.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Use only the first N images.")] = None,
     gamma: Annotated[float, typer.Option(help="MCMC generator term step size (0 = off).")] = 0.0,
     noise_std: Annotated[float, typer.Option(help="MCMC generator term noise.")] = 0.0,
     ckpt_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 500,
     seed: int = 0,
-    max_minutes: Annotated[Optional[float], typer.Option(help="Stop (resumably) after this long.")] = None,
+    max_minutes: Annotated[float | None, typer.Option(help="Stop (resumably) after this long.")] = None,
 ) -> None:
     """Train an EBM-GAN; checkpoints, samples, metrics.csv and training.png go to OUT."""
     from model.checkpoint import CheckpointError
@@ -108,12 +108,18 @@ def fisher(model: Annotated[Path, typer.Option("--model")], samples: int = 2048,
 def export(model: Annotated[Path, typer.Option("--model", help="Run directory.")],
            out: Annotated[Path, typer.Option(help="Folder to write (e.g. model/weights/NAME).")],
            default: Annotated[bool, typer.Option(help="Make it the bundled default.")] = False,
-           normalization: Annotated[Optional[str], typer.Option(
+           normalization: Annotated[str | None, typer.Option(
                help="AFV normalisation recorded with the model: none | l2 | power.")] = None) -> None:
     """Copy a run's inference weights, Fisher statistics and training record into a small folder."""
     import shutil
 
-    from model.checkpoint import FORMAT, MODEL_FILE, atomic_torch_save, find_checkpoint, read_checkpoint
+    from model.checkpoint import (
+        FORMAT,
+        MODEL_FILE,
+        atomic_torch_save,
+        find_checkpoint,
+        read_checkpoint,
+    )
     from model.extract import DEFAULT_POINTER, FISHER_FILE, WEIGHTS_DIR
 
     ckpt = read_checkpoint(find_checkpoint(model))

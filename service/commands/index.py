@@ -7,7 +7,6 @@ import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -31,7 +30,7 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
 
 
-def _load_model(model: Optional[Path]):
+def _load_model(model: Path | None):
     from model.extract import AFVExtractor
 
     return AFVExtractor.load(model, device="auto")
@@ -42,7 +41,7 @@ def _fail(e: Exception) -> None:
     raise typer.Exit(1)
 
 
-def _count(path: Path) -> Optional[int]:
+def _count(path: Path) -> int | None:
     if path.is_dir():
         return sum(1 for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     return None
@@ -88,7 +87,7 @@ def _add_batch(idx: AFVIndex, batch: list[ImageRecord], root: Path, skipped: lis
 @index_app.command("build")
 def build(images: Path = typer.Argument(..., help="Folder of images or .tar/.tar.gz archive."),
           index: Path = typer.Option(..., "--index", help="Index folder (created, or resumed)."),
-          model: Optional[Path] = typer.Option(None, "--model", help="Run directory of a trained model."),
+          model: Path | None = typer.Option(None, "--model", help="Run directory of a trained model."),
           memory_budget: str = typer.Option("256MB", "--memory-budget", help="RAM for the vectors."),
           mode: str = typer.Option("auto", "--mode", help="Projection: auto (= exact) | exact | fast (Kronecker-factored, opt-in)."),
           dim: int = typer.Option(1024, "--dim", help="Sketch dimension."),
@@ -123,7 +122,7 @@ def _build(idx: AFVIndex, images: Path) -> tuple[int, int, list]:
 @index_app.command("add")
 def add(images: list[Path] = typer.Argument(..., help="Image files (or folders/archives) to add."),
         index: Path = typer.Option(..., "--index"),
-        model: Optional[Path] = typer.Option(None, "--model")) -> None:
+        model: Path | None = typer.Option(None, "--model")) -> None:
     """Add images to an existing index; prints the id of each."""
     try:
         idx = AFVIndex.open(index, _load_model(model))
@@ -162,7 +161,7 @@ def stats(index: Path = typer.Option(..., "--index")) -> None:
 def search_command(image: Path = typer.Argument(..., help="Query image file."),
                    index: Path = typer.Option(..., "--index"),
                    k: int = typer.Option(10, "--k", min=1),
-                   model: Optional[Path] = typer.Option(None, "--model"),
+                   model: Path | None = typer.Option(None, "--model"),
                    rerank: bool = typer.Option(False, "--rerank", help="Exact re-rank of candidates."),
                    as_json: bool = typer.Option(False, "--json", help="Print JSON results.")) -> None:
     """Find the k indexed images nearest to IMAGE in AFV space."""

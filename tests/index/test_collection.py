@@ -8,8 +8,14 @@ import numpy as np
 import pytest
 
 from index import (
-    AFVIndex, IndexCorruptError, IndexExistsError, IndexLockedError, IndexMismatchError,
-    IndexNotFoundError, IndexReadOnlyError, InvalidInputError,
+    AFVIndex,
+    IndexCorruptError,
+    IndexExistsError,
+    IndexLockedError,
+    IndexMismatchError,
+    IndexNotFoundError,
+    IndexReadOnlyError,
+    InvalidInputError,
 )
 from model.extract import AFVExtractor
 from model.fisher import FisherStats
