@@ -124,6 +124,8 @@ class AFVIndex:
         index_dir = Path(index_dir)
         if mode == "auto":
             mode = "exact"
+        if mode != "fast" and extractor.dim <= dim:  # already small (e.g. a BiGAN z): store it as is
+            mode, dim = "identity", extractor.dim
         if (index_dir / DB_FILE).exists():
             raise IndexExistsError(f"an index already exists in {index_dir}")
         try:

@@ -2,7 +2,10 @@
 
 Two modes, both ending in the same seeded sparse Johnson–Lindenstrauss sketch (`SparseSketch`):
 
-* ``exact``: sketch the exact normalised AFV (`extractor.afv`), batch-wise. The reference.
+* ``exact``: sketch the exact normalised vector (`extractor.embed`), batch-wise. The reference; it
+  works for every embedder (AFVs, BiGAN/BigBiGAN encoders, GFMN moment features).
+* ``identity``: no projection, for embedders whose vectors are already small (e.g. a 128-d BiGAN z);
+  ``AFVIndex.create`` picks it when the embedder's dimension is at most the requested one.
 * ``fast``: never form the B×P per-sample gradient. For every large conv/linear layer the per-sample
   weight gradient is G_b A_bᵀ (output-gradients × unfolded input activations). Its diagonal Fisher
   std is approximated as Kronecker-factored, σ[o, i, t] ≈ u[o]·v[i]·w[t] (fitted to the exact
@@ -30,7 +33,7 @@ from torch.nn import functional as F
 from model import fisher
 from model.data import uint8_to_model
 
-MODES = ("exact", "fast")
+MODES = ("exact", "fast", "identity")
 FORMAT = "afv-projection/1"
 
 
@@ -160,6 +163,11 @@ class Projector:
             raise ProjectionError(f"unknown projection mode {mode!r}; choose one of {MODES}")
         if d < 1 or nnz < 1 or inner_factor < 1:
             raise ProjectionError(f"d, nnz and inner_factor must be positive (got {d}, {nnz}, {inner_factor})")
+        if mode == "fast" and getattr(extractor, "kind", "afv") != "afv":
+            raise ProjectionError(f"the fast projection needs an AFV model; this is a '{extractor.kind}' "
+                                  "embedder: use mode='exact'")
+        if mode == "identity" and d != extractor.dim:
+            raise ProjectionError(f"an identity projection keeps all {extractor.dim} dimensions (got d={d})")
         if mode == "fast" and extractor.normalization == "power":
             raise ProjectionError("the fast projection cannot apply 'power' normalisation (it needs every "
                                   "AFV coordinate); use mode='exact' or a model with normalization none/l2")
@@ -207,8 +215,10 @@ class Projector:
         return torch.cat(parts).cpu().numpy().astype(np.float32, copy=False)
 
     def _embed_batch(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "identity":
+            return self.extractor.embed(x)
         if self.mode == "exact":
-            return self.sketch(self.extractor.afv(x))
+            return self.sketch(self.extractor.embed(x))
         out = self.sketch(self.inner(x))
         return F.normalize(out, dim=1) if self.normalization == "l2" else out
 
@@ -293,12 +303,12 @@ def benchmark(extractor, x: torch.Tensor, *, d: int = 1024, seed: int = 0, repea
     "rel_distortion_max", "img_s", "vs_floor", "inner_dim"}}} where vs_floor = time / floor time.
     """
     bs = extractor.batch_size
-    afv = torch.cat([extractor.afv(x[i : i + bs]) for i in range(0, x.shape[0], bs)])
+    afv = torch.cat([extractor.embed(x[i : i + bs]) for i in range(0, x.shape[0], bs)])
     ref = pairwise_distances(afv)
     dev = extractor.device
     floor = _time(lambda b: fisher.summed_grad(extractor.d, uint8_to_model(b.to(dev))), x, bs, repeats)
     out = {"n_images": int(x.shape[0]), "param_dim": extractor.dim, "d": d, "floor_img_s": floor,
-           "exact_afv_img_s": _time(extractor.afv, x, bs, repeats), "modes": {}}
+           "exact_afv_img_s": _time(extractor.embed, x, bs, repeats), "modes": {}}
     for mode in modes:
         proj = Projector(extractor, d=d, mode=mode, seed=seed, **proj_kwargs)
         est = pairwise_distances(torch.from_numpy(proj.embed(x)))

@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
 from model import fisher
 from model.checkpoint import (
@@ -21,7 +17,8 @@ from model.checkpoint import (
     load_networks,
     state_hash,
 )
-from model.data import image_to_uint8, uint8_to_model
+from model.data import uint8_to_model
+from model.embedder import DistanceReport, Embedder
 from model.nets import Discriminator, Generator, fold_spectral_norm
 from model.presets import get_preset
 
@@ -81,36 +78,22 @@ def save_stats(path: Path, stats: fisher.FisherStats, model_hash: str) -> None:
         log.warning("could not save Fisher statistics to %s: %s", path, e)
 
 
-@dataclass
-class DistanceReport:
-    """Fisher distance and each discriminator block's share of the squared distance."""
-
-    distance: float
-    layers: dict[str, float]
-
-    def to_dict(self) -> dict:
-        return {"distance": self.distance, "layers": self.layers}
-
-
-class AFVExtractor:
+class AFVExtractor(Embedder):
     """Images → Adversarial Fisher Vectors of one discriminator (with its stored Fisher statistics)."""
+
+    kind = "afv"
 
     def __init__(self, d: Discriminator, g: Generator, stats: fisher.FisherStats, *,
                  device: torch.device, normalization: str = "none", batch_size: int = 64,
                  name: str = "unnamed", model_hash: str | None = None):
-        if normalization not in fisher.NORMALIZATIONS:
-            raise ValueError(f"unknown normalization {normalization!r}; choose one of {fisher.NORMALIZATIONS}")
-        self.preset, self.device, self.name = d.preset, device, name
-        self.d = fold_spectral_norm(d).to(device)
+        folded = fold_spectral_norm(d).to(device)
+        super().__init__(d.preset, device=device, layout=fisher.param_layout(folded),
+                         normalization=normalization, batch_size=batch_size, name=name,
+                         model_hash=model_hash or state_hash(d), stats_hash=stats_hash(stats))
+        self.d = folded
         self.g = g.to(device).eval()
         self.stats = stats.to(device)
         self.inv_std = self.stats.inv_std()
-        self.normalization, self.batch_size = normalization, batch_size
-        self.layout = fisher.param_layout(self.d)
-        self.blocks = fisher.block_slices(self.layout)
-        self.model_hash = model_hash or state_hash(d)
-        self.stats_hash = stats_hash(stats)
-        self.lock = threading.Lock()  # per-sample gradients hook the shared module: one batch at a time
 
     @classmethod
     def load(cls, run: str | Path | None = None, device: str = "auto", normalization: str | None = None,
@@ -143,18 +126,6 @@ class AFVExtractor:
         return cls(d, g, stats, device=device, normalization=normalization, batch_size=batch_size,
                    name=f"untrained-{preset_name}-seed{seed}")
 
-    @property
-    def resolution(self) -> int:
-        return self.preset.resolution
-
-    @property
-    def dim(self) -> int:
-        return self.layout[-1].start + self.layout[-1].numel
-
-    def preprocess(self, img: Image.Image) -> np.ndarray:
-        """Any PIL image → 3×R×R uint8 at the model's resolution (short side resized, centre crop)."""
-        return image_to_uint8(img, self.resolution)
-
     def raw_fisher_vectors(self, x: torch.Tensor) -> torch.Tensor:
         """N×3×R×R uint8 (one batch) → N×P un-normalised V = diag(I)^-1/2 (∇θD(x) − mean), on device."""
         with self.lock:
@@ -163,31 +134,18 @@ class AFVExtractor:
 
     def afv(self, x: torch.Tensor) -> torch.Tensor:
         """N×3×R×R uint8 (one batch) → N×P AFVs with this extractor's normalisation, on device."""
-        return fisher.normalize(self.raw_fisher_vectors(x), self.normalization)
+        return self.embed(x)
+
+    def raw_embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.raw_fisher_vectors(x)
 
     def iter_afvs(self, x: torch.Tensor) -> Iterator[torch.Tensor]:
         """Stream AFVs of any number of images in batches: memory stays O(batch × P)."""
-        for i in range(0, x.shape[0], self.batch_size):
-            yield self.afv(x[i : i + self.batch_size])
+        return self.iter_embed(x)
 
     def mean_afv(self, x: torch.Tensor) -> torch.Tensor:
         """Mean AFV of a set (float64 accumulation), the set's representative in the Fisher space."""
-        total = torch.zeros(self.dim, dtype=torch.float64, device=self.device)
-        for v in self.iter_afvs(x):
-            total += v.double().sum(0)
-        return total / x.shape[0]
-
-    def distance(self, a: torch.Tensor, b: torch.Tensor) -> DistanceReport:
-        """Fisher distance between two single images (3×R×R uint8 each) with per-block shares."""
-        v = self.afv(torch.stack([a, b]))
-        diff2 = (v[0] - v[1]).double().pow(2)
-        total = float(diff2.sum())
-        layers = {k: (float(diff2[s].sum()) / total if total > 0 else 0.0) for k, s in self.blocks.items()}
-        return DistanceReport(total ** 0.5, layers)
-
-    def set_distance(self, xa: torch.Tensor, xb: torch.Tensor) -> float:
-        """Fisher distance between two image sets: ‖mean AFV(A) − mean AFV(B)‖."""
-        return float((self.mean_afv(xa) - self.mean_afv(xb)).norm())
+        return self.mean_embedding(x)
 
     def pooled_features(self, x: torch.Tensor) -> torch.Tensor:
         """The 'discriminator features' baseline: globally pooled last-block activations, N×ndf."""

@@ -235,7 +235,7 @@ def fisher_vectors(grads: torch.Tensor, stats: FisherStats, inv_std: torch.Tenso
 
 
 def normalize(v: torch.Tensor, method: str) -> torch.Tensor:
-    """Fisher-vector normalisations (Sánchez et al. 2013): 'none' (the AFV paper's), 'l2', 'power' (signed √ then L2)."""
+    """Fisher-vector normalisations (Sánchez et al. 2013): 'none' (the AFV paper's), 'l2', 'power' (signed √, L2)."""
     if method == "none":
         return v
     if method == "power":

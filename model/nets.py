@@ -50,17 +50,23 @@ class DBlock(nn.Module):
         return self._residual(x) + self._skip(x)
 
 
+def resnet_trunk(width: int, resolution: int, use_sn: bool = True) -> nn.Sequential:
+    """The discriminator's residual blocks (image → width×4×4 at 32 px, ×8 at 64 px); encoders reuse it."""
+    stages = _n_stages(resolution)
+    blocks = [DBlock(3, width, down=True, first=True, use_sn=use_sn)]
+    blocks += [DBlock(width, width, down=True, first=False, use_sn=use_sn) for _ in range(stages - 2)]
+    blocks += [DBlock(width, width, down=False, first=False, use_sn=use_sn) for _ in range(2)]
+    return nn.Sequential(*blocks)
+
+
 class Discriminator(nn.Module):
     """D(x): N×3×R×R images in [-1, 1] → N unnormalised log-densities."""
 
     def __init__(self, preset: Preset, use_sn: bool = True):
         super().__init__()
         self.preset = preset
-        ndf, stages = preset.ndf, _n_stages(preset.resolution)
-        blocks = [DBlock(3, ndf, down=True, first=True, use_sn=use_sn)]
-        blocks += [DBlock(ndf, ndf, down=True, first=False, use_sn=use_sn) for _ in range(stages - 2)]
-        blocks += [DBlock(ndf, ndf, down=False, first=False, use_sn=use_sn) for _ in range(2)]
-        self.blocks = nn.Sequential(*blocks)
+        ndf = preset.ndf
+        self.blocks = resnet_trunk(ndf, preset.resolution, use_sn)
         self.head = _sn(nn.Linear(ndf, 1), use_sn)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -102,11 +108,29 @@ class Generator(nn.Module):
         h = self.fc(z).view(z.shape[0], -1, 4, 4)
         return torch.tanh(self.out(F.relu(self.bn(self.blocks(h)))))
 
-    def sample(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
-        """Draw n images from N(0, I) latents."""
+    def sample(self, n: int, generator: torch.Generator | None = None, device=None,
+               truncation: float | None = None) -> torch.Tensor:
+        """Draw n images from N(0, I) latents (truncated at |z| ≤ truncation if given)."""
         device = device or next(self.parameters()).device
-        z = torch.randn(n, self.nz, generator=generator, device="cpu").to(device)
-        return self(z)
+        if truncation is None:
+            z = torch.randn(n, self.nz, generator=generator, device="cpu")
+        else:
+            z = truncated_normal(n, self.nz, truncation, generator)
+        return self(z.to(device))
+
+
+def truncated_normal(n: int, nz: int, threshold: float, generator: torch.Generator | None = None,
+                     max_rounds: int = 1000) -> torch.Tensor:
+    """BigGAN's truncation trick: N(0, I) latents whose entries above `threshold` in magnitude are resampled."""
+    if threshold <= 0:
+        raise ValueError(f"truncation threshold must be positive, got {threshold}")
+    z = torch.randn(n, nz, generator=generator)
+    for _ in range(max_rounds):
+        out = z.abs() > threshold
+        if not out.any():
+            return z
+        z[out] = torch.randn(int(out.sum()), generator=generator)
+    raise ValueError(f"truncation threshold {threshold} is too small to sample from")
 
 
 @torch.no_grad()

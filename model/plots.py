@@ -32,8 +32,20 @@ def _read_metrics(path: Path) -> dict[str, np.ndarray]:
     return {c: np.array([float(r[c]) if r[c] not in ("", None) else np.nan for r in rows]) for c in cols}
 
 
-def plot_metrics(csv_path: Path, png_path: Path) -> None:
-    """Losses and the Fisher-similarity monitor against training step, as one PNG."""
+MONITORS = {  # method → (title, log scale, {column: label}) of the right-hand panel
+    "afv": ("Fisher distance between image sets (monitor)", True,
+            {"fd_val_gen": "held-out real ↔ generated", "fd_train_gen": "train ↔ generated",
+             "fd_val_train": "held-out ↔ train"}),
+    "bigan": ("inversion: ‖G(E(x)) − x‖² per pixel, held-out images", False,
+              {"recon_val": "held-out", "recon_train": "train"}),
+    "gfmn": ("feature-moment loss (no moving average)", True,
+             {"moment_val_gen": "held-out real ↔ generated", "moment_train_gen": "train ↔ generated"}),
+}
+MONITORS["bigbigan"] = MONITORS["bigan"]
+
+
+def plot_metrics(csv_path: Path, png_path: Path, method: str = "afv") -> None:
+    """Step losses and the method's monitor against training step, as one PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -43,14 +55,17 @@ def plot_metrics(csv_path: Path, png_path: Path) -> None:
     if not m or len(m["step"]) == 0:
         return
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for k in ("loss_d", "loss_g", "d_real", "d_fake"):
-        ax1.plot(m["step"], m[k], label=k, marker=".")
+    for k in m:
+        if k.startswith("loss_") or k in ("d_real", "d_fake"):
+            ax1.plot(m["step"], m[k], label=k, marker=".")
     ax1.set_xlabel("step"), ax1.set_title("losses"), ax1.legend()
-    for k, lbl in (("fd_val_gen", "held-out real ↔ generated"), ("fd_train_gen", "train ↔ generated"),
-                   ("fd_val_train", "held-out ↔ train")):
-        ax2.plot(m["step"], m[k], label=lbl, marker=".")
-    ax2.set_yscale("log")
-    ax2.set_xlabel("step"), ax2.set_title("Fisher distance between image sets (monitor)"), ax2.legend()
+    title, log_scale, columns = MONITORS[method]
+    for k, lbl in columns.items():
+        if k in m and np.isfinite(m[k]).any():
+            ax2.plot(m["step"], m[k], label=lbl, marker=".")
+    if log_scale:
+        ax2.set_yscale("log")
+    ax2.set_xlabel("step"), ax2.set_title(title), ax2.legend()
     fig.tight_layout()
     png_path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png_path, dpi=90)

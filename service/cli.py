@@ -31,12 +31,12 @@ def fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-def _load_extractor(model: Path | None, device: str):
+def _load_extractor(model: Path | None, device: str, embedding: str | None = None):
     from model.checkpoint import CheckpointError
-    from model.extract import AFVExtractor
+    from model.loading import load_embedder
 
     try:
-        return AFVExtractor.load(model, device=device)
+        return load_embedder(model, device=device, embedding=embedding)
     except (CheckpointError, ValueError, FileNotFoundError) as e:
         fail(str(e))
 
@@ -62,6 +62,9 @@ def train(
     data: Annotated[Path, typer.Option(help="Folder or .tar/.tar.gz of images.")],
     out: Annotated[Path, typer.Option(help="Run directory (resumes if it holds last.pt).")],
     preset: Annotated[str, typer.Option(help="tiny | cpu | paper | paper64")] = "cpu",
+    method: Annotated[str, typer.Option(help="afv (EBM-GAN) | bigan | bigbigan | gfmn")] = "afv",
+    features: Annotated[Path | None, typer.Option(
+        help="gfmn: run directory whose network supplies the features to match (afv, bigan or bigbigan).")] = None,
     steps: Annotated[int | None, typer.Option(help="Total steps (default: the preset's).")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Default: the preset's.")] = None,
     device: DeviceOpt = "auto",
@@ -69,23 +72,35 @@ def train(
     limit: Annotated[int | None, typer.Option(help="Use only the first N images.")] = None,
     gamma: Annotated[float, typer.Option(help="MCMC generator term step size (0 = off).")] = 0.0,
     noise_std: Annotated[float, typer.Option(help="MCMC generator term noise.")] = 0.0,
+    lr_g: Annotated[float | None, typer.Option(
+        help="Generator learning rate (default: afv/bigan/bigbigan 2e-4, gfmn 1e-4).")] = None,
+    lr_d: Annotated[float, typer.Option(help="Discriminator learning rate.")] = 4e-4,
+    lr_e: Annotated[float | None, typer.Option(
+        help="Encoder learning rate (default: bigan = lr_g, bigbigan = 10 × lr_g).")] = None,
+    truncation: Annotated[float | None, typer.Option(
+        help="bigbigan: sample grids from latents truncated at this |z| (BigGAN's trick).")] = None,
+    ama_lr: Annotated[float, typer.Option(help="gfmn: learning rate of the ADAM moving average.")] = 1e-2,
     ckpt_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 500,
     seed: int = 0,
     max_minutes: Annotated[float | None, typer.Option(help="Stop (resumably) after this long.")] = None,
 ) -> None:
-    """Train an EBM-GAN; checkpoints, samples, metrics.csv and training.png go to OUT."""
+    """Train a model (EBM-GAN for AFVs, BiGAN, BigBiGAN or GFMN); checkpoints, samples, metrics.csv and
+    training.png go to OUT."""
     from model.checkpoint import CheckpointError
     from model.train import TrainConfig
     from model.train import train as run_training
 
-    cfg = TrainConfig(data=str(data), out=str(out), preset=preset, steps=steps, batch_size=batch_size,
-                      device=device, split=split or None, limit=limit, gamma=gamma, noise_std=noise_std,
-                      ckpt_every=ckpt_every, seed=seed, max_minutes=max_minutes)
+    cfg = TrainConfig(data=str(data), out=str(out), preset=preset, method=method, steps=steps,
+                      batch_size=batch_size, device=device, split=split or None, limit=limit, gamma=gamma,
+                      noise_std=noise_std, lr_g=lr_g, lr_d=lr_d, lr_e=lr_e, truncation=truncation,
+                      features=str(features) if features else None, ama_lr=ama_lr, ckpt_every=ckpt_every,
+                      seed=seed, max_minutes=max_minutes)
     try:
         run = run_training(cfg)
     except (CheckpointError, ValueError, FileNotFoundError) as e:
         fail(str(e))
-    typer.echo(f"done: {run} (model.pt, fisher.pt, metrics.csv, training.png, samples/)")
+    made = ", ".join(p.name for p in sorted(run.iterdir()) if p.name not in ("checkpoints", "last.pt"))
+    typer.echo(f"done: {run} ({made})")
 
 
 @app.command()
@@ -110,7 +125,7 @@ def export(model: Annotated[Path, typer.Option("--model", help="Run directory.")
            default: Annotated[bool, typer.Option(help="Make it the bundled default.")] = False,
            normalization: Annotated[str | None, typer.Option(
                help="AFV normalisation recorded with the model: none | l2 | power.")] = None) -> None:
-    """Copy a run's inference weights, Fisher statistics and training record into a small folder."""
+    """Copy a run's inference weights, Fisher statistics (if any) and training record into a small folder."""
     import shutil
 
     from model.checkpoint import (
@@ -123,17 +138,20 @@ def export(model: Annotated[Path, typer.Option("--model", help="Run directory.")
     from model.extract import DEFAULT_POINTER, FISHER_FILE, WEIGHTS_DIR
 
     ckpt = read_checkpoint(find_checkpoint(model))
-    if not (model / FISHER_FILE).is_file():
+    method = ckpt.get("method", "afv")
+    if method == "afv" and not (model / FISHER_FILE).is_file():
         fail(f"{model / FISHER_FILE} is missing: run `afv fisher --model {model}` first")
     from model.fisher import NORMALIZATIONS
 
-    slim = {k: ckpt[k] for k in ("preset", "step", "D", "G_ema", "normalization") if k in ckpt}
+    keep = ("method", "preset", "step", "D", "G_ema", "E_ema", "features", "normalization")
+    slim = {k: ckpt[k] for k in keep if k in ckpt}
     if normalization is not None:
         if normalization not in NORMALIZATIONS:
             fail(f"unknown normalization {normalization!r}; choose one of {NORMALIZATIONS}")
         slim["normalization"] = normalization
     atomic_torch_save({"format": FORMAT, **slim}, out / MODEL_FILE)
-    shutil.copy(model / FISHER_FILE, out / FISHER_FILE)
+    if (model / FISHER_FILE).is_file():
+        shutil.copy(model / FISHER_FILE, out / FISHER_FILE)
     for name in ("metrics.csv", "training.png", "config.json"):
         if (model / name).is_file():
             shutil.copy(model / name, out / name)
@@ -147,30 +165,88 @@ def export(model: Annotated[Path, typer.Option("--model", help="Run directory.")
     typer.echo(f"exported step {ckpt['step']} of {model} to {out}")
 
 
+EmbeddingOpt = Annotated[str | None, typer.Option(
+    help="bigan/bigbigan models: z | hidden | z+hidden (default z).")]
+
+
 @app.command()
 def distance(image_a: Path, image_b: Path, model: ModelOpt = None, device: DeviceOpt = "auto",
-             json_out: JsonOpt = False) -> None:
-    """Fisher distance between two images, with each block's share of the squared distance."""
-    ext = _load_extractor(model, device)
+             embedding: EmbeddingOpt = None, json_out: JsonOpt = False) -> None:
+    """Distance between two images (Fisher distance for AFV models), with each block's share."""
+    ext = _load_extractor(model, device, embedding)
     a, b = (_load_images(p, ext.resolution)[0] for p in (image_a, image_b))
     report = ext.distance(a, b).to_dict()
     if json_out:
-        typer.echo(json.dumps(report))
+        typer.echo(json.dumps({**report, "method": ext.kind}))
         return
-    typer.echo(f"Fisher distance: {report['distance']:.6g}")
+    typer.echo(f"{'Fisher' if ext.kind == 'afv' else ext.kind} distance: {report['distance']:.6g}")
     for name, share in report["layers"].items():
         typer.echo(f"  {name:<10} {share:7.1%}  {'#' * round(share * 40)}")
 
 
 @app.command("set-distance")
 def set_distance(dir_a: Path, dir_b: Path, model: ModelOpt = None, device: DeviceOpt = "auto",
+                 metric: Annotated[str, typer.Option(
+                     help="fisher: ‖mean AFV(A) − mean AFV(B)‖ (or the model's own mean-vector distance); "
+                          "gfmn-moments: GFMN's moment-matching loss on the model's features.")] = "fisher",
                  json_out: JsonOpt = False) -> None:
-    """Fisher distance between two image sets (distance between their mean AFVs)."""
-    ext = _load_extractor(model, device)
+    """Distance between two image sets: Fisher (mean AFVs) or GFMN feature moments."""
+    if metric not in ("fisher", "gfmn-moments"):
+        fail(f"unknown set metric {metric!r}; choose fisher or gfmn-moments")
+    if metric == "gfmn-moments":
+        ext = _load_moments(model, device)
+    else:
+        ext = _load_extractor(model, device)
     xa, xb = (_load_images(p, ext.resolution) for p in (dir_a, dir_b))
     d = ext.set_distance(xa, xb)
-    typer.echo(json.dumps({"distance": d, "n_a": xa.shape[0], "n_b": xb.shape[0]}) if json_out
-               else f"Fisher set distance: {d:.6g} ({xa.shape[0]} vs {xb.shape[0]} images)")
+    label = "Fisher set distance" if metric == "fisher" and ext.kind == "afv" else f"{ext.kind} set distance"
+    typer.echo(json.dumps({"distance": d, "metric": metric, "method": ext.kind, "n_a": xa.shape[0],
+                           "n_b": xb.shape[0]}) if json_out
+               else f"{label}: {d:.6g} ({xa.shape[0]} vs {xb.shape[0]} images)")
+
+
+def _load_moments(model: Path | None, device: str):
+    from model.checkpoint import CheckpointError
+    from model.extract import default_run_dir, resolve_device
+    from model.gfmn import MomentEmbedder
+
+    run = model or default_run_dir()
+    if run is None:
+        fail("gfmn-moments needs a trained model: pass --model RUN_DIR")
+    try:
+        return MomentEmbedder.from_run(run, resolve_device(device))
+    except (CheckpointError, ValueError, FileNotFoundError) as e:
+        fail(str(e))
+
+
+@app.command()
+def sample(model: Annotated[Path, typer.Option("--model", help="Run directory (any method).")],
+           out: Annotated[Path, typer.Option(help="PNG grid to write.")] = Path("samples.png"),
+           n: Annotated[int, typer.Option(help="Number of images.")] = 64,
+           truncation: Annotated[float | None, typer.Option(
+               help="Resample latent entries above this |z| (BigGAN's truncation trick); none = plain N(0, I).")]
+           = None,
+           seed: int = 0) -> None:
+    """Draw a grid of samples from a run's (EMA) generator, optionally with truncated latents."""
+    import torch
+
+    from model.checkpoint import CheckpointError, find_checkpoint, load_state, read_checkpoint
+    from model.nets import Generator
+    from model.plots import save_grid
+    from model.presets import preset_from_dict
+
+    try:
+        path = find_checkpoint(model)
+        ckpt = read_checkpoint(path)
+        preset = preset_from_dict(ckpt["preset"])
+        g = Generator(preset)
+        load_state(g, ckpt["G_ema"], "generator", preset, path)
+        with torch.no_grad():
+            x = g.eval().sample(n, torch.Generator().manual_seed(seed), truncation=truncation)
+    except (CheckpointError, ValueError, FileNotFoundError) as e:
+        fail(str(e))
+    save_grid(x, out)
+    typer.echo(f"wrote {n} samples of {model} to {out}" + (f" (truncation {truncation})" if truncation else ""))
 
 
 @bench_app.command("extract")

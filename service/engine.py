@@ -1,4 +1,7 @@
-"""The service's loaded resources: extractor, index, micro-batcher and JND threshold, created once.
+"""The service's loaded resources: embedder, index, micro-batcher and JND threshold, created once.
+
+The embedder is whatever `model.loading.load_embedder` makes of the model folder (AFVs by default;
+BiGAN/BigBiGAN encoders and GFMN runs alike): nothing below depends on the method.
 
 All model work (extractor AFVs, index sketches) goes through one `MicroBatcher` and thus one worker
 thread: the extractor's hooks allow one batch at a time. Index reads and writes run in a threadpool
@@ -17,7 +20,8 @@ from starlette.concurrency import run_in_threadpool
 
 from index import AFVIndex, AFVIndexError, InvalidInputError
 from index.collection import AddResult, Hit
-from model.extract import AFVExtractor
+from model.embedder import Embedder
+from model.loading import load_embedder
 from service import jnd
 from service.batching import MicroBatcher
 from service.errors import APIError, not_found
@@ -33,7 +37,7 @@ RECORD_FIELDS = ("id", "name", "sha256", "size", "added_at")
 class Engine:
     """Extractor + index + batcher, with async entry points for the routes."""
 
-    def __init__(self, extractor: AFVExtractor, index: AFVIndex, settings: Settings, metrics: Metrics):
+    def __init__(self, extractor: Embedder, index: AFVIndex, settings: Settings, metrics: Metrics):
         self.extractor, self.index, self.settings, self.metrics = extractor, index, settings, metrics
         self.batcher = MicroBatcher({"afv": self._afv_batch, "embed": self._embed_batch},
                                     max_batch=settings.batch_max_size,
@@ -46,11 +50,11 @@ class Engine:
         """Load the model and open (or create) the index. Blocking: call from a thread."""
         if settings.torch_threads is not None:
             torch.set_num_threads(settings.torch_threads)
-        extractor = AFVExtractor.load(settings.model, device=settings.device)
+        extractor = load_embedder(settings.model, device=settings.device, embedding=settings.embedding)
         index_dir = settings.resolved_index_dir
         index_dir.mkdir(parents=True, exist_ok=True)
         index = AFVIndex.open_or_create(index_dir, extractor)
-        log.info("model %s (%s, AFV dim %d) on %s; index %s with %d images", extractor.name,
+        log.info("model %s (%s %s, dim %d) on %s; index %s with %d images", extractor.name, extractor.kind,
                  extractor.model_hash[:12], extractor.dim, extractor.device, index_dir, index.count)
         return cls(extractor, index, settings, metrics)
 
@@ -65,7 +69,7 @@ class Engine:
     # -- model work (worker thread) ------------------------------------------------------------
 
     def _afv_batch(self, x: np.ndarray) -> np.ndarray:
-        return self.extractor.afv(torch.from_numpy(x)).detach().float().cpu().numpy()
+        return self.extractor.embed(torch.from_numpy(x)).detach().float().cpu().numpy()
 
     def _embed_batch(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(self.index.embed(torch.from_numpy(x)), dtype=np.float32)

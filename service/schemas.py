@@ -238,6 +238,8 @@ class Ready(BaseModel):
     ready: bool
     model: str
     model_hash: str
+    method: str = Field("afv", description="What the model computes: afv | bigan | bigbigan | gfmn-moments.")
+    dim: int | None = Field(None, description="Length of the model's vectors (AFV: its parameter count).")
     device: str
     index_images: int | None = None
 

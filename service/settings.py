@@ -20,9 +20,13 @@ class Settings(BaseSettings):
 
     # What to serve.
     model: Path | None = Field(None, description="Run directory; None = the bundled default model.")
+    embedding: str | None = Field(
+        None, description="bigan/bigbigan models: z | hidden | z+hidden (default z); others: unset.")
     device: str = Field("auto", description="auto | cpu | cuda")
     data_dir: Path = Field(Path("./data"), description="Server state: index, JND calibration.")
-    index_dir: Path | None = Field(None, description="Default: DATA_DIR/index (created on first start).")
+    index_dir: Path | None = Field(
+        None, description="Default: DATA_DIR/index for the bundled model, DATA_DIR/index-NAME for --model "
+        "runs/NAME (created on first start; an index only opens with the model it was built with).")
     demo_collection: Path | None = Field(
         DEMO_COLLECTION, description="Indexed once into an empty default index; None = never.")
 
@@ -56,7 +60,12 @@ class Settings(BaseSettings):
 
     @property
     def resolved_index_dir(self) -> Path:
-        return self.index_dir if self.index_dir is not None else self.data_dir / "index"
+        if self.index_dir is not None:
+            return self.index_dir
+        if self.model is None:
+            return self.data_dir / "index"
+        suffix = f"-{self.embedding}" if self.embedding else ""
+        return self.data_dir / f"index-{self.model.resolve().name}{suffix}"
 
     @property
     def jnd_file(self) -> Path:

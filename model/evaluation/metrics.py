@@ -7,6 +7,11 @@
 | ssim        | 1 − SSIM(a, b) (`model.evaluation.ssim`, scikit-image defaults) | none: k-NN by brute force     |
 | dpool       | ‖f(a) − f(b)‖, f = D's globally pooled last-block activations  | f (ndf values)                |
 | afv-random  | as afv, for a randomly initialised D of the same preset       | AFV (P values)                |
+| bigan       | ‖E(a) − E(b)‖ of a BiGAN run's encoder (`--model`)              | E(x) (nz values)              |
+| bigbigan    | ‖μ_E(a) − μ_E(b)‖ of a BigBiGAN run's encoder mean (`--model`)  | μ_E(x) (nz values)            |
+| gfmn-moments| ‖f(a) − f(b)‖, f = every block's activations of the model's     | f (Σ block sizes)             |
+|             | feature trunk (D of an AFV run, E of a BiGAN run): GFMN's moment |                               |
+|             | loss between one-image sets                                      |                               |
 
 Inputs are N×3×R×R uint8 batches. The model metrics expect R = the model's resolution
 (`Metric.resolution`); the pixel metrics (`resolution None`) take images at their own size, which
@@ -24,7 +29,9 @@ import torch
 
 from model.evaluation.ssim import ssim
 
-METRICS = ("afv", "l2", "ssim", "dpool", "afv-random")
+DEFAULT_METRICS = ("afv", "l2", "ssim", "dpool", "afv-random")  # one AFV model and its baselines
+ENCODER_METRICS = ("bigan", "bigbigan")  # need --model of a run of that method
+METRICS = DEFAULT_METRICS + ENCODER_METRICS + ("gfmn-moments",)
 DistanceFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 EmbedFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -84,18 +91,36 @@ def _feature_distance(embed: EmbedFn) -> DistanceFn:
 
 
 def _extractor_metric(name: str, ext, batch_size: int, pooled: bool = False) -> Metric:
-    embed = ext.pooled_features if pooled else ext.afv
+    embed = ext.pooled_features if pooled else ext.embed
     # a pair batch embeds 2×batch images: halve it so AFV memory stays O(batch_size × P)
-    return Metric(name, ext.resolution, _feature_distance(embed), embed,
-                  batch_size=batch_size if pooled else max(1, batch_size // 2), extractor=ext)
+    if not pooled and ext.kind == "afv":
+        batch_size = max(1, batch_size // 2)
+    elif not pooled:
+        batch_size = max(batch_size, ext.batch_size)
+    return Metric(name, ext.resolution, _feature_distance(embed), embed, batch_size=batch_size, extractor=ext)
 
 
 def load_extractors(metric: str, model: str | Path | None, device: str = "auto",
                     normalization: str | None = None, seed: int = 0):
-    """The extractor a model metric needs: the trained one, or a random one of the same preset."""
-    from model.extract import AFVExtractor, resolve_device
+    """The embedder a model metric needs: the trained one, or a random AFV model of the same preset."""
+    from model.extract import AFVExtractor, default_run_dir, resolve_device
+    from model.loading import load_embedder
 
-    trained = AFVExtractor.load(model, device=device, normalization=normalization)
+    if metric == "gfmn-moments":
+        from model.gfmn import MomentEmbedder
+
+        run = model or default_run_dir()
+        if run is None:
+            raise ValueError("gfmn-moments needs a trained model: pass --model RUN_DIR")
+        return MomentEmbedder.from_run(run, resolve_device(device))
+    if metric in ENCODER_METRICS and model is None:
+        raise ValueError(f"metric {metric!r} needs --model RUN_DIR of a '{metric}' run (afv train --method {metric})")
+    trained = load_embedder(model, device=device, normalization=normalization)
+    want = metric if metric in ENCODER_METRICS else "afv"
+    if trained.kind != want:
+        hint = f"--metric {trained.kind}" if trained.kind in METRICS else "another --model"
+        raise ValueError(f"metric {metric!r} needs a '{want}' model but {model} is a '{trained.kind}' "
+                         f"model: use {hint}")
     if metric != "afv-random":
         return trained
     return AFVExtractor.untrained(trained.preset.name, resolve_device(device),

@@ -9,7 +9,8 @@
   mode) to `dim` values, so 50k AFVs never have to be held in memory; Euclidean distances are kept
   to within a few per cent. Pixels (3,072) and pooled features stay un-projected at the default dim.
 * Linear probe: multinomial logistic regression (torch, full-batch L-BFGS, scikit-learn's C
-  convention) on standardised features; C is picked from a small grid on a seeded 10 % hold-out of the training set, then refit on all.
+  convention) on standardised features; C is picked from a small grid on a seeded 10 % hold-out of the
+  training set, then refit on all.
 * k-NN probe: the training features in the project's FAISS index (`index.faiss_index`, planned by
   `plan_index`: exact flat search below 50k vectors), k = 10, majority vote; a tie goes to the tied
   class met first (nearest). SSIM has no embedding: its k-NN is brute force over all pairs and it

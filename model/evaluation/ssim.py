@@ -15,6 +15,9 @@ K1, K2, DATA_RANGE = 0.01, 0.03, 255.0
 C1, C2 = (K1 * DATA_RANGE) ** 2, (K2 * DATA_RANGE) ** 2
 
 
+OFFSET = 128.0
+
+
 def _band(n: int, win: int, device: torch.device) -> torch.Tensor:
     """(n−win+1)×n matrix whose rows average `win` consecutive values."""
     i = torch.arange(n - win + 1, device=device)[:, None]
@@ -36,11 +39,11 @@ def _win(x: torch.Tensor) -> int:
 
 def local_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-window mean and (sample) variance of N×3×H×W uint8 images, float32."""
-    x = x.float()
+    x = x.float() - OFFSET  # centred: E[x²] − μ² of raw 0–255 values cancels catastrophically in float32
     win = _win(x)
     mu = _pool(x, win)
     var = (_pool(x * x, win) - mu * mu) * (win * win / (win * win - 1))
-    return mu, var
+    return mu + OFFSET, var
 
 
 def _pool_any(x: torch.Tensor, win: int) -> torch.Tensor:
@@ -53,7 +56,8 @@ def ssim_from_stats(xa: torch.Tensor, xb: torch.Tensor, sa: tuple, sb: tuple) ->
     """SSIM of image pairs (broadcasting over leading dims) given their `local_stats`."""
     win = _win(xa)
     (mu_a, var_a), (mu_b, var_b) = sa, sb
-    cov = (_pool_any(xa.float() * xb.float(), win) - mu_a * mu_b) * (win * win / (win * win - 1))
+    xa_c, xb_c = xa.float() - OFFSET, xb.float() - OFFSET
+    cov = (_pool_any(xa_c * xb_c, win) - (mu_a - OFFSET) * (mu_b - OFFSET)) * (win * win / (win * win - 1))
     num = (2 * mu_a * mu_b + C1) * (2 * cov + C2)
     den = (mu_a * mu_a + mu_b * mu_b + C1) * (var_a + var_b + C2)
     return (num / den).mean((-3, -2, -1))

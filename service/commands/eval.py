@@ -1,7 +1,9 @@
 """`afv eval 2afc|jnd|probe|class-distances`: the AFV paper's claims, checked on the user's own data.
 
 Every command runs the trained AFV metric and its baselines (`--metric`, repeatable; default all of
-afv, l2, ssim, dpool, afv-random) in one run, so each number has its comparison beside it.
+afv, l2, ssim, dpool, afv-random) in one run, so each number has its comparison beside it. The other
+GAN representation learners score with `--metric bigan|bigbigan --model RUN_DIR` (their own runs) and
+`--metric gfmn-moments` (the feature moments of the model's trunk).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from model.evaluation.metrics import METRICS
+from model.evaluation.metrics import DEFAULT_METRICS, METRICS
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +25,8 @@ eval_app = typer.Typer(help="Evaluate the metric: BAPPS 2AFC / JND, probes, clas
 
 ModelOpt = Annotated[Path | None, typer.Option("--model", help="Run directory (default: the bundled model).")]
 MetricOpt = Annotated[list[str] | None, typer.Option(
-    "--metric", help=f"Metric(s) to score, repeatable: {' | '.join(METRICS)} (default: all).")]
+    "--metric", help=f"Metric(s) to score, repeatable: {' | '.join(METRICS)} (default: "
+    f"{', '.join(DEFAULT_METRICS)}; bigan/bigbigan need --model of such a run).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 NormOpt = Annotated[str | None, typer.Option(
@@ -40,7 +43,7 @@ def _metrics(names: list[str] | None, model: Path | None, device: str, normaliza
     from model.checkpoint import CheckpointError
     from model.evaluation.metrics import get_metric, load_extractors
 
-    names = names or list(METRICS)
+    names = names or list(DEFAULT_METRICS)
     bad = [n for n in names if n not in METRICS]
     if bad:
         _fail(f"unknown metric {bad[0]!r}; choose from {', '.join(METRICS)}")
@@ -50,6 +53,8 @@ def _metrics(names: list[str] | None, model: Path | None, device: str, normaliza
         out = []
         for n in names:
             ext = trained if n in ("afv", "dpool") else None
+            if n in ("bigan", "bigbigan", "gfmn-moments"):
+                ext = load_extractors(n, model, device, normalization)
             if n == "afv-random":
                 from model.extract import AFVExtractor
 

@@ -31,9 +31,9 @@ def parse_size(text: str) -> int:
 
 
 def _load_model(model: Path | None):
-    from model.extract import AFVExtractor
+    from model.loading import load_embedder
 
-    return AFVExtractor.load(model, device="auto")
+    return load_embedder(model, device="auto")
 
 
 def _fail(e: Exception) -> None:

@@ -17,6 +17,8 @@ def serve_command(
     model: Annotated[Path | None, typer.Option("--model", help="Run directory (default: the bundled model).")] = None,
     index: Annotated[Path | None, typer.Option("--index", help="Index folder (default: DATA_DIR/index).")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    embedding: Annotated[str | None, typer.Option(
+        help="bigan/bigbigan models: z | hidden | z+hidden (default z).")] = None,
 ) -> None:
     """Serve similarity, 2AFC/JND judgments and reverse image search over HTTP (OpenAPI docs at /docs)."""
     import uvicorn
@@ -29,6 +31,8 @@ def serve_command(
         updates["model"] = model
     if index is not None:
         updates["index_dir"] = index
+    if embedding is not None:
+        updates["embedding"] = embedding
     try:
         settings = get_settings().model_copy(update=updates)
     except ValueError as e:  # invalid AFV_* environment / .env values

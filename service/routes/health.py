@@ -24,7 +24,8 @@ async def readyz(request: Request):
     if engine is None:
         return error_response(503, "not_ready", "the model and index are still loading")
     ext = engine.extractor
-    return Ready(ready=True, model=ext.name, model_hash=ext.model_hash, device=str(ext.device),
+    return Ready(ready=True, model=ext.name, model_hash=ext.model_hash, method=ext.kind, dim=ext.dim,
+                 device=str(ext.device),
                  index_images=await run_in_threadpool(lambda: engine.index.count))
 
 

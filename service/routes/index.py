@@ -15,4 +15,4 @@ router = APIRouter(prefix="/v1/index", tags=["index"], dependencies=[ReadAuth])
 async def stats(engine: EngineDep) -> dict[str, Any]:
     """Size, structure (flat / IVF-PQ, bytes per vector) and provenance (model, projection) of the index."""
     return {**await engine.stats(), "model_name": engine.extractor.name,
-            "afv_dim": engine.extractor.dim, "device": str(engine.extractor.device)}
+            "afv_dim": engine.extractor.dim, "method": engine.extractor.kind, "device": str(engine.extractor.device)}

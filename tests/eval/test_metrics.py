@@ -57,5 +57,5 @@ def test_afv_random_differs_from_the_trained_model(tiny_run, cifar_images):
     assert not np.allclose(trained.distance(x, y), random.distance(x, y))
 
 
-def test_registry_lists_the_five_metrics():
-    assert METRICS == ("afv", "l2", "ssim", "dpool", "afv-random")
+def test_registry_lists_the_baselines_and_the_other_gan_representations():
+    assert METRICS == ("afv", "l2", "ssim", "dpool", "afv-random", "bigan", "bigbigan", "gfmn-moments")

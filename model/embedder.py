@@ -1,0 +1,108 @@
+"""The one interface every image representation implements, so the service, index and evaluation never
+special-case a method: AFVs, BiGAN/BigBiGAN encoder outputs and GFMN feature moments all look alike.
+
+An `Embedder` maps N×3×R×R uint8 images to N×F float vectors whose Euclidean distances are its metric.
+It names the parts of its vector (`layout`, `blocks`: per-block shares of a distance), and carries the
+hashes an index pins itself to (`model_hash`, `stats_hash`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from model import fisher
+from model.data import image_to_uint8
+from model.presets import Preset
+
+
+@dataclass
+class DistanceReport:
+    """Distance between two images and each block's share of the squared distance."""
+
+    distance: float
+    layers: dict[str, float]
+
+    def to_dict(self) -> dict:
+        return {"distance": self.distance, "layers": self.layers}
+
+
+def named_layout(parts: list[tuple[str, int]]) -> list[fisher.ParamSlot]:
+    """[(name, size), …] → consecutive slots of a flat vector (the layout of a non-AFV embedding)."""
+    slots, start = [], 0
+    for name, size in parts:
+        slots.append(fisher.ParamSlot(name, start, size, (size,)))
+        start += size
+    return slots
+
+
+def config_hash(*parts: object) -> str:
+    """SHA-256 of an embedder's configuration: stands in for Fisher statistics in index pins."""
+    return hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()
+
+
+class Embedder:
+    """Base class: subclasses set the attributes below and implement `raw_embed`."""
+
+    kind = "embedder"  # afv | bigan | bigbigan | gfmn-moments
+
+    def __init__(self, preset: Preset, *, device: torch.device, layout: list[fisher.ParamSlot],
+                 normalization: str, batch_size: int, name: str, model_hash: str, stats_hash: str):
+        if normalization not in fisher.NORMALIZATIONS:
+            raise ValueError(f"unknown normalization {normalization!r}; choose one of {fisher.NORMALIZATIONS}")
+        self.preset, self.device, self.name = preset, device, name
+        self.layout = layout
+        self.blocks = fisher.block_slices(layout)
+        self.normalization, self.batch_size = normalization, batch_size
+        self.model_hash, self.stats_hash = model_hash, stats_hash
+        self.lock = threading.Lock()  # model work on the shared modules: one batch at a time
+
+    @property
+    def resolution(self) -> int:
+        return self.preset.resolution
+
+    @property
+    def dim(self) -> int:
+        return self.layout[-1].start + self.layout[-1].numel
+
+    def preprocess(self, img: Image.Image) -> np.ndarray:
+        """Any PIL image → 3×R×R uint8 at the model's resolution (short side resized, centre crop)."""
+        return image_to_uint8(img, self.resolution)
+
+    def raw_embed(self, x: torch.Tensor) -> torch.Tensor:
+        """N×3×R×R uint8 (one batch) → N×F un-normalised vectors on the device."""
+        raise NotImplementedError
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """N×3×R×R uint8 (one batch) → N×F vectors with this embedder's normalisation, on device."""
+        return fisher.normalize(self.raw_embed(x), self.normalization)
+
+    def iter_embed(self, x: torch.Tensor) -> Iterator[torch.Tensor]:
+        """Stream the vectors of any number of images in batches: memory stays O(batch × F)."""
+        for i in range(0, x.shape[0], self.batch_size):
+            yield self.embed(x[i : i + self.batch_size])
+
+    def mean_embedding(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean vector of a set (float64 accumulation): the set's representative."""
+        total = torch.zeros(self.dim, dtype=torch.float64, device=self.device)
+        for v in self.iter_embed(x):
+            total += v.double().sum(0)
+        return total / x.shape[0]
+
+    def distance(self, a: torch.Tensor, b: torch.Tensor) -> DistanceReport:
+        """Distance between two single images (3×R×R uint8 each) with per-block shares."""
+        v = self.embed(torch.stack([a, b]))
+        diff2 = (v[0] - v[1]).double().pow(2)
+        total = float(diff2.sum())
+        layers = {k: (float(diff2[s].sum()) / total if total > 0 else 0.0) for k, s in self.blocks.items()}
+        return DistanceReport(total ** 0.5, layers)
+
+    def set_distance(self, xa: torch.Tensor, xb: torch.Tensor) -> float:
+        """Distance between two image sets: ‖mean(A) − mean(B)‖ of their vectors."""
+        return float((self.mean_embedding(xa) - self.mean_embedding(xb)).norm())

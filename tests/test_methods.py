@@ -1,0 +1,134 @@
+"""Every training method's checkpoint loads through the one embedder interface: CLI, index, service, eval."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from index import AFVIndex
+from model.checkpoint import read_checkpoint
+from model.evaluation.metrics import get_metric
+from model.loading import load_embedder
+from service.cli import app
+from tests.service.conftest import API_KEY, png, start_server, stop_server, test_settings
+
+METHODS = ["afv", "bigan", "bigbigan", "gfmn"]
+KIND = {"afv": "afv", "bigan": "bigan", "bigbigan": "bigbigan", "gfmn": "afv"}  # gfmn on AFV features → AFVs
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_each_method_writes_a_checkpoint_the_embedder_loads(method_runs, cifar_images, method):
+    run = method_runs[method]
+    assert read_checkpoint(run / "model.pt").get("method", "afv") == method
+    emb = load_embedder(run, device="cpu")
+    assert emb.kind == KIND[method]
+    v = emb.embed(cifar_images[:6])
+    assert v.shape == (6, emb.dim) and torch.isfinite(v).all()
+    assert emb.distance(cifar_images[0], cifar_images[0]).distance == pytest.approx(0.0, abs=1e-6)
+    assert emb.distance(cifar_images[0], cifar_images[1]).distance > 0
+
+
+def test_gfmn_run_on_afv_features_gives_afvs_with_its_own_fisher_statistics(method_runs):
+    ebm, gfmn = load_embedder(method_runs["afv"], device="cpu"), load_embedder(method_runs["gfmn"], device="cpu")
+    assert gfmn.model_hash == ebm.model_hash  # the same discriminator …
+    assert gfmn.stats_hash != ebm.stats_hash  # … with Fisher information from the GFMN sampler
+    assert (method_runs["gfmn"] / "fisher.pt").is_file()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_each_method_builds_an_index_that_finds_its_own_images(method_runs, cifar_images, tmp_path, method):
+    emb = load_embedder(method_runs[method], device="cpu")
+    idx = AFVIndex.create(tmp_path / "idx", emb, dim=64)
+    try:
+        x = cifar_images[::25][:12]
+        added = idx.add_embedded(idx.embed(x), [{"name": f"img{i}", "sha256": f"{i:064x}", "size": 1}
+                                                for i in range(len(x))])
+        hits = idx.search(idx.embed(x), k=1)
+        assert [h[0].id for h in hits] == [a.id for a in added]
+        assert all(h[0].distance == pytest.approx(0.0, abs=1e-3) for h in hits)
+        assert idx.stats()["count"] == len(x)
+    finally:
+        idx.close()
+
+
+def test_small_embeddings_are_indexed_without_projection(method_runs, tmp_path):
+    emb = load_embedder(method_runs["bigan"], device="cpu")
+    idx = AFVIndex.create(tmp_path / "idx", emb, dim=1024)
+    try:
+        assert idx.dim == emb.dim == 32 and idx.projector.mode == "identity"
+    finally:
+        idx.close()
+
+
+@pytest.mark.parametrize("method", ["bigan", "gfmn"])
+def test_service_serves_each_method_without_special_cases(method_runs, tmp_path, method):
+    settings = test_settings(tmp_path, model=method_runs[method])
+    server, thread, url = start_server(settings)
+    try:
+        import httpx
+
+        with httpx.Client(base_url=url, timeout=60, headers={"Authorization": f"Bearer {API_KEY}"}) as c:
+            ready = c.get("/readyz").json()
+            assert ready["method"] == KIND[method] and ready["dim"] > 0
+            d = c.post("/v1/distance", files={"image_a": ("a.png", png(0)), "image_b": ("b.png", png(1))}).json()
+            assert d["distance"] > 0 and sum(d["layers"].values()) == pytest.approx(1.0)
+            ids = [c.post("/v1/images", files={"image": (f"{i}.png", png(i))}).json()["id"] for i in range(4)]
+            hits = c.post("/v1/search", files={"image": png(2)}, data={"k": "2"}).json()["results"]
+            assert hits[0]["id"] == ids[2]
+    finally:
+        stop_server(server, thread)
+    assert (tmp_path / f"index-{method_runs[method].name}").is_dir()  # one index per served model
+
+
+@pytest.mark.parametrize("metric,method", [("bigan", "bigan"), ("bigbigan", "bigbigan"),
+                                           ("gfmn-moments", "afv"), ("gfmn-moments", "bigan")])
+def test_eval_metrics_for_the_other_representations(method_runs, cifar_images, metric, method):
+    m = get_metric(metric, method_runs[method], device="cpu")
+    d = m.distance(cifar_images[:4], cifar_images[4:8])
+    assert d.shape == (4,) and (d > 0).all()
+    assert np.allclose(m.distance(cifar_images[:4], cifar_images[:4]), 0.0, atol=1e-5)
+    assert next(m.iter_embed(cifar_images[:3])).shape[0] == 3
+
+
+def test_metric_on_the_wrong_kind_of_model_says_which_to_use(method_runs):
+    with pytest.raises(ValueError, match="--metric bigan"):
+        get_metric("afv", method_runs["bigan"], device="cpu")
+    with pytest.raises(ValueError, match="needs --model"):
+        get_metric("bigbigan", None, device="cpu")
+
+
+def test_cli_distance_and_moment_set_distance_on_each_method(method_runs, cifar_dir):
+    runner = CliRunner()
+    a, b = cifar_dir / "cat" / "0000.jpg", cifar_dir / "dog" / "0000.jpg"
+    r = runner.invoke(app, ["distance", str(a), str(b), "--model", str(method_runs["bigbigan"]),
+                            "--embedding", "z+hidden", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert out["method"] == "bigbigan" and set(out["layers"]) == {"z", "hidden"}
+    r = runner.invoke(app, ["set-distance", str(cifar_dir / "cat"), str(cifar_dir / "dog"), "--model",
+                            str(method_runs["gfmn"]), "--metric", "gfmn-moments", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["distance"] > 0
+    r = runner.invoke(app, ["distance", str(a), str(b), "--model", str(method_runs["afv"]), "--embedding", "z"])
+    assert r.exit_code == 2 and "--embedding applies to bigan/bigbigan" in r.output
+
+
+def test_cli_sample_writes_a_truncated_grid(method_runs, tmp_path):
+    out = tmp_path / "grid.png"
+    r = CliRunner().invoke(app, ["sample", "--model", str(method_runs["bigbigan"]), "--out", str(out), "--n", "8",
+                                 "--truncation", "0.5"])
+    assert r.exit_code == 0, r.output
+    assert out.stat().st_size > 0
+
+
+def test_resuming_a_run_with_another_method_is_refused(method_runs, cifar_dir):
+    from model.train import TrainConfig, train
+
+    cfg = TrainConfig(data=str(cifar_dir), out=str(method_runs["bigan"]), preset="tiny", method="bigbigan",
+                      steps=30, device="cpu")
+    with pytest.raises(ValueError, match="'bigan' run"):
+        train(cfg, progress=False)
