@@ -132,3 +132,17 @@ def test_resuming_a_run_with_another_method_is_refused(method_runs, cifar_dir):
                       steps=30, device="cpu")
     with pytest.raises(ValueError, match="'bigan' run"):
         train(cfg, progress=False)
+
+
+def test_eval_2afc_scores_each_encoder_output_on_the_fixture(method_runs):
+    from pathlib import Path
+
+    fixture = Path(__file__).parent / "fixtures" / "bapps" / "2afc"
+    r = CliRunner().invoke(app, ["eval", "2afc", str(fixture), "--metric", "bigbigan", "--embedding", "z",
+                                 "--embedding", "hidden", "--model", str(method_runs["bigbigan"]),
+                                 "--device", "cpu", "--json"])
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.output)["results"]
+    names = {row["metric"] for row in rows}
+    assert names == {"bigbigan", "bigbigan:hidden"}
+    assert all(0.0 <= row["score"] <= 1.0 for row in rows)

@@ -101,7 +101,7 @@ def _extractor_metric(name: str, ext, batch_size: int, pooled: bool = False) -> 
 
 
 def load_extractors(metric: str, model: str | Path | None, device: str = "auto",
-                    normalization: str | None = None, seed: int = 0):
+                    normalization: str | None = None, seed: int = 0, embedding: str | None = None):
     """The embedder a model metric needs: the trained one, or a random AFV model of the same preset."""
     from model.extract import AFVExtractor, default_run_dir, resolve_device
     from model.loading import load_embedder
@@ -115,7 +115,8 @@ def load_extractors(metric: str, model: str | Path | None, device: str = "auto",
         return MomentEmbedder.from_run(run, resolve_device(device))
     if metric in ENCODER_METRICS and model is None:
         raise ValueError(f"metric {metric!r} needs --model RUN_DIR of a '{metric}' run (afv train --method {metric})")
-    trained = load_embedder(model, device=device, normalization=normalization)
+    trained = load_embedder(model, device=device, normalization=normalization,
+                            embedding=embedding if metric in ENCODER_METRICS else None)
     want = metric if metric in ENCODER_METRICS else "afv"
     if trained.kind != want:
         hint = f"--metric {trained.kind}" if trained.kind in METRICS else "another --model"
@@ -138,4 +139,6 @@ def get_metric(name: str, model: str | Path | None = None, *, device: str = "aut
     if name == "ssim":
         return Metric("ssim", None, _one_minus_ssim, None, batch_size=batch_size)
     ext = extractor or load_extractors(name, model, device, normalization, seed)
+    if name in ENCODER_METRICS and ext.embedding != "z":
+        name = f"{name}:{ext.embedding}"  # e.g. bigan:hidden, so rows say which encoder output they score
     return _extractor_metric(name, ext, batch_size, pooled=name == "dpool")

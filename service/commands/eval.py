@@ -29,6 +29,8 @@ MetricOpt = Annotated[list[str] | None, typer.Option(
     f"{', '.join(DEFAULT_METRICS)}; bigan/bigbigan need --model of such a run).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+EmbeddingOpt = Annotated[list[str] | None, typer.Option(
+    "--embedding", help="bigan/bigbigan encoder output(s) to score, repeatable: z | hidden | z+hidden (default z).")]
 NormOpt = Annotated[str | None, typer.Option(
     "--normalization", help="AFV normalisation none | l2 | power (default: the model's).")]
 
@@ -38,7 +40,8 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-def _metrics(names: list[str] | None, model: Path | None, device: str, normalization: str | None) -> list:
+def _metrics(names: list[str] | None, model: Path | None, device: str, normalization: str | None,
+             embeddings: list[str] | None = None) -> list:
     """Build the requested metrics, loading the trained model once (afv and dpool share it)."""
     from model.checkpoint import CheckpointError
     from model.evaluation.metrics import get_metric, load_extractors
@@ -53,7 +56,12 @@ def _metrics(names: list[str] | None, model: Path | None, device: str, normaliza
         out = []
         for n in names:
             ext = trained if n in ("afv", "dpool") else None
-            if n in ("bigan", "bigbigan", "gfmn-moments"):
+            if n in ("bigan", "bigbigan"):
+                for emb in embeddings or [None]:
+                    out.append(get_metric(n, extractor=load_extractors(n, model, device, normalization,
+                                                                       embedding=emb)))
+                continue
+            if n == "gfmn-moments":
                 ext = load_extractors(n, model, device, normalization)
             if n == "afv-random":
                 from model.extract import AFVExtractor
@@ -69,15 +77,16 @@ def _table(rows: list[dict], dirs: list[str], key: str) -> str:
     """Metric × directory table with a mean column (as the BAPPS paper's tables)."""
     names = list(dict.fromkeys(r["metric"] for r in rows))
     short = [Path(d).name or d for d in dirs]
-    lines = [f"{'metric':<12}" + "".join(f"{s[:14]:>15}" for s in short) + f"{'mean':>15}"]
+    w = max(12, *(len(n) + 1 for n in names))
+    lines = [f"{'metric':<{w}}" + "".join(f"{s[:14]:>15}" for s in short) + f"{'mean':>15}"]
     for n in names:
         vals = [next(r[key] for r in rows if r["metric"] == n and r["dir"] == d) for d in dirs]
-        lines.append(f"{n:<12}" + "".join(f"{v:>15.4f}" for v in vals) + f"{np.mean(vals):>15.4f}")
+        lines.append(f"{n:<{w}}" + "".join(f"{v:>15.4f}" for v in vals) + f"{np.mean(vals):>15.4f}")
     return "\n".join(lines)
 
 
 def _bapps(kind: str, dirs: list[Path], metric: list[str] | None, model, device, normalization,
-           json_out: bool) -> None:
+           json_out: bool, embedding: list[str] | None = None) -> None:
     from model.evaluation import bapps
 
     load, run, key = ((bapps.load_2afc, bapps.evaluate_2afc, "score") if kind == "2afc"
@@ -86,7 +95,7 @@ def _bapps(kind: str, dirs: list[Path], metric: list[str] | None, model, device,
         sets = [load(d) for d in dirs]
     except (bapps.BAPPSLayoutError, ValueError) as e:
         _fail(str(e))
-    rows = [run(m, s) for m in _metrics(metric, model, device, normalization) for s in sets]
+    rows = [run(m, s) for m in _metrics(metric, model, device, normalization, embedding) for s in sets]
     names = list(dict.fromkeys(r["metric"] for r in rows))
     means = {n: float(np.mean([r[key] for r in rows if r["metric"] == n])) for n in names}
     if json_out:
@@ -102,17 +111,17 @@ def _bapps(kind: str, dirs: list[Path], metric: list[str] | None, model, device,
 @eval_app.command("2afc")
 def two_afc(dirs: Annotated[list[Path], typer.Argument(help="BAPPS 2AFC folder(s): ref/ p0/ p1/ judge/.")],
             model: ModelOpt = None, metric: MetricOpt = None, device: DeviceOpt = "auto",
-            normalization: NormOpt = None, json_out: JsonOpt = False) -> None:
+            normalization: NormOpt = None, embedding: EmbeddingOpt = None, json_out: JsonOpt = False) -> None:
     """BAPPS 2AFC score of each metric on each folder, and their mean."""
-    _bapps("2afc", dirs, metric, model, device, normalization, json_out)
+    _bapps("2afc", dirs, metric, model, device, normalization, json_out, embedding)
 
 
 @eval_app.command("jnd")
 def jnd(dirs: Annotated[list[Path], typer.Argument(help="BAPPS JND folder(s): p0/ p1/ same/.")],
         model: ModelOpt = None, metric: MetricOpt = None, device: DeviceOpt = "auto",
-        normalization: NormOpt = None, json_out: JsonOpt = False) -> None:
+        normalization: NormOpt = None, embedding: EmbeddingOpt = None, json_out: JsonOpt = False) -> None:
     """BAPPS JND mAP of each metric's distance as a same/different detector."""
-    _bapps("jnd", dirs, metric, model, device, normalization, json_out)
+    _bapps("jnd", dirs, metric, model, device, normalization, json_out, embedding)
 
 
 def _variants(ext, norms: list[str] | None, eps: list[float] | None):
@@ -124,7 +133,7 @@ def _variants(ext, norms: list[str] | None, eps: list[float] | None):
 @eval_app.command("probe")
 def probe(
     data: Annotated[Path, typer.Option(help="Folder or .tar(.gz) with SPLIT/CLASS/* images.")],
-    model: ModelOpt = None, metric: MetricOpt = None, device: DeviceOpt = "auto",
+    model: ModelOpt = None, metric: MetricOpt = None, device: DeviceOpt = "auto", embedding: EmbeddingOpt = None,
     train_split: Annotated[str, typer.Option(help="Training split folder.")] = "train",
     test_split: Annotated[str, typer.Option(help="Test split folder.")] = "test",
     train_limit: Annotated[int | None, typer.Option(help="Class-stratified subset of train.")] = None,
@@ -146,7 +155,7 @@ def probe(
     """Linear-probe and k-NN accuracy (train split → test split) of each metric's embedding."""
     from model.evaluation.probe import C_GRID, load_labelled, run_probe
 
-    metrics = _metrics(metric, model, device, None)
+    metrics = _metrics(metric, model, device, None, embedding)
     res = next((m.resolution for m in metrics if m.resolution), 32)
     try:
         train = load_labelled(data, train_split, res, train_limit, seed)
