@@ -221,7 +221,9 @@ def _load_moments(model: Path | None, device: str):
 
 @app.command()
 def sample(model: Annotated[Path, typer.Option("--model", help="Run directory (any method).")],
-           out: Annotated[Path, typer.Option(help="PNG grid to write.")] = Path("samples.png"),
+           out: Annotated[Path, typer.Option(
+               help="PNG grid to write; a path without .png is a folder that gets one PNG per sample.")]
+           = Path("samples.png"),
            n: Annotated[int, typer.Option(help="Number of images.")] = 64,
            truncation: Annotated[float | None, typer.Option(
                help="Resample latent entries above this |z| (BigGAN's truncation trick); none = plain N(0, I).")]
@@ -241,11 +243,21 @@ def sample(model: Annotated[Path, typer.Option("--model", help="Run directory (a
         preset = preset_from_dict(ckpt["preset"])
         g = Generator(preset)
         load_state(g, ckpt["G_ema"], "generator", preset, path)
+        gen = torch.Generator().manual_seed(seed)
         with torch.no_grad():
-            x = g.eval().sample(n, torch.Generator().manual_seed(seed), truncation=truncation)
+            x = torch.cat([g.eval().sample(min(256, n - i), gen, truncation=truncation) for i in range(0, n, 256)])
     except (CheckpointError, ValueError, FileNotFoundError) as e:
         fail(str(e))
-    save_grid(x, out)
+    if out.suffix.lower() == ".png":
+        save_grid(x, out)
+    else:
+        from PIL import Image
+
+        from model.data import model_to_uint8
+
+        out.mkdir(parents=True, exist_ok=True)
+        for i, img in enumerate(model_to_uint8(x).permute(0, 2, 3, 1).numpy()):
+            Image.fromarray(img).save(out / f"sample_{i:05d}.png")
     typer.echo(f"wrote {n} samples of {model} to {out}" + (f" (truncation {truncation})" if truncation else ""))
 
 

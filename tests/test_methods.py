@@ -123,6 +123,10 @@ def test_cli_sample_writes_a_truncated_grid(method_runs, tmp_path):
                                  "--truncation", "0.5"])
     assert r.exit_code == 0, r.output
     assert out.stat().st_size > 0
+    folder = tmp_path / "samples"
+    r = CliRunner().invoke(app, ["sample", "--model", str(method_runs["gfmn"]), "--out", str(folder), "--n", "5"])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in folder.iterdir()) == [f"sample_{i:05d}.png" for i in range(5)]
 
 
 def test_resuming_a_run_with_another_method_is_refused(method_runs, cifar_dir):
