@@ -150,3 +150,13 @@ def test_eval_2afc_scores_each_encoder_output_on_the_fixture(method_runs):
     names = {row["metric"] for row in rows}
     assert names == {"bigbigan", "bigbigan:hidden"}
     assert all(0.0 <= row["score"] <= 1.0 for row in rows)
+
+
+@pytest.mark.parametrize("method", ["bigan", "gfmn"])
+def test_export_keeps_what_each_method_needs(method_runs, cifar_images, tmp_path, method):
+    out = tmp_path / f"{method}-export"
+    r = CliRunner().invoke(app, ["export", "--model", str(method_runs[method]), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    a, b = load_embedder(method_runs[method], device="cpu"), load_embedder(out, device="cpu")
+    assert (a.kind, a.model_hash, a.stats_hash) == (b.kind, b.model_hash, b.stats_hash)
+    assert torch.allclose(a.embed(cifar_images[:3]), b.embed(cifar_images[:3]))
