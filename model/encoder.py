@@ -3,7 +3,7 @@
 E shares the discriminator's residual trunk (without spectral norm) at the discriminator's width,
 so at one preset AFV, BiGAN and BigBiGAN learn from networks of the same size. A two-layer MLP head maps
 the pooled trunk features to z (BiGAN: deterministic) or to a Gaussian's mean and scale (BigBiGAN;
-both bounded, see `LATENT_BOUND`).
+the scale below 1).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from model.nets import resnet_trunk
 from model.presets import Preset, preset_from_dict
 
 EMBEDDINGS = ("z", "hidden", "z+hidden")
-LATENT_BOUND = 4.0  # |μ| < 4 and σ < 1 for the stochastic encoder: N(0, 1) has 99.99 % of its mass in ±4
+
 
 
 class Encoder(nn.Module):
@@ -46,8 +46,7 @@ class Encoder(nn.Module):
         if not self.stochastic:
             return out, None, h
         mu, raw = out.chunk(2, dim=1)
-        # Bounded like the prior's bulk: the linear hinge objective otherwise lets E win by scaling z up
-        return LATENT_BOUND * torch.tanh(mu / LATENT_BOUND), torch.sigmoid(raw) + 1e-4, h
+        return mu, torch.sigmoid(raw) + 1e-4, h  # σ < 1: a posterior no wider than the prior
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """A latent for each image: μ, plus σ·ε when stochastic (ε from `generator`)."""
