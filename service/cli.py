@@ -261,6 +261,41 @@ def sample(model: Annotated[Path, typer.Option("--model", help="Run directory (a
     typer.echo(f"wrote {n} samples of {model} to {out}" + (f" (truncation {truncation})" if truncation else ""))
 
 
+@app.command()
+def reconstruct(images: Annotated[Path, typer.Argument(help="Image file, folder or .tar(.gz).")],
+                model: Annotated[Path, typer.Option("--model", help="A bigan or bigbigan run directory.")],
+                out: Annotated[Path, typer.Option(help="PNG to write.")] = Path("reconstructions.png"),
+                n: Annotated[int, typer.Option(help="Images shown (the first N).")] = 32) -> None:
+    """BiGAN/BigBiGAN inversion at a glance: rows of images x above their reconstructions G(E(x))."""
+    import torch
+
+    from model.checkpoint import CheckpointError, find_checkpoint, load_state, read_checkpoint
+    from model.data import uint8_to_model
+    from model.encoder import Encoder
+    from model.nets import Generator
+    from model.plots import save_grid
+    from model.presets import preset_from_dict
+
+    try:
+        path = find_checkpoint(model)
+        ckpt = read_checkpoint(path)
+        if ckpt.get("method") not in ("bigan", "bigbigan"):
+            fail(f"{model} is a '{ckpt.get('method', 'afv')}' run: only bigan/bigbigan runs have an encoder")
+        preset = preset_from_dict(ckpt["preset"])
+        g, e = Generator(preset), Encoder(preset, stochastic=ckpt["method"] == "bigbigan")
+        load_state(g, ckpt["G_ema"], "generator", preset, path)
+        load_state(e, ckpt["E_ema"], "encoder", preset, path)
+    except (CheckpointError, ValueError, FileNotFoundError) as e:
+        fail(str(e))
+    x = uint8_to_model(_load_images(images, preset.resolution)[:n])
+    with torch.no_grad():
+        rec = g.eval()(e.eval().mean_and_scale(x)[0])
+    rows = [t for i in range(0, x.shape[0], 8) for t in (x[i : i + 8], rec[i : i + 8])]
+    save_grid(torch.cat(rows), out)
+    err = float((rec - x).pow(2).mean())
+    typer.echo(f"wrote {out}: {x.shape[0]} images (odd rows) and G(E(x)) (even rows); mean squared error {err:.4f}")
+
+
 @bench_app.command("extract")
 def bench_extract_cmd(
     preset: Annotated[list[str], typer.Option(help="Preset(s) to time.")] = ["tiny", "cpu", "paper", "paper64"],

@@ -160,3 +160,13 @@ def test_export_keeps_what_each_method_needs(method_runs, cifar_images, tmp_path
     a, b = load_embedder(method_runs[method], device="cpu"), load_embedder(out, device="cpu")
     assert (a.kind, a.model_hash, a.stats_hash) == (b.kind, b.model_hash, b.stats_hash)
     assert torch.allclose(a.embed(cifar_images[:3]), b.embed(cifar_images[:3]))
+
+
+def test_cli_reconstruct_draws_images_over_their_reconstructions(method_runs, cifar_dir, tmp_path):
+    out = tmp_path / "rec.png"
+    r = CliRunner().invoke(app, ["reconstruct", str(cifar_dir / "cat"), "--model", str(method_runs["bigan"]),
+                                 "--out", str(out), "--n", "8"])
+    assert r.exit_code == 0, r.output
+    assert "mean squared error" in r.output and out.stat().st_size > 0
+    r = CliRunner().invoke(app, ["reconstruct", str(cifar_dir / "cat"), "--model", str(method_runs["afv"])])
+    assert r.exit_code == 2 and "only bigan/bigbigan runs have an encoder" in r.output
