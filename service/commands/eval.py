@@ -177,12 +177,13 @@ def probe(
         typer.echo(json.dumps(report))
         return
     typer.echo(f"probe: {report['n_train']} train / {report['n_test']} test images, k={k}")
-    typer.echo(f"{'metric':<12} {'variant':<24} {'dim':>6} {'linear':>8} {'kNN':>8}")
+    w = max(12, *(len(r["metric"]) for r in rows))
+    typer.echo(f"{'metric':<{w}} {'variant':<24} {'dim':>6} {'linear':>8} {'kNN':>8}")
     for r in rows:
         var = f"{r['normalization']}, eps={r['eps_rel']:g}" if "normalization" in r else ""
         lin = "n/a" if r["linear"] is None else f"{r['linear']:.2%}"
         note = f"  (k-NN on {r['knn_queries']} test images)" if "knn_queries" in r else ""
-        typer.echo(f"{r['metric']:<12} {var:<24} {r['dim'] or '-':>6} {lin:>8} {r['knn']:>8.2%}{note}")
+        typer.echo(f"{r['metric']:<{w}} {var:<24} {r['dim'] or '-':>6} {lin:>8} {r['knn']:>8.2%}{note}")
 
 
 @eval_app.command("class-distances")
