@@ -298,7 +298,7 @@ def reconstruct(images: Annotated[Path, typer.Argument(help="Image file, folder 
 
 @bench_app.command("extract")
 def bench_extract_cmd(
-    preset: Annotated[list[str], typer.Option(help="Preset(s) to time.")] = ["tiny", "cpu", "paper", "paper64"],
+    preset: Annotated[list[str], typer.Option(help="Preset(s) to time.")] = ["tiny", "cpu", "paper", "paper64"],  # noqa: B006 (typer reads, never mutates)
     batch_size: int = 32, device: DeviceOpt = "auto", repeats: int = 3,
     loop_images: Annotated[int, typer.Option(help="Images timed in the batch-1 loop.")] = 32,
     json_out: JsonOpt = False,

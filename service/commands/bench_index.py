@@ -68,7 +68,8 @@ def bench_index(sizes: str = typer.Option("10000,100000,1000000", help="Comma-se
     budget = parse_size(memory_budget)
     typer.echo(f"d={dim}, {queries} queries, memory budget {budget / 2**20:.0f} MiB; "
                "qps single-threaded; rerank = exact re-rank of 10·k PQ candidates")
-    head = f"{'n':>9} {'index':>22} {'B/vec':>6} {'×':>5} {'build s':>8} {'R@10':>6} {'qps':>8} {'R@10 rr':>8} {'qps rr':>7}"
+    head = (f"{'n':>9} {'index':>22} {'B/vec':>6} {'×':>5} {'build s':>8} {'R@10':>6} {'qps':>8} "
+            f"{'R@10 rr':>8} {'qps rr':>7}")
     typer.echo(head)
     for n in (int(s) for s in sizes.split(",")):
         r = bench_one(n, dim, queries, budget)

@@ -101,7 +101,8 @@ def _bapps(kind: str, dirs: list[Path], metric: list[str] | None, model, device,
     if json_out:
         typer.echo(json.dumps({"task": kind, "results": rows, "mean": means}))
         return
-    typer.echo(f"BAPPS {'2AFC score' if kind == '2afc' else 'JND mAP'} ({', '.join(f'{s.root}: {len(s)}' for s in sets)})")
+    counts = ", ".join(f"{s.root}: {len(s)}" for s in sets)
+    typer.echo(f"BAPPS {'2AFC score' if kind == '2afc' else 'JND mAP'} ({counts})")
     typer.echo(_table(rows, [str(s.root) for s in sets], key))
     if kind == "2afc":
         typer.echo("human agreement (p²+(1−p)²): "

@@ -89,7 +89,8 @@ def build(images: Path = typer.Argument(..., help="Folder of images or .tar/.tar
           index: Path = typer.Option(..., "--index", help="Index folder (created, or resumed)."),
           model: Path | None = typer.Option(None, "--model", help="Run directory of a trained model."),
           memory_budget: str = typer.Option("256MB", "--memory-budget", help="RAM for the vectors."),
-          mode: str = typer.Option("auto", "--mode", help="Projection: auto (= exact) | exact | fast (Kronecker-factored, opt-in)."),
+          mode: str = typer.Option("auto", "--mode", help="Projection: auto (= exact; identity for small "
+                                   "embeddings) | exact | fast (Kronecker, opt-in)."),
           dim: int = typer.Option(1024, "--dim", help="Sketch dimension."),
           kind: str = typer.Option("auto", "--kind", help="auto | flat | ivfpq | opq-ivfpq.")) -> None:
     """Embed a collection into an index; resumable (images whose content is indexed are skipped)."""

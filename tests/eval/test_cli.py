@@ -39,7 +39,8 @@ def test_probe_runs_every_metric(tiny_run, cifar_dir, tmp_path):
     out = _json(runner.invoke(app, [
         "eval", "probe", "--data", str(cifar_dir.parent), "--train-split", "cifar10", "--test-split", "cifar10",
         "--train-limit", "40", "--test-limit", "20", "--model", str(tiny_run), "--device", "cpu",
-        "--dim", "512", "--C", "0.1", "--normalization", "none", "--normalization", "l2", "--out", str(tmp_path / "p.json"),
+        "--dim", "512", "--C", "0.1", "--normalization", "none", "--normalization", "l2",
+        "--out", str(tmp_path / "p.json"),
         "--json"]))
     rows = {(r["metric"], r.get("normalization")): r for r in out["rows"]}
     assert set(rows) == {("afv", "none"), ("afv", "l2"), ("l2", None), ("ssim", None), ("dpool", None),

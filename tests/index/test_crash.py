@@ -30,7 +30,7 @@ for b in range(10_000):
     ids = [r.id for r in idx.add_embedded(xb, recs)]
     np.save(f"{sys.argv[1]}/ack-{b}.npy", xb)
     print("ACK", b, *ids, flush=True)
-""" % {"batch": BATCH, "dim": DIM}
+""" % {"batch": BATCH, "dim": DIM}  # noqa: UP031 (the script's own f-strings use braces)
 
 
 def _run_writer_and_kill(index_dir: Path, min_batches: int) -> dict[int, list[int]]:

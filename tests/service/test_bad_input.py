@@ -71,7 +71,8 @@ def test_modes_are_converted(live, case):
 def test_bad_images_rejected(live, case, route):
     make, status, code = REJECTED[case]
     data = make()
-    files = {"image_a": ("a.png", png(0)), "image_b": ("b", data)} if route == "/v1/distance" else {"image": ("x", data)}
+    files = ({"image_a": ("a.png", png(0)), "image_b": ("b", data)} if route == "/v1/distance"
+             else {"image": ("x", data)})
     with live.client(headers=live.auth) as c:
         r = c.post(route, files=files)
     assert r.status_code == status, r.text

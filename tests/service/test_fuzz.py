@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 schemathesis = pytest.importorskip("schemathesis")
-from hypothesis import HealthCheck, settings
-from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import response_schema_conformance
+from hypothesis import HealthCheck, settings  # noqa: E402 (after the importorskip)
+from schemathesis.checks import not_a_server_error  # noqa: E402
+from schemathesis.specs.openapi.checks import response_schema_conformance  # noqa: E402
 
-from service.app import create_app
-from tests.service.conftest import API_KEY, test_settings
+from service.app import create_app  # noqa: E402
+from tests.service.conftest import API_KEY, test_settings  # noqa: E402
 
 EXAMPLES = 12
 
