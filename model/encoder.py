@@ -23,7 +23,6 @@ from model.presets import Preset, preset_from_dict
 EMBEDDINGS = ("z", "hidden", "z+hidden")
 
 
-
 class Encoder(nn.Module):
     """E(x): N×3×R×R images in [-1, 1] → N×nz latents (or, stochastic, their mean and scale)."""
 

@@ -71,10 +71,16 @@ def _source_module(method: str, preset: Preset) -> nn.Module:
     return Discriminator(preset) if method == "afv" else Encoder(preset, stochastic=method == "bigbigan")
 
 
-def feature_net(source: dict) -> FeatureNet:
-    """Rebuild the frozen feature trunk of a `feature_source` record."""
+def source_network(source: dict) -> nn.Module:
+    """The whole network of a `feature_source` record (D with spectral norm, or E), weights loaded."""
     net = _source_module(source["method"], preset_from_dict(source["preset"]))
     net.load_state_dict(source["state"])
+    return net.eval()
+
+
+def feature_net(source: dict) -> FeatureNet:
+    """Rebuild the frozen feature trunk of a `feature_source` record."""
+    net = source_network(source)
     if isinstance(net, Discriminator):
         net = fold_spectral_norm(net)
     return FeatureNet(net.blocks)
@@ -202,9 +208,7 @@ class GFMNTrainer(BaseTrainer):
         from model.extract import FISHER_FILE, save_stats
         from model.fisher import estimate_stats
 
-        d = _source_module("afv", preset_from_dict(self.source["preset"]))
-        d.load_state_dict(self.source["state"])
-        d = fold_spectral_norm(d).to(self.device)
+        d = fold_spectral_norm(source_network(self.source)).to(self.device)
         stats = estimate_stats(d, self.g_ema, self.preset.fisher_samples, progress=False)
         save_stats(out / FISHER_FILE, stats, sampler_key(self.source["sha256"], self.g_ema))
 

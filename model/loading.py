@@ -19,7 +19,7 @@ import torch
 from model.checkpoint import find_checkpoint, load_state, read_checkpoint, state_hash
 from model.embedder import Embedder
 from model.extract import AFVExtractor, load_or_estimate_stats, resolve_device
-from model.nets import Discriminator, Generator
+from model.nets import Generator
 from model.presets import preset_from_dict
 
 
@@ -47,16 +47,15 @@ def load_embedder(run: str | Path | None = None, device: str = "auto", normaliza
 
 def _gfmn_embedder(ckpt: dict, path: Path, run: Path, dev: torch.device, normalization: str | None,
                    batch_size: int) -> Embedder:
-    from model.gfmn import MomentEmbedder, sampler_key
+    from model.gfmn import MomentEmbedder, sampler_key, source_network
 
     source = ckpt["features"]
     if source["method"] != "afv":
         return MomentEmbedder(source, device=dev, name=run.name)
-    d_preset, g_preset = preset_from_dict(source["preset"]), preset_from_dict(ckpt["preset"])
-    d, g = Discriminator(d_preset), Generator(g_preset)
-    load_state(d, source["state"], "discriminator", d_preset, path)
+    g_preset = preset_from_dict(ckpt["preset"])
+    d, g = source_network(source), Generator(g_preset)
     load_state(g, ckpt["G_ema"], "generator", g_preset, path)
-    d.eval(), g.eval()
+    g.eval()
     model_hash = state_hash(d)
     stats = load_or_estimate_stats(run, d, g, sampler_key(model_hash, g), g_preset.fisher_samples, dev)
     return AFVExtractor(d, g, stats, device=dev, normalization=normalization or "none", batch_size=batch_size,
