@@ -276,6 +276,11 @@ class AFVIndex:
         return [[Hit(int(i), float(dist), metas[int(i)]) for dist, i in zip(drow, irow)
                  if i >= 0 and int(i) in metas] for drow, irow in zip(D, I)]
 
+    def search_any(self, vectors: np.ndarray, k: int = 10, where: dict | None = None,
+                   rerank: bool = False) -> list[Hit]:
+        """k nearest items to any of several sketches of one query (e.g. an image and its mirror image)."""
+        return merge_hits(self.search(vectors, k, where, rerank), k)
+
     def _filter(self, where: dict | None) -> np.ndarray | None:
         if not where:
             return None
@@ -410,6 +415,16 @@ class AFVIndex:
             if f.name != name:
                 f.unlink(missing_ok=True)
         self.base_seq = seq
+
+
+def merge_hits(lists: list[list[Hit]], k: int) -> list[Hit]:
+    """Union of hit lists, each item at its smallest distance, nearest first, at most k."""
+    best: dict[int, Hit] = {}
+    for hits in lists:
+        for h in hits:
+            if h.id not in best or h.distance < best[h.id].distance:
+                best[h.id] = h
+    return sorted(best.values(), key=lambda h: (h.distance, h.id))[:k]
 
 
 def _needs_rebuild(have: IndexPlan, want: IndexPlan, n: int) -> bool:

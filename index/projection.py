@@ -166,6 +166,9 @@ class Projector:
         if mode == "fast" and getattr(extractor, "kind", "afv") != "afv":
             raise ProjectionError(f"the fast projection needs an AFV model; this is a '{extractor.kind}' "
                                   "embedder: use mode='exact'")
+        if mode == "fast" and getattr(extractor, "readout", "global") != "global":
+            raise ProjectionError(f"the fast projection sketches whole-image AFVs; the {extractor.readout} "
+                                  "read-out needs mode='exact'")
         if mode == "identity" and d != extractor.dim:
             raise ProjectionError(f"an identity projection keeps all {extractor.dim} dimensions (got d={d})")
         if mode == "fast" and extractor.normalization == "power":

@@ -24,13 +24,18 @@ from model.presets import Preset
 
 @dataclass
 class DistanceReport:
-    """Distance between two images and each block's share of the squared distance."""
+    """Distance between two images, each block's share of the squared distance and, for spatial
+    read-outs, each image cell's share per pyramid level ({"2x2": [[row of shares], …], …})."""
 
     distance: float
     layers: dict[str, float]
+    regions: dict[str, list[list[float]]] | None = None
 
     def to_dict(self) -> dict:
-        return {"distance": self.distance, "layers": self.layers}
+        out = {"distance": self.distance, "layers": self.layers}
+        if self.regions is not None:
+            out["regions"] = self.regions
+        return out
 
 
 def named_layout(parts: list[tuple[str, int]]) -> list[fisher.ParamSlot]:
@@ -98,7 +103,11 @@ class Embedder:
     def distance(self, a: torch.Tensor, b: torch.Tensor) -> DistanceReport:
         """Distance between two single images (3×R×R uint8 each) with per-block shares."""
         v = self.embed(torch.stack([a, b]))
-        diff2 = (v[0] - v[1]).double().pow(2)
+        return self.explain(v[0], v[1])
+
+    def explain(self, va: torch.Tensor, vb: torch.Tensor) -> DistanceReport:
+        """Distance of two embedded vectors with each block's share of the squared distance."""
+        diff2 = (torch.as_tensor(va) - torch.as_tensor(vb)).double().pow(2)
         total = float(diff2.sum())
         layers = {k: (float(diff2[s].sum()) / total if total > 0 else 0.0) for k, s in self.blocks.items()}
         return DistanceReport(total ** 0.5, layers)

@@ -69,11 +69,11 @@ def load_or_estimate_stats(run: Path, d: Discriminator, g: Generator, model_hash
     return stats
 
 
-def save_stats(path: Path, stats: fisher.FisherStats, model_hash: str) -> None:
-    """Store Fisher statistics beside the checkpoint, pinned to the weights' hash."""
+def save_stats(path: Path, stats: fisher.FisherStats, model_hash: str, extra: dict | None = None) -> None:
+    """Store Fisher statistics beside the checkpoint, pinned to the weights' hash (and `extra` pins)."""
     try:
         atomic_torch_save({"mean": stats.mean, "var": stats.var, "n_samples": stats.n_samples,
-                           "eps_rel": stats.eps_rel, "model_sha256": model_hash}, path)
+                           "eps_rel": stats.eps_rel, "model_sha256": model_hash, **(extra or {})}, path)
     except OSError as e:
         log.warning("could not save Fisher statistics to %s: %s", path, e)
 

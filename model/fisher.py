@@ -197,10 +197,12 @@ class MomentAccumulator:
         self.total_sq = torch.zeros(dim, dtype=torch.float64)
 
     def update(self, g: torch.Tensor) -> None:
-        g = g.detach().to("cpu", torch.float64)
+        g = g.detach().to("cpu")
         self.n += g.shape[0]
-        self.total += g.sum(0)
-        self.total_sq += (g * g).sum(0)
+        for row in g:  # one row at a time in float64: no B×dim float64 copy of wide vectors
+            r = row.double()
+            self.total += r
+            self.total_sq.addcmul_(r, r)
 
     def finish(self) -> FisherStats:
         if self.n < 2:

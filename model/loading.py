@@ -18,23 +18,33 @@ import torch
 
 from model.checkpoint import find_checkpoint, load_state, read_checkpoint, state_hash
 from model.embedder import Embedder
-from model.extract import AFVExtractor, load_or_estimate_stats, resolve_device
+from model.extract import AFVExtractor, default_run_dir, load_or_estimate_stats, resolve_device
 from model.nets import Generator
 from model.presets import preset_from_dict
+from model.pyramid import with_readout
 
 
 def load_embedder(run: str | Path | None = None, device: str = "auto", normalization: str | None = None,
-                  batch_size: int = 64, embedding: str | None = None) -> Embedder:
-    """RUN_DIR (or model.pt/last.pt path; None = the bundled default) → its embedder."""
+                  batch_size: int = 64, embedding: str | None = None, readout: str | None = None) -> Embedder:
+    """RUN_DIR (or model.pt/last.pt path; None = the bundled default) → its embedder.
+
+    `readout` ('global' or 'pyramid-1-2-4', …) overrides the AFV read-out the model was exported with.
+    """
+    run = run if run is not None else default_run_dir()
     if run is None:
+        if readout not in (None, "global"):
+            raise ValueError("spatial read-outs need a trained model: pass --model RUN_DIR")
         return AFVExtractor.load(None, device=device, normalization=normalization, batch_size=batch_size)
     path = find_checkpoint(run)
     ckpt = read_checkpoint(path)
     method = ckpt.get("method", "afv")
     if embedding is not None and method not in ("bigan", "bigbigan"):
         raise ValueError(f"--embedding applies to bigan/bigbigan encoders, not to a '{method}' run")
+    if readout not in (None, "global") and method != "afv":
+        raise ValueError(f"--readout applies to AFV models, not to a '{method}' run")
     if method == "afv":
-        return AFVExtractor.load(run, device=device, normalization=normalization, batch_size=batch_size)
+        base = AFVExtractor.load(run, device=device, normalization=normalization, batch_size=batch_size)
+        return with_readout(base, readout or ckpt.get("readout", "global"), Path(run))
     dev = resolve_device(device)
     if method in ("bigan", "bigbigan"):
         from model.encoder import EncoderEmbedder

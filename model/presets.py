@@ -27,6 +27,8 @@ PRESETS: dict[str, Preset] = {
     "tiny": Preset("tiny", 32, ndf=16, ngf=16, nz=32, batch_size=16, steps=200, fisher_samples=256),
     # About an hour on 2 CPU cores: ~0.5 s per step of batch 64 gives thousands of steps.
     "cpu": Preset("cpu", 32, ndf=32, ngf=32, nz=128, batch_size=64, steps=8000),
+    # 64 px natural images on 2 CPU cores: ~1 s per step of 32, tens of thousands of steps in resumable chunks.
+    "cpu64": Preset("cpu64", 64, ndf=32, ngf=32, nz=128, batch_size=32, steps=40_000),
     # The AFV paper's CIFAR-10 networks; for a GPU.
     "paper": Preset("paper", 32, ndf=256, ngf=256, nz=256, batch_size=64, steps=100_000),
     # BAPPS patch size (64 px): one more down/up-sampling stage; for a GPU.

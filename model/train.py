@@ -19,6 +19,7 @@ from torch import nn
 from tqdm import tqdm
 
 from model import losses
+from model.augment import check_augment
 from model.checkpoint import LAST_FILE, MODEL_FILE, atomic_torch_save, state_hash
 from model.data import load_collection
 from model.extract import FISHER_FILE, save_stats
@@ -132,6 +133,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
     preset = get_preset(cfg.preset)
+    check_augment(cfg.augment)
     split = resolve_split(cfg.data, cfg.split)
     images, _ = load_collection(cfg.data, preset.resolution, subdir=split, limit=cfg.limit, progress=progress)
     log.info("training on %d images from %s%s", images.shape[0], cfg.data, f" ({split}/)" if split else "")

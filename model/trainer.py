@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from model.augment import augment_batch
 from model.checkpoint import FORMAT, load_state, read_checkpoint
 from model.data import uint8_to_model
 from model.presets import Preset, preset_from_dict
@@ -44,6 +45,7 @@ class TrainConfig:
     truncation: float | None = None  # bigbigan: sample grids with latents truncated at this |z|
     features: str | None = None  # gfmn: run directory of the fixed feature extractor
     ama_lr: float = 1e-2  # gfmn: learning rate of the ADAM moving average of the mean difference
+    augment: str = "none"  # real-image augmentation: none | flip | flip+translate (see model.augment)
     ckpt_every: int = 500
     holdout: int = 256  # real images held back for the monitor
     monitor_samples: int = 256
@@ -139,7 +141,8 @@ class BaseTrainer:
     def real_batch(self) -> torch.Tensor:
         """A random batch of training images in [-1, 1] (from the run's RNG: resumable)."""
         idx = torch.randint(0, self.train.shape[0], (self.batch_size,), generator=self.rng)
-        return uint8_to_model(self.train[idx.to(self.device)])
+        x = augment_batch(self.train[idx.to(self.device)], self.cfg.augment, self.rng)
+        return uint8_to_model(x)
 
     def latents(self, n: int | None = None) -> torch.Tensor:
         """N(0, I) latents from the run's RNG."""

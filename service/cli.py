@@ -17,6 +17,8 @@ app.add_typer(bench_app, name="bench")
 ModelOpt = Annotated[Path | None, typer.Option("--model", help="Run directory (default: the bundled model).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+ReadoutOpt = Annotated[str | None, typer.Option(
+    help="AFV read-out: global | pyramid-1-2-4 (spatial pyramid levels); default: the model's.")]
 
 
 @app.callback()
@@ -31,12 +33,12 @@ def fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-def _load_extractor(model: Path | None, device: str, embedding: str | None = None):
+def _load_extractor(model: Path | None, device: str, embedding: str | None = None, readout: str | None = None):
     from model.checkpoint import CheckpointError
     from model.loading import load_embedder
 
     try:
-        return load_embedder(model, device=device, embedding=embedding)
+        return load_embedder(model, device=device, embedding=embedding, readout=readout)
     except (CheckpointError, ValueError, FileNotFoundError) as e:
         fail(str(e))
 
@@ -61,7 +63,7 @@ def _load_images(path: Path, resolution: int):
 def train(
     data: Annotated[Path, typer.Option(help="Folder or .tar/.tar.gz of images.")],
     out: Annotated[Path, typer.Option(help="Run directory (resumes if it holds last.pt).")],
-    preset: Annotated[str, typer.Option(help="tiny | cpu | paper | paper64")] = "cpu",
+    preset: Annotated[str, typer.Option(help="tiny | cpu | cpu64 | paper | paper64")] = "cpu",
     method: Annotated[str, typer.Option(help="afv (EBM-GAN) | bigan | bigbigan | gfmn")] = "afv",
     features: Annotated[Path | None, typer.Option(
         help="gfmn: run directory whose network supplies the features to match (afv, bigan or bigbigan).")] = None,
@@ -80,9 +82,11 @@ def train(
     truncation: Annotated[float | None, typer.Option(
         help="bigbigan: sample grids from latents truncated at this |z| (BigGAN's trick).")] = None,
     ama_lr: Annotated[float, typer.Option(help="gfmn: learning rate of the ADAM moving average.")] = 1e-2,
+    augment: Annotated[str, typer.Option(help="Real-image augmentation: none | flip | flip+translate.")] = "none",
     ckpt_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 500,
     seed: int = 0,
     max_minutes: Annotated[float | None, typer.Option(help="Stop (resumably) after this long.")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for torch (default: torch's).")] = None,
 ) -> None:
     """Train a model (EBM-GAN for AFVs, BiGAN, BigBiGAN or GFMN); checkpoints, samples, metrics.csv and
     training.png go to OUT."""
@@ -93,8 +97,12 @@ def train(
     cfg = TrainConfig(data=str(data), out=str(out), preset=preset, method=method, steps=steps,
                       batch_size=batch_size, device=device, split=split or None, limit=limit, gamma=gamma,
                       noise_std=noise_std, lr_g=lr_g, lr_d=lr_d, lr_e=lr_e, truncation=truncation,
-                      features=str(features) if features else None, ama_lr=ama_lr, ckpt_every=ckpt_every,
-                      seed=seed, max_minutes=max_minutes)
+                      features=str(features) if features else None, ama_lr=ama_lr, augment=augment,
+                      ckpt_every=ckpt_every, seed=seed, max_minutes=max_minutes)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     try:
         run = run_training(cfg)
     except (CheckpointError, ValueError, FileNotFoundError) as e:
@@ -124,7 +132,8 @@ def export(model: Annotated[Path, typer.Option("--model", help="Run directory.")
            out: Annotated[Path, typer.Option(help="Folder to write (e.g. model/weights/NAME).")],
            default: Annotated[bool, typer.Option(help="Make it the bundled default.")] = False,
            normalization: Annotated[str | None, typer.Option(
-               help="AFV normalisation recorded with the model: none | l2 | power.")] = None) -> None:
+               help="AFV normalisation recorded with the model: none | l2 | power.")] = None,
+           readout: ReadoutOpt = None) -> None:
     """Copy a run's inference weights, Fisher statistics (if any) and training record into a small folder."""
     import shutil
 
@@ -143,15 +152,23 @@ def export(model: Annotated[Path, typer.Option("--model", help="Run directory.")
         fail(f"{model / FISHER_FILE} is missing: run `afv fisher --model {model}` first")
     from model.fisher import NORMALIZATIONS
 
-    keep = ("method", "preset", "step", "D", "G_ema", "E_ema", "features", "normalization")
+    keep = ("method", "preset", "step", "D", "G_ema", "E_ema", "features", "normalization", "readout")
     slim = {k: ckpt[k] for k in keep if k in ckpt}
     if normalization is not None:
         if normalization not in NORMALIZATIONS:
             fail(f"unknown normalization {normalization!r}; choose one of {NORMALIZATIONS}")
         slim["normalization"] = normalization
+    if readout is not None:
+        from model.pyramid import parse_readout, readout_name
+
+        try:
+            slim["readout"] = readout_name(parse_readout(readout))
+        except ValueError as e:
+            fail(str(e))
+    out.mkdir(parents=True, exist_ok=True)
     atomic_torch_save({"format": FORMAT, **slim}, out / MODEL_FILE)
-    if (model / FISHER_FILE).is_file():
-        shutil.copy(model / FISHER_FILE, out / FISHER_FILE)
+    for stats_file in sorted(model.glob("fisher*.pt")):  # fisher.pt and any per-read-out statistics
+        shutil.copy(stats_file, out / stats_file.name)
     for name in ("metrics.csv", "training.png", "config.json"):
         if (model / name).is_file():
             shutil.copy(model / name, out / name)
@@ -171,9 +188,10 @@ EmbeddingOpt = Annotated[str | None, typer.Option(
 
 @app.command()
 def distance(image_a: Path, image_b: Path, model: ModelOpt = None, device: DeviceOpt = "auto",
-             embedding: EmbeddingOpt = None, json_out: JsonOpt = False) -> None:
-    """Distance between two images (Fisher distance for AFV models), with each block's share."""
-    ext = _load_extractor(model, device, embedding)
+             embedding: EmbeddingOpt = None, readout: ReadoutOpt = None, json_out: JsonOpt = False) -> None:
+    """Distance between two images (Fisher distance for AFV models), with each block's share and, for
+    spatial read-outs, each image cell's share."""
+    ext = _load_extractor(model, device, embedding, readout)
     a, b = (_load_images(p, ext.resolution)[0] for p in (image_a, image_b))
     report = ext.distance(a, b).to_dict()
     if json_out:
@@ -182,6 +200,10 @@ def distance(image_a: Path, image_b: Path, model: ModelOpt = None, device: Devic
     typer.echo(f"{'Fisher' if ext.kind == 'afv' else ext.kind} distance: {report['distance']:.6g}")
     for name, share in report["layers"].items():
         typer.echo(f"  {name:<10} {share:7.1%}  {'#' * round(share * 40)}")
+    for level, grid in (report.get("regions") or {}).items():
+        typer.echo(f"  image cells {level} (share of the squared distance):")
+        for row in grid:
+            typer.echo("    " + " ".join(f"{v:6.1%}" for v in row))
 
 
 @app.command("set-distance")

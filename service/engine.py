@@ -50,7 +50,8 @@ class Engine:
         """Load the model and open (or create) the index. Blocking: call from a thread."""
         if settings.torch_threads is not None:
             torch.set_num_threads(settings.torch_threads)
-        extractor = load_embedder(settings.model, device=settings.device, embedding=settings.embedding)
+        extractor = load_embedder(settings.model, device=settings.device, embedding=settings.embedding,
+                                  readout=settings.readout)
         index_dir = settings.resolved_index_dir
         index_dir.mkdir(parents=True, exist_ok=True)
         index = AFVIndex.open_or_create(index_dir, extractor)
@@ -122,6 +123,15 @@ class Engine:
     async def search(self, vectors: np.ndarray, k: int, where: dict | None, rerank: bool) -> list[list[Hit]]:
         with self.metrics.stage("index_search"):
             return await self._index_call(self.index.search, vectors, k=k, where=where, rerank=rerank)
+
+    async def search_images(self, x: np.ndarray, k: int, where: dict | None, rerank: bool,
+                            mirror: bool) -> list[Hit]:
+        """Nearest indexed images to one preprocessed query image (1×3×R×R), and to its mirror image."""
+        if mirror:
+            x = np.concatenate([x, x[..., ::-1]])
+        q = await self.embed(np.ascontiguousarray(x))
+        with self.metrics.stage("index_search"):
+            return await self._index_call(self.index.search_any, q, k=k, where=where, rerank=rerank)
 
     async def get(self, image_id: int) -> dict:
         rec = await self._index_call(self.index.get, image_id)

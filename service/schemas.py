@@ -92,6 +92,8 @@ class SearchRequest(_Strict):
     k: int = Field(10, ge=1, le=1000)
     where: Where = None
     rerank: bool = Field(False, description="Re-rank candidates with exact distances.")
+    mirror: bool = Field(True, description="Image queries: also search the query's mirror image (horizontal "
+                         "flip) and keep each item's nearer distance, so mirrored copies are found.")
 
     @model_validator(mode="after")
     def _one_query(self) -> SearchRequest:
@@ -148,6 +150,9 @@ class JNDCalibrateRequest(_Strict):
 class DistanceResponse(BaseModel):
     distance: float
     layers: dict[str, float] = Field(description="Each block's share of the squared distance.")
+    regions: dict[str, list[list[float]]] | None = Field(
+        None, description="Spatial read-outs: each image cell's share of the squared distance, per pyramid "
+        "level ('2x2': rows of shares); absent for whole-image read-outs.")
 
 
 class TwoAFCResponse(BaseModel):

@@ -22,6 +22,8 @@ class Settings(BaseSettings):
     model: Path | None = Field(None, description="Run directory; None = the bundled default model.")
     embedding: str | None = Field(
         None, description="bigan/bigbigan models: z | hidden | z+hidden (default z); others: unset.")
+    readout: str | None = Field(
+        None, description="AFV models: global | pyramid-1-2-4 (spatial pyramid); None = the model's own.")
     device: str = Field("auto", description="auto | cpu | cuda")
     data_dir: Path = Field(Path("./data"), description="Server state: index, JND calibration.")
     index_dir: Path | None = Field(
@@ -62,9 +64,9 @@ class Settings(BaseSettings):
     def resolved_index_dir(self) -> Path:
         if self.index_dir is not None:
             return self.index_dir
+        suffix = "".join(f"-{v}" for v in (self.embedding, self.readout) if v)
         if self.model is None:
-            return self.data_dir / "index"
-        suffix = f"-{self.embedding}" if self.embedding else ""
+            return self.data_dir / f"index{suffix}"
         return self.data_dir / f"index-{self.model.resolve().name}{suffix}"
 
     @property

@@ -19,6 +19,8 @@ def serve_command(
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     embedding: Annotated[str | None, typer.Option(
         help="bigan/bigbigan models: z | hidden | z+hidden (default z).")] = None,
+    readout: Annotated[str | None, typer.Option(
+        help="AFV models: global | pyramid-1-2-4 (spatial pyramid); default: the model's own.")] = None,
 ) -> None:
     """Serve similarity, 2AFC/JND judgments and reverse image search over HTTP (OpenAPI docs at /docs)."""
     import uvicorn
@@ -33,6 +35,8 @@ def serve_command(
         updates["index_dir"] = index
     if embedding is not None:
         updates["embedding"] = embedding
+    if readout is not None:
+        updates["readout"] = readout
     try:
         settings = get_settings().model_copy(update=updates)
     except ValueError as e:  # invalid AFV_* environment / .env values

@@ -31,13 +31,6 @@ def pair_distance(va: np.ndarray, vb: np.ndarray) -> float:
     return float(np.linalg.norm(va.astype(np.float64) - vb.astype(np.float64)))
 
 
-def block_shares(va: np.ndarray, vb: np.ndarray, blocks: dict[str, slice]) -> dict[str, float]:
-    """Each block's share of the squared distance (sums to 1; all 0 for identical vectors)."""
-    diff2 = np.square(va.astype(np.float64) - vb.astype(np.float64))
-    total = float(diff2.sum())
-    return {name: (float(diff2[s].sum()) / total if total > 0 else 0.0) for name, s in blocks.items()}
-
-
 def limit_images(n: int, limit: int) -> None:
     """413 when one request carries more images than allowed."""
     if n > limit:

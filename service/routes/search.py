@@ -20,9 +20,10 @@ async def search(request: Request, engine: EngineDep, settings: SettingsDep) -> 
     body = await parse_body(request, SearchRequest, settings)
     if body.id is not None:
         q = await engine.vector_of(parse_id(body.id))
+        hits = (await engine.search(q, body.k, body.where, body.rerank))[0]
     else:
-        q = await engine.embed(await load_images(engine, settings, [("image", body.image)]))
-    hits = (await engine.search(q, body.k, body.where, body.rerank))[0]
+        x = await load_images(engine, settings, [("image", body.image)])
+        hits = await engine.search_images(x, body.k, body.where, body.rerank, body.mirror)
     return SearchResponse(results=[_hit(h) for h in hits])
 
 

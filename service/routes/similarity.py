@@ -9,7 +9,6 @@ from service.deps import EngineDep, ReadAuth, SettingsDep
 from service.inputs import openapi_body, parse_body
 from service.routes.common import (
     IMAGE_ERRORS,
-    block_shares,
     limit_images,
     load_images,
     pair_distance,
@@ -34,8 +33,8 @@ async def distance(request: Request, engine: EngineDep, settings: SettingsDep) -
     body = await parse_body(request, DistanceRequest, settings)
     x = await load_images(engine, settings, [("image_a", body.image_a), ("image_b", body.image_b)])
     v = await engine.afv(x)
-    return DistanceResponse(distance=pair_distance(v[0], v[1]),
-                            layers=block_shares(v[0], v[1], engine.extractor.blocks))
+    report = engine.extractor.explain(v[0], v[1])
+    return DistanceResponse(distance=pair_distance(v[0], v[1]), layers=report.layers, regions=report.regions)
 
 
 @router.post("/2afc", response_model=TwoAFCResponse, openapi_extra=openapi_body(TwoAFCRequest))

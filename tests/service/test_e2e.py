@@ -8,6 +8,7 @@ import json
 
 import httpx
 import pytest
+from PIL import Image
 
 from tests.service.conftest import cifar, encode, noisy, png
 
@@ -97,6 +98,17 @@ def test_add_search_get_delete(live):
         hits = c.post("/v1/search", files={"image": png(1)}, data={"k": "10"}).json()["results"]
         assert ids[1] not in {h["id"] for h in hits}
         assert c.get("/v1/index/stats").json()["count"] >= 5
+
+
+def test_search_finds_mirror_image_copies_unless_told_not_to(live):
+    original = cifar(40)
+    mirrored = encode(original.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
+    with live.client(headers=live.auth) as c:
+        added = c.post("/v1/images", files={"image": ("orig.png", encode(original))}).json()["id"]
+        hit = c.post("/v1/search", files={"image": mirrored}, data={"k": "1"}).json()["results"][0]
+        plain = c.post("/v1/search", json={"image": b64(mirrored), "k": 50, "mirror": False}).json()["results"]
+    assert hit["id"] == added and hit["distance"] == pytest.approx(0, abs=1e-2)
+    assert next(h["distance"] for h in plain if h["id"] == added) > 10 * max(hit["distance"], 1e-3)
 
 
 def test_batch_add_reports_each_item(live):

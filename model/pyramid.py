@@ -1,0 +1,285 @@
+"""Spatially resolved AFVs: Fisher vectors pooled over a spatial pyramid (Sánchez et al., IJCV 2013).
+
+A conv layer's weight gradient is a sum over its output positions of (output-gradient ⊗ input patch),
+and D's linear head sees the mean over positions of the last block's map. Splitting those sums by
+the image cell each position falls in gives, from the tensors one backward pass already captured,
+per-cell gradients that add up exactly to the whole-image gradient. A pyramid with levels (1, 2, 4)
+keeps the whole image (the paper's AFV), its 2×2 quadrants and its 4×4 cells, so the vector keeps
+where in the image things are, not only what is there.
+
+Each cell has its own Fisher statistics (mean and diagonal variance of its gradient under the
+generator), is Fisher-normalised with them, then normalised on its own (`none` | `l2` | `power`,
+the extractor's normalisation) and weighted 1/(n·√L) at level n of L levels, so every level has
+the same total weight whatever its number of cells.
+
+Shapes: B = batch, P = D's parameters, R = Σ n² cells over the levels, vectors are B×(R·P) in
+level-major, cell-major (row by row), parameter order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from model import fisher
+from model.data import uint8_to_model
+from model.embedder import DistanceReport
+from model.extract import AFVExtractor, save_stats
+
+log = logging.getLogger(__name__)
+
+GLOBAL = "global"
+
+
+def parse_readout(spec: str | None) -> tuple[int, ...]:
+    """'global' → (1,); 'pyramid-1-2-4' → (1, 2, 4). Levels are powers of two, ascending, distinct."""
+    if spec in (None, "", GLOBAL):
+        return (1,)
+    parts = spec.split("-")
+    try:
+        if parts[0] != "pyramid" or len(parts) < 2:
+            raise ValueError
+        levels = tuple(int(p) for p in parts[1:])
+    except ValueError:
+        raise ValueError(f"unknown read-out {spec!r}; use 'global' or 'pyramid-N-M-…' "
+                         "(grid sizes, e.g. pyramid-1-2-4)") from None
+    if list(levels) != sorted(set(levels)) or any(n < 1 or n & (n - 1) for n in levels):
+        raise ValueError(f"pyramid levels must be distinct ascending powers of two, got {spec!r}")
+    return levels
+
+
+def readout_name(levels: tuple[int, ...]) -> str:
+    """(1,) → 'global'; (1, 2, 4) → 'pyramid-1-2-4'."""
+    return GLOBAL if tuple(levels) == (1,) else "pyramid-" + "-".join(map(str, levels))
+
+
+def n_cells(levels: tuple[int, ...]) -> int:
+    return sum(n * n for n in levels)
+
+
+def _cells(t: torch.Tensor, n: int) -> torch.Tensor:
+    """B×C×H×W → B×n²×C×(H/n·W/n): the positions of each of n×n equal cells, row by row."""
+    b, c, h, w = t.shape
+    if h % n or w % n:
+        raise ValueError(f"a {h}×{w} feature map cannot be split into a {n}×{n} grid")
+    t = t.reshape(b, c, n, h // n, n, w // n).permute(0, 2, 4, 1, 3, 5)
+    return t.reshape(b, n * n, c, (h // n) * (w // n))
+
+
+def _conv_cell_grads(m: nn.Conv2d, a: torch.Tensor, g: torch.Tensor, n: int) -> dict[str, torch.Tensor]:
+    """Per-cell weight/bias gradients of a conv layer: B×n²×(weight numel), B×n²×Co."""
+    cols = F.unfold(a, m.kernel_size, dilation=m.dilation, padding=m.padding, stride=m.stride)
+    cols = cols.reshape(a.shape[0], -1, *g.shape[2:])
+    gc = _cells(g, n)
+    w = torch.matmul(gc, _cells(cols, n).transpose(-1, -2))
+    out = {"weight": w.flatten(2)}
+    if m.bias is not None:
+        out["bias"] = gc.sum(-1)
+    return out
+
+
+def _head_cell_grads(m: nn.Linear, feature_map: torch.Tensor, g: torch.Tensor, n: int) -> dict[str, torch.Tensor]:
+    """Per-cell gradients of D's linear head, whose input is the mean over positions of relu(map)."""
+    h = F.relu(feature_map)
+    share = _cells(h, n).sum(-1) / (h.shape[2] * h.shape[3])  # B×n²×C: each cell's part of the mean
+    out = {"weight": (g[:, None, :, None] * share[:, :, None, :]).flatten(2)}
+    if m.bias is not None:
+        out["bias"] = g[:, None, :].expand(-1, n * n, -1) / (n * n)  # dD/db is one number: split evenly
+    return out
+
+
+def capture_with_map(d: nn.Module, x: torch.Tensor):
+    """`fisher.capture` plus the last block's output map (the head's input before pooling)."""
+    maps: dict[str, torch.Tensor] = {}
+    handle = d.blocks.register_forward_hook(lambda _m, _a, out: maps.__setitem__("h", out.detach()))
+    try:
+        captured = fisher.capture(d, x)
+    finally:
+        handle.remove()
+    return captured, maps["h"]
+
+
+def cell_grads(d: nn.Module, x: torch.Tensor, n: int) -> torch.Tensor:
+    """Exact per-sample gradients of D split over an n×n grid of image cells: B×n²×P.
+
+    Summed over the cells they give `fisher.per_sample_grads(d, x)`. `d` is a folded Discriminator.
+    """
+    captured, fmap = capture_with_map(d, x)
+    per_param: dict[int, torch.Tensor] = {}
+    for m, a, g in captured:
+        grads = _conv_cell_grads(m, a, g, n) if isinstance(m, nn.Conv2d) else _head_cell_grads(m, fmap, g, n)
+        for pname, grad in grads.items():
+            per_param[id(getattr(m, pname))] = grad
+    return torch.cat([per_param[id(p)] for p in d.parameters()], dim=2)
+
+
+def pooling_matrix(levels: tuple[int, ...]) -> torch.Tensor:
+    """R×n² 0/1 matrix summing the finest grid's n² cells into every level's cells (n = levels[-1])."""
+    n = levels[-1]
+    rows = []
+    for m in levels:
+        k = n // m
+        for i in range(m * m):
+            r, c = divmod(i, m)
+            row = torch.zeros(n, n)
+            row[r * k : (r + 1) * k, c * k : (c + 1) * k] = 1.0
+            rows.append(row.flatten())
+    return torch.stack(rows)
+
+
+def pyramid_grads(d: nn.Module, x: torch.Tensor, levels: tuple[int, ...]) -> torch.Tensor:
+    """B×R×P: the cell gradients of every level, from one backward pass at the finest level."""
+    fine = cell_grads(d, x, levels[-1])
+    return torch.matmul(pooling_matrix(levels).to(fine), fine)
+
+
+def level_weights(levels: tuple[int, ...], device: torch.device | str = "cpu") -> torch.Tensor:
+    """R weights: 1/(n·√L) for each cell of level n, so each level weighs the same in total."""
+    w = [1.0 / (n * math.sqrt(len(levels))) for n in levels for _ in range(n * n)]
+    return torch.tensor(w, device=device)
+
+
+def cell_labels(levels: tuple[int, ...]) -> list[tuple[int, int, int]]:
+    """(level n, row, column) of each of the R cells, in vector order."""
+    return [(n, i // n, i % n) for n in levels for i in range(n * n)]
+
+
+@torch.no_grad()
+def estimate_pyramid_stats(d: nn.Module, g: nn.Module, levels: tuple[int, ...], n: int,
+                           batch_size: int = 32, seed: int = 0, progress: bool = False) -> fisher.FisherStats:
+    """Per-cell Fisher statistics (R·P means and variances) from `n` generator samples."""
+    from tqdm import tqdm
+
+    device = next(d.parameters()).device
+    rng = torch.Generator().manual_seed(seed)
+    p = sum(q.numel() for q in d.parameters())
+    acc = fisher.MomentAccumulator(n_cells(levels) * p)
+    with tqdm(total=n, desc="pyramid Fisher statistics", unit="sample", disable=not progress) as bar:
+        while acc.n < n:
+            b = min(batch_size, n - acc.n)
+            z = torch.randn(b, g.nz, generator=rng).to(device)
+            acc.update(pyramid_grads(d, g(z), levels).flatten(1))
+            bar.update(b)
+    return acc.finish()
+
+
+def cell_inv_std(stats: fisher.FisherStats, r: int) -> torch.Tensor:
+    """R×P diag(I)^-1/2 with the relative floor applied per cell (fine cells have smaller variance)."""
+    var = stats.var.reshape(r, -1)
+    eps = stats.eps_rel * var.mean(1, keepdim=True) + 1e-30
+    return (var + eps).rsqrt()
+
+
+class PyramidAFVExtractor(AFVExtractor):
+    """AFVs pooled over a spatial pyramid: one Fisher vector per image cell, each normalised on its own."""
+
+    def __init__(self, base: AFVExtractor, levels: tuple[int, ...], stats: fisher.FisherStats):
+        self.__dict__.update(base.__dict__)  # same D, G, device, hashes, lock and base statistics
+        self.levels, self.readout = levels, readout_name(levels)
+        self.r = n_cells(levels)
+        self.cell_stats = stats.to(self.device)
+        self.cell_mean = self.cell_stats.mean.reshape(self.r, -1)
+        self.cell_inv = cell_inv_std(self.cell_stats, self.r)
+        self.weights = level_weights(levels, self.device)
+        self.stats_hash = pyramid_stats_hash(base.stats_hash, self.readout, stats)
+        self.name = f"{base.name}:{self.readout}"
+        self.cells = cell_labels(levels)
+
+    @property
+    def param_dim(self) -> int:
+        return self.layout[-1].start + self.layout[-1].numel
+
+    @property
+    def dim(self) -> int:
+        return self.r * self.param_dim
+
+    def cell_vectors(self, x: torch.Tensor) -> torch.Tensor:
+        """N×3×R×R uint8 (one batch) → B×R×P per-cell vectors, normalised and level-weighted."""
+        with self.lock:
+            grads = pyramid_grads(self.d, uint8_to_model(x.to(self.device)), self.levels)
+        v = fisher.normalize((grads - self.cell_mean) * self.cell_inv, self.normalization)
+        return v * self.weights[None, :, None]
+
+    def raw_embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.cell_vectors(x).flatten(1)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """N×3×R×R uint8 (one batch) → N×(R·P) pyramid AFVs (the normalisation is applied per cell)."""
+        return self.raw_embed(x)
+
+    def iter_embed(self, x: torch.Tensor) -> Iterator[torch.Tensor]:
+        for i in range(0, x.shape[0], self.batch_size):
+            yield self.embed(x[i : i + self.batch_size])
+
+    def explain(self, va: torch.Tensor, vb: torch.Tensor) -> DistanceReport:
+        """Distance with each block's share (over all cells) and each cell's share, per level."""
+        diff2 = (torch.as_tensor(va) - torch.as_tensor(vb)).double().pow(2).reshape(self.r, -1)
+        total = float(diff2.sum())
+        scale = 1.0 / total if total > 0 else 0.0
+        layers = {k: float(diff2[:, s].sum()) * scale for k, s in self.blocks.items()}
+        per_cell = diff2.sum(1) * scale
+        regions: dict[str, list[list[float]]] = {}
+        for i, (n, row, col) in enumerate(self.cells):
+            grid = regions.setdefault(f"{n}x{n}", [[0.0] * n for _ in range(n)])
+            grid[row][col] = float(per_cell[i])
+        return DistanceReport(total ** 0.5, layers, regions)
+
+
+def pyramid_stats_hash(base_hash: str, readout: str, stats: fisher.FisherStats) -> str:
+    """Pins an index to the base statistics, the read-out and the per-cell statistics."""
+    h = hashlib.sha256(f"{base_hash}:{readout}:".encode())
+    h.update(stats.mean.numpy().tobytes())
+    h.update(stats.var.numpy().tobytes())
+    h.update(str(stats.n_samples).encode())
+    return h.hexdigest()
+
+
+def stats_path(run: Path, readout: str) -> Path:
+    """Where a run keeps its per-cell statistics for one read-out (beside fisher.pt)."""
+    folder = run if run.is_dir() else run.parent
+    return folder / f"fisher-{readout}.pt"
+
+
+def load_or_estimate_pyramid_stats(run: Path | None, base: AFVExtractor, levels: tuple[int, ...],
+                                   n: int) -> fisher.FisherStats:
+    """Read RUN/fisher-<readout>.pt if it belongs to these weights; else estimate from G (and save it)."""
+    readout = readout_name(levels)
+    path = stats_path(run, readout) if run is not None else None
+    if path is not None and path.is_file():
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        if saved.get("model_sha256") == base.model_hash and saved.get("base_stats") == base.stats_hash:
+            return fisher.FisherStats(saved["mean"], saved["var"], int(saved["n_samples"]),
+                                      float(saved.get("eps_rel", 1e-6)))
+        log.warning("%s belongs to other weights; re-estimating", path)
+    log.info("estimating %s Fisher statistics from %d generator samples (once per model)", readout, n)
+    stats = estimate_pyramid_stats(base.d, base.g, levels, n, progress=True)
+    if path is not None:
+        save_stats(path, stats, base.model_hash, extra={"base_stats": base.stats_hash, "readout": readout})
+    return stats
+
+
+def with_readout(base: AFVExtractor, readout: str | None, run: Path | None = None) -> AFVExtractor:
+    """The extractor for a read-out: `base` itself for 'global', else its spatial-pyramid version."""
+    levels = parse_readout(readout)
+    if levels == (1,):
+        return base
+    smallest = _smallest_map(base)
+    if levels[-1] > smallest:
+        raise ValueError(f"read-out {readout!r}: the finest grid ({levels[-1]}×{levels[-1]}) is finer than "
+                         f"D's smallest feature map ({smallest}×{smallest})")
+    stats = load_or_estimate_pyramid_stats(run, base, levels, base.preset.fisher_samples)
+    return PyramidAFVExtractor(base, levels, stats)
+
+
+def _smallest_map(base: AFVExtractor) -> int:
+    """Side of D's last block output (its smallest feature map) at the model's resolution."""
+    x = torch.zeros(1, 3, base.resolution, base.resolution, device=base.device)
+    with torch.no_grad():
+        return int(base.d.blocks(x).shape[-1])

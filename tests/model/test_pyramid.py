@@ -1,0 +1,99 @@
+"""Spatial-pyramid AFVs: exact cell decomposition, per-cell statistics, read-out loading and explanations."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model import fisher, pyramid
+from model.data import uint8_to_model
+from model.loading import load_embedder
+
+
+@pytest.fixture(scope="module")
+def extractor(tiny_run):
+    return load_embedder(tiny_run, device="cpu", readout="pyramid-1-2-4")
+
+
+@pytest.mark.parametrize("grid", [1, 2, 4])
+def test_cell_gradients_sum_exactly_to_the_whole_image_gradient(tiny_run, cifar_images, grid):
+    base = load_embedder(tiny_run, device="cpu")
+    d = base.d.double()
+    x = uint8_to_model(cifar_images[:4]).double()
+    cells = pyramid.cell_grads(d, x, grid)
+    assert cells.shape == (4, grid * grid, base.dim)
+    torch.testing.assert_close(cells.sum(1), fisher.per_sample_grads(d, x), rtol=0, atol=1e-12)
+
+
+def test_each_pyramid_level_is_a_coarsening_of_the_finest(tiny_run, cifar_images):
+    d = load_embedder(tiny_run, device="cpu").d.double()
+    x = uint8_to_model(cifar_images[:3]).double()
+    pg = pyramid.pyramid_grads(d, x, (1, 2, 4))
+    whole, quads, cells = pg[:, :1], pg[:, 1:5], pg[:, 5:]
+    torch.testing.assert_close(whole[:, 0], quads.sum(1), rtol=0, atol=1e-12)
+    top_left = cells[:, [0, 1, 4, 5]].sum(1)  # rows 0-1, columns 0-1 of the 4×4 grid
+    torch.testing.assert_close(quads[:, 0], top_left, rtol=0, atol=1e-12)
+
+
+def test_cells_follow_image_position(tiny_run):
+    """A change confined to the top-left quadrant moves only cells whose receptive fields reach it."""
+    d = load_embedder(tiny_run, device="cpu").d.double()
+    x = torch.zeros(2, 3, 32, 32, dtype=torch.float64)
+    x[1, :, :4, :4] = 1.0  # a corner patch, far from the bottom-right cell
+    g = pyramid.cell_grads(d, x, 4)
+    diff = (g[0] - g[1]).abs().sum(1)
+    assert diff[0] > 0
+    assert diff[15] < diff[0] * 1e-3
+
+
+def test_readout_names_parse_and_reject_bad_levels():
+    assert pyramid.parse_readout("global") == (1,)
+    assert pyramid.parse_readout("pyramid-1-2-4") == (1, 2, 4)
+    assert pyramid.readout_name((1, 2)) == "pyramid-1-2"
+    for bad in ("pyramid-3", "pyramid-2-1", "pyramid", "grid-2", "pyramid-1-1"):
+        with pytest.raises(ValueError, match="pyramid"):
+            pyramid.parse_readout(bad)
+
+
+def test_a_grid_finer_than_the_smallest_feature_map_is_refused(tiny_run):
+    with pytest.raises(ValueError, match="finer than"):
+        load_embedder(tiny_run, device="cpu", readout="pyramid-1-16")
+
+
+def test_pyramid_vectors_have_one_unit_norm_fisher_vector_per_cell(tiny_run, cifar_images):
+    ext = load_embedder(tiny_run, device="cpu", readout="pyramid-1-2", normalization="power")
+    v = ext.embed(cifar_images[:3])
+    assert v.shape == (3, 5 * ext.param_dim) and ext.dim == 5 * ext.param_dim
+    norms = v.reshape(3, 5, -1).norm(dim=2)
+    expected = pyramid.level_weights((1, 2)).expand(3, -1)
+    torch.testing.assert_close(norms, expected.float(), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(v.norm(dim=1), torch.ones(3), rtol=1e-4, atol=1e-6)
+
+
+def test_cell_statistics_are_saved_pinned_and_reused(tiny_run, extractor):
+    path = pyramid.stats_path(tiny_run, "pyramid-1-2-4")
+    saved = torch.load(path, weights_only=True)
+    assert saved["model_sha256"] == extractor.model_hash and saved["readout"] == "pyramid-1-2-4"
+    assert saved["mean"].numel() == 21 * extractor.param_dim
+    again = load_embedder(tiny_run, device="cpu", readout="pyramid-1-2-4")
+    assert again.stats_hash == extractor.stats_hash
+    assert again.stats_hash != load_embedder(tiny_run, device="cpu").stats_hash
+
+
+def test_distance_explains_blocks_and_image_cells(extractor, cifar_images):
+    report = extractor.distance(cifar_images[0], cifar_images[100])
+    assert report.distance > 0
+    assert sum(report.layers.values()) == pytest.approx(1.0)
+    grids = report.regions
+    assert [len(grids[k]) for k in ("1x1", "2x2", "4x4")] == [1, 2, 4]
+    assert sum(v for g in grids.values() for row in g for v in row) == pytest.approx(1.0)
+    v = extractor.embed(cifar_images[[0, 100]])
+    assert report.distance == pytest.approx(float((v[0] - v[1]).norm()), rel=1e-4)
+    assert extractor.distance(cifar_images[0], cifar_images[0]).distance == 0.0
+
+
+def test_fast_projection_refuses_a_spatial_readout(extractor):
+    from index.projection import ProjectionError, Projector
+
+    with pytest.raises(ProjectionError, match="exact"):
+        Projector(extractor, d=64, mode="fast")
