@@ -104,3 +104,22 @@ def test_auto_split_finds_train_even_when_the_archive_lists_test_first(cifar_dir
     assert resolve_split(str(cifar_dir), "auto") is None
     images, names = load_collection(archive, 32, subdir=resolve_split(str(archive), "auto"))
     assert names == ["train/cat/0001.jpg"]
+
+
+def test_the_64px_cpu_preset_trains_with_augmentation_and_resumes(tmp_path):
+    from tests.conftest import FIXTURES
+
+    data = FIXTURES / "tinyimagenet64"
+    cfg = dict(preset="cpu64", device="cpu", monitor_samples=8, holdout=8, batch_size=4, ckpt_every=2,
+               augment="flip+translate")
+    train(TrainConfig(data=str(data), out=str(tmp_path), steps=2, **cfg), progress=False)
+    train(TrainConfig(data=str(data), out=str(tmp_path), steps=3, **cfg), progress=False)
+    ckpt = read_checkpoint(tmp_path / "last.pt")
+    assert ckpt["step"] == 3 and ckpt["preset"]["resolution"] == 64
+    preset, d, g, _ = load_networks(tmp_path / "model.pt")
+    assert preset.name == "cpu64" and g.sample(2).shape == (2, 3, 64, 64)
+
+
+def test_an_unknown_augmentation_fails_clearly(cifar_dir, tmp_path):
+    with pytest.raises(ValueError, match="flip\\+translate"):
+        train(_cfg(cifar_dir, tmp_path, 2, augment="jitter"), progress=False)
