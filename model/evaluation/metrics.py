@@ -5,6 +5,8 @@
 | afv         | ‖AFV(a) − AFV(b)‖ of the trained discriminator               | AFV (P values)                |
 | l2          | ‖a − b‖ of the pixels scaled to [0, 1]                        | the pixels (3·H·W values)     |
 | ssim        | 1 − SSIM(a, b) (`model.evaluation.ssim`, scikit-image defaults) | none: k-NN by brute force     |
+| phash       | Hamming distance of the 64-bit DCT perceptual hashes          | the 64 hash bits as 0/1       |
+|             | (`imagehash.phash`, hash_size 8): the classic copy detector   | (‖·‖² = Hamming distance)     |
 | dpool       | ‖f(a) − f(b)‖, f = D's globally pooled last-block activations  | f (ndf values)                |
 | afv-random  | as afv, for a randomly initialised D of the same preset       | AFV (P values)                |
 | bigan       | ‖E(a) − E(b)‖ of a BiGAN run's encoder (`--model`)              | E(x) (nz values)              |
@@ -14,8 +16,9 @@
 |             | loss between one-image sets                                      |                               |
 
 Inputs are N×3×R×R uint8 batches. The model metrics expect R = the model's resolution
-(`Metric.resolution`); the pixel metrics (`resolution None`) take images at their own size, which
-must be one size within a call.
+(`Metric.resolution`); the pixel metrics (l2, ssim, phash: `resolution None`) take images at their
+own size, which must be one size within a call. pHash's embedding distance is √Hamming, a monotone
+function of its distance, so its nearest neighbours are the same.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ import torch
 
 from model.evaluation.ssim import ssim
 
-DEFAULT_METRICS = ("afv", "l2", "ssim", "dpool", "afv-random")  # one AFV model and its baselines
+DEFAULT_METRICS = ("afv", "l2", "ssim", "phash", "dpool", "afv-random")  # one AFV model and its baselines
+PIXEL_METRICS = ("l2", "ssim", "phash")  # no model: images at their own size
 ENCODER_METRICS = ("bigan", "bigbigan")  # need --model of a run of that method
 METRICS = DEFAULT_METRICS + ENCODER_METRICS + ("gfmn-moments",)
 DistanceFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -79,6 +83,19 @@ def _l2(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def _one_minus_ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return 1.0 - ssim(a, b)
+
+
+def _phash_bits(x: torch.Tensor) -> torch.Tensor:
+    """N×3×H×W uint8 → N×64 float32 0/1: the bits of `imagehash.phash` (8×8 DCT hash) of each image."""
+    import imagehash
+    from PIL import Image
+
+    rows = [imagehash.phash(Image.fromarray(img.permute(1, 2, 0).numpy())).hash.reshape(-1) for img in x.cpu()]
+    return torch.from_numpy(np.stack(rows).astype(np.float32)) if rows else torch.zeros(0, 64)
+
+
+def _hamming(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (_phash_bits(a) != _phash_bits(b)).sum(1)
 
 
 def _feature_distance(embed: EmbedFn) -> DistanceFn:
@@ -138,6 +155,8 @@ def get_metric(name: str, model: str | Path | None = None, *, device: str = "aut
         return Metric("l2", None, _l2, _pixels, batch_size=batch_size)
     if name == "ssim":
         return Metric("ssim", None, _one_minus_ssim, None, batch_size=batch_size)
+    if name == "phash":
+        return Metric("phash", None, _hamming, _phash_bits, batch_size=batch_size)
     ext = extractor or load_extractors(name, model, device, normalization, seed)
     if name in ENCODER_METRICS and ext.embedding != "z":
         name = f"{name}:{ext.embedding}"  # e.g. bigan:hidden, so rows say which encoder output they score

@@ -1,26 +1,30 @@
-"""`afv eval 2afc|jnd|probe|class-distances`: the AFV paper's claims, checked on the user's own data.
+"""`afv eval 2afc|jnd|probe|class-distances|copies|ranking`: the AFV paper's claims, checked on the user's data.
 
 Every command runs the trained AFV metric and its baselines (`--metric`, repeatable; default all of
-afv, l2, ssim, dpool, afv-random) in one run, so each number has its comparison beside it. The other
+afv, l2, ssim, phash, dpool, afv-random) in one run, so each number has its comparison beside it. The other
 GAN representation learners score with `--metric bigan|bigbigan --model RUN_DIR` (their own runs) and
-`--metric gfmn-moments` (the feature moments of the model's trunk).
+`--metric gfmn-moments` (the feature moments of the model's trunk). `copies` (reverse image search of
+edited copies) and `ranking` (is a stronger edit farther?) use the seeded edits of `model.evaluation.edits`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import numpy as np
 import typer
 
+from model.evaluation.edits import EDITS, FAMILIES
 from model.evaluation.metrics import DEFAULT_METRICS, METRICS
 
 log = logging.getLogger(__name__)
 
-eval_app = typer.Typer(help="Evaluate the metric: BAPPS 2AFC / JND, probes, class distances.",
+eval_app = typer.Typer(help="Evaluate the metric: BAPPS 2AFC / JND, probes, class distances, copy detection, "
+                            "distortion ranking.",
                        no_args_is_help=True)
 
 ModelOpt = Annotated[Path | None, typer.Option("--model", help="Run directory (default: the bundled model).")]
@@ -33,6 +37,15 @@ EmbeddingOpt = Annotated[list[str] | None, typer.Option(
     "--embedding", help="bigan/bigbigan encoder output(s) to score, repeatable: z | hidden | z+hidden (default z).")]
 NormOpt = Annotated[str | None, typer.Option(
     "--normalization", help="AFV normalisation none | l2 | power (default: the model's).")]
+OutOpt = Annotated[Path | None, typer.Option("--out", help="Also write the report as JSON here.")]
+PlotOpt = Annotated[Path | None, typer.Option("--plot", help="Write a figure (PNG) here.")]
+SplitOpt = Annotated[str | None, typer.Option("--split", help="Only images under this top-level folder.")]
+LimitOpt = Annotated[int | None, typer.Option("--limit", min=1, help="Seeded random subset of this many images.")]
+PixelOpt = Annotated[int | None, typer.Option(
+    "--pixel-size", help="Common size of the pixel metrics l2/ssim/phash (default: the images' own size "
+    "if they are all one square size ≤ 64 px, else 64).")]
+ProgressOpt = Annotated[bool | None, typer.Option(
+    "--progress/--no-progress", help="Progress bars on stderr (default: when stderr is a terminal).")]
 
 
 def _fail(message: str) -> None:
@@ -134,6 +147,8 @@ def _variants(ext, norms: list[str] | None, eps: list[float] | None):
 @eval_app.command("probe")
 def probe(
     data: Annotated[Path, typer.Option(help="Folder or .tar(.gz) with SPLIT/CLASS/* images.")],
+    test_data: Annotated[Path | None, typer.Option(
+        help="Folder or .tar(.gz) holding the test split, if not --data (e.g. Tiny ImageNet's val archive).")] = None,
     model: ModelOpt = None, metric: MetricOpt = None, device: DeviceOpt = "auto", embedding: EmbeddingOpt = None,
     train_split: Annotated[str, typer.Option(help="Training split folder.")] = "train",
     test_split: Annotated[str, typer.Option(help="Test split folder.")] = "test",
@@ -160,7 +175,7 @@ def probe(
     res = next((m.resolution for m in metrics if m.resolution), 32)
     try:
         train = load_labelled(data, train_split, res, train_limit, seed)
-        test = load_labelled(data, test_split, res, test_limit, seed, classes=train.classes)
+        test = load_labelled(test_data or data, test_split, res, test_limit, seed, classes=train.classes)
     except (ValueError, FileNotFoundError) as e:
         _fail(str(e))
     log.info("probe: %d train / %d test images, %d classes", len(train.y), len(test.y), len(train.classes))
@@ -170,10 +185,9 @@ def probe(
         rows += run_probe(m, train, test, k=k, dim=dim, seed=seed, variants=vs,
                           ssim_queries=ssim_queries, c_grid=tuple(c or C_GRID),
                           max_iter=max_iter)
-    report = {"data": str(data), "n_train": len(train.y), "n_test": len(test.y), "k": k, "rows": rows}
-    if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2))
+    report = {"data": str(data), "test_data": str(test_data or data), "n_train": len(train.y),
+              "n_test": len(test.y), "k": k, "rows": rows}
+    _write_json(out, report)
     if json_out:
         typer.echo(json.dumps(report))
         return
@@ -227,3 +241,131 @@ def _top_level_classes(data: Path, resolution: int, limit: int | None, seed: int
     from model.evaluation.probe import load_labelled
 
     return load_labelled(data.parent, data.name, resolution, limit, seed)
+
+
+def _write_json(path: Path | None, report: dict) -> None:
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2))
+
+
+def _read_images(path: Path, split: str | None, limit: int | None, seed: int):
+    from model.evaluation.images import read_images
+
+    try:
+        return read_images(path, split, limit, seed)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+
+
+def _select(registry: dict, names: list[str] | None, what: str) -> dict:
+    from model.evaluation.edits import select
+
+    try:
+        return select(registry, names, what)
+    except ValueError as e:
+        _fail(str(e))
+
+
+def _progress(flag: bool | None) -> bool:
+    return sys.stderr.isatty() if flag is None else flag
+
+
+def _grid(labels: list[str], rows: list[dict], value) -> str:
+    """Label × metric table: `value(row, label)` in each cell."""
+    w = max(14, *(len(s) + 1 for s in labels))
+    lines = [f"{'':<{w}}" + "".join(f"{r['metric'][:13]:>14}" for r in rows)]
+    lines += [f"{lab:<{w}}" + "".join(f"{value(r, lab):>14.3f}" for r in rows) for lab in labels]
+    return "\n".join(lines)
+
+
+@eval_app.command("copies")
+def copies(
+    collection: Annotated[Path, typer.Argument(help="Folder or .tar(.gz) of images to search in.")],
+    model: ModelOpt = None, metric: MetricOpt = None, device: DeviceOpt = "auto", normalization: NormOpt = None,
+    edit: Annotated[list[str] | None, typer.Option(
+        "--edit", help=f"Edit(s) to apply to the queries, repeatable (default: all): {', '.join(EDITS)}.")
+    ] = None,
+    queries: Annotated[int, typer.Option(min=1, help="Seeded query images (the same ones for every edit).")] = 200,
+    ssim_queries: Annotated[int, typer.Option(
+        min=1, help="SSIM search is brute force: only this many of the queries per edit.")] = 50,
+    split: SplitOpt = None, limit: LimitOpt = None, pixel_size: PixelOpt = None,
+    dim: Annotated[int, typer.Option(min=1, help="Embeddings wider than this (AFVs) are projected to this many "
+                                     "values by the index's seeded sparse JL sketch.")] = 4096,
+    seed: int = 0, json_out: JsonOpt = False, out: OutOpt = None, plot: PlotOpt = None,
+    progress: ProgressOpt = None,
+) -> None:
+    """Copy detection: recall@1/@10 of finding each query's original from an edited copy, per edit and metric."""
+    from model.evaluation.copies import run_copies
+    from model.evaluation.images import pixel_size as common_size
+    from model.evaluation.images import sample
+
+    edits = list(_select(EDITS, edit, "edit").values())
+    metrics = _metrics(metric, model, device, normalization)
+    images = _read_images(collection, split, limit, seed)
+    pixel = common_size(images.sizes, pixel_size)
+    idx = sample(len(images), queries, seed)
+    rows = [run_copies(m, images, edits, idx, pixel=pixel, dim=dim, seed=seed, ssim_queries=ssim_queries,
+                       progress=_progress(progress)) for m in metrics]
+    report = {"task": "copies", "collection": str(collection), "n_collection": len(images),
+              "n_queries": int(len(idx)), "pixel_size": pixel, "seed": seed, "rows": rows}
+    _write_json(out, report)
+    if plot:
+        from model.evaluation.editplots import copies_bars
+
+        capped = "".join(f", {r['metric']}: {r['n_queries']}" for r in rows if r["n_queries"] < len(idx))
+        copies_bars(plot, rows, f"copy detection: recall@1, {len(images)} images, {len(idx)} queries per edit{capped}")
+    if json_out:
+        typer.echo(json.dumps(report))
+        return
+    typer.echo(f"copy detection in {collection} ({len(images)} images, {len(idx)} queries per edit, "
+               f"pixel metrics at {pixel} px)")
+    labels = [e.name for e in edits] + ["mean"]
+    for key in ("recall@1", "recall@10"):
+        typer.echo(f"\n{key}")
+        typer.echo(_grid(labels, rows, lambda r, lab, key=key: (r["mean"] if lab == "mean" else r["edits"][lab])[key]))
+    for r in rows:
+        notes = [f"{r['seconds']} s"] + ([f"brute force on {r['n_queries']} queries per edit"]
+                                         if r["dim"] is None else [f"{r['dim']}-d embedding"])
+        typer.echo(f"{r['metric']}: {', '.join(notes)}")
+
+
+@eval_app.command("ranking")
+def ranking(
+    data: Annotated[Path, typer.Argument(help="Folder or .tar(.gz) of images.")],
+    model: ModelOpt = None, metric: MetricOpt = None, device: DeviceOpt = "auto", normalization: NormOpt = None,
+    family: Annotated[list[str] | None, typer.Option(
+        "--family", help=f"Edit famil(ies) to rank, repeatable (default: all): {', '.join(FAMILIES)}.")
+    ] = None,
+    images: Annotated[int, typer.Option("--images", min=1, help="Seeded images to edit.")] = 200,
+    split: SplitOpt = None, pixel_size: PixelOpt = None,
+    seed: int = 0, json_out: JsonOpt = False, out: OutOpt = None, plot: PlotOpt = None,
+    progress: ProgressOpt = None,
+) -> None:
+    """Distortion ranking: fraction of images where a weaker edit is nearer than a stronger one, per family."""
+    from model.evaluation.images import pixel_size as common_size
+    from model.evaluation.images import sample
+    from model.evaluation.ranking import run_ranking
+
+    fams = _select(FAMILIES, family, "edit family")
+    metrics = _metrics(metric, model, device, normalization)
+    coll = _read_images(data, split, None, seed)
+    idx = sample(len(coll), images, seed)
+    pixel = common_size([coll.sizes[i] for i in idx], pixel_size)
+    rows = [run_ranking(m, coll, fams, idx, pixel=pixel, seed=seed, progress=_progress(progress)) for m in metrics]
+    report = {"task": "ranking", "data": str(data), "n_images": int(len(idx)), "pixel_size": pixel, "seed": seed,
+              "rows": rows}
+    _write_json(out, report)
+    if plot:
+        from model.evaluation.editplots import ranking_heatmap
+
+        ranking_heatmap(plot, rows, f"distortion ranking: pairs ordered weak < strong, {len(idx)} images")
+    if json_out:
+        typer.echo(json.dumps(report))
+        return
+    typer.echo(f"distortion ranking on {data} ({len(idx)} images, pixel metrics at {pixel} px): "
+               "fraction of (weak, strong) pairs with d(x, weak) < d(x, strong)")
+    typer.echo(_grid(list(fams) + ["mean"], rows,
+                     lambda r, lab: r["mean"] if lab == "mean" else r["families"][lab]["mean"]))
+    typer.echo("time: " + ", ".join(f"{r['metric']} {r['seconds']} s" for r in rows))
+

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.evaluation.metrics import METRICS, get_metric
+from model.evaluation.metrics import DEFAULT_METRICS, METRICS, get_metric
 from model.evaluation.ssim import C1, ssim, ssim_cross
 
 
@@ -58,4 +58,27 @@ def test_afv_random_differs_from_the_trained_model(tiny_run, cifar_images):
 
 
 def test_registry_lists_the_baselines_and_the_other_gan_representations():
-    assert METRICS == ("afv", "l2", "ssim", "dpool", "afv-random", "bigan", "bigbigan", "gfmn-moments")
+    assert METRICS == ("afv", "l2", "ssim", "phash", "dpool", "afv-random", "bigan", "bigbigan", "gfmn-moments")
+    assert {"afv", "l2", "ssim", "phash"} <= set(DEFAULT_METRICS)
+
+
+def test_phash_is_zero_on_itself_positive_on_others_and_its_embedding_squares_to_hamming(cifar_images):
+    metric = get_metric("phash")
+    x, y = cifar_images[:6], cifar_images[6:12]
+    assert metric.resolution is None and np.array_equal(metric.distance(x, x), np.zeros(6))
+    d = metric.distance(x, y)
+    assert np.all(d > 0) and np.all(d <= 64) and np.array_equal(d, np.round(d))
+    bits = torch.cat(list(metric.iter_embed(torch.cat([x, y]))))
+    assert bits.shape == (12, 64) and set(bits.unique().tolist()) <= {0.0, 1.0}
+    assert np.allclose((bits[:6] - bits[6:]).pow(2).sum(1).numpy(), d)
+
+
+def test_phash_matches_imagehash_and_survives_mild_edits(cifar_images):
+    import imagehash
+    from PIL import Image
+
+    img = Image.fromarray(cifar_images[0].permute(1, 2, 0).numpy())
+    bits = next(get_metric("phash").iter_embed(cifar_images[:1]))[0]
+    assert np.array_equal(bits.numpy().astype(bool), imagehash.phash(img).hash.reshape(-1))
+    brighter = (cifar_images[:1].float() * 1.1).clamp(0, 255).to(torch.uint8)
+    assert get_metric("phash").distance(cifar_images[:1], brighter)[0] <= 6
