@@ -182,6 +182,7 @@ class PyramidAFVExtractor(AFVExtractor):
 
     def __init__(self, base: AFVExtractor, levels: tuple[int, ...], stats: fisher.FisherStats):
         self.__dict__.update(base.__dict__)  # same D, G, device, hashes, lock and base statistics
+        self.base = base
         self.levels, self.readout = levels, readout_name(levels)
         self.r = n_cells(levels)
         self.cell_stats = stats.to(self.device)
@@ -268,6 +269,7 @@ def load_or_estimate_pyramid_stats(run: Path | None, base: AFVExtractor, levels:
 def with_readout(base: AFVExtractor, readout: str | None, run: Path | None = None) -> AFVExtractor:
     """The extractor for a read-out: `base` itself for 'global', else its spatial-pyramid version."""
     levels = parse_readout(readout)
+    base = getattr(base, "base", base)  # a pyramid extractor's whole-image extractor
     if levels == (1,):
         return base
     smallest = _smallest_map(base)

@@ -13,6 +13,10 @@ distance to every collection image is computed exactly:
 * SSIM has no embedding: 1 − SSIM of every copy against every collection image (brute force), on the
   first `ssim_queries` images of the query sample only.
 
+With `mirror`, every copy is also searched as its mirror image (horizontal flip) and each collection
+image keeps the nearer of its two distances: what the service's `/v1/search` does by default
+(`mirror: true`), so mirrored copies are found whatever the metric's own symmetry.
+
 recall@k of a copy is 1 when its original is among the k nearest collection images. Ties (pHash's
 integer Hamming distances tie often) are split as under a random tie-break: with `less` images
 strictly nearer than the original and `ties` others as near, recall@k = clip((k − less)/(ties + 1), 0, 1).
@@ -84,40 +88,48 @@ def _summary(recalls: dict[str, dict[int, np.ndarray]]) -> tuple[dict, dict]:
 
 
 def _embedding_recalls(metric: Metric, images: Images, edits: list[Edit], idx: np.ndarray, resolution: int,
-                       dim: int, seed: int, progress: bool) -> tuple[dict, int]:
+                       dim: int, seed: int, progress: bool, mirror: bool) -> tuple[dict, int]:
     db = embed_collection(metric, images, resolution, dim, seed, progress)
     out = {}
     for edit in tqdm(edits, desc=f"{metric.name}: queries", unit="edit", disable=not progress):
-        q = embed(metric, edited_queries(images, idx, edit, resolution, seed), dim, seed)
-        out[edit.name] = recall_at(sq_distances(q, db), idx)
+        x = edited_queries(images, idx, edit, resolution, seed)
+        d = sq_distances(embed(metric, x, dim, seed), db)
+        if mirror:
+            d = np.minimum(d, sq_distances(embed(metric, x.flip(3), dim, seed), db))
+        out[edit.name] = recall_at(d, idx)
     return out, int(db.shape[1])
 
 
 def _ssim_recalls(images: Images, edits: list[Edit], idx: np.ndarray, resolution: int, seed: int,
-                  progress: bool) -> dict:
+                  progress: bool, mirror: bool) -> dict:
     queries = {e.name: edited_queries(images, idx, e, resolution, seed) for e in edits}
     sims = {name: [] for name in queries}
     bar = tqdm(total=len(images), desc="ssim: brute force", unit="img", disable=not progress)
     for x in images.blocks(resolution):
+        chunk = max(1, SSIM_FLOATS // x[0].numel())
         for name, q in queries.items():
-            sims[name].append(ssim_cross(q, x, chunk_pairs=max(1, SSIM_FLOATS // x[0].numel())).numpy())
+            s = ssim_cross(q, x, chunk_pairs=chunk).numpy()
+            if mirror:
+                s = np.maximum(s, ssim_cross(q.flip(3), x, chunk_pairs=chunk).numpy())
+            sims[name].append(s)
         bar.update(x.shape[0])
     bar.close()
     return {name: recall_at(1.0 - np.concatenate(s, axis=1), idx) for name, s in sims.items()}
 
 
 def run_copies(metric: Metric, images: Images, edits: list[Edit], idx: np.ndarray, *, pixel: int,
-               dim: int = 4096, seed: int = 0, ssim_queries: int = SSIM_QUERIES, progress: bool = False) -> dict:
+               dim: int = 4096, seed: int = 0, ssim_queries: int = SSIM_QUERIES, progress: bool = False,
+               mirror: bool = False) -> dict:
     """One metric's copy-detection row: recall@1/@10 per edit and their mean over edits."""
     t0 = time.perf_counter()
     res = resolution_of(metric, pixel)
     if metric.has_embedding:
-        recalls, width = _embedding_recalls(metric, images, edits, idx, res, dim, seed, progress)
+        recalls, width = _embedding_recalls(metric, images, edits, idx, res, dim, seed, progress, mirror)
     elif metric.name != "ssim":
         raise ValueError(f"metric {metric.name!r} has no embedding to search with")
     else:
         idx, width = idx[:ssim_queries], None
-        recalls = _ssim_recalls(images, edits, idx, res, seed, progress)
+        recalls = _ssim_recalls(images, edits, idx, res, seed, progress, mirror)
     per_edit, mean = _summary(recalls)
-    return {"metric": metric.name, "resolution": res, "dim": width, "n_queries": int(len(idx)),
+    return {"metric": metric.name, "resolution": res, "dim": width, "n_queries": int(len(idx)), "mirror": mirror,
             "edits": per_edit, "mean": mean, "seconds": round(time.perf_counter() - t0, 1)}

@@ -262,7 +262,7 @@ def run_probe(metric: Metric, train: LabelledSet, test: LabelledSet, *, k: int =
         row = {"metric": "ssim", "dim": None, "linear": None, "knn": res["accuracy"],
                "knn_queries": res["n_queries"]}
         return [{**row, "features_s": 0.0, "probe_s": round(time.perf_counter() - t0, 1)}]
-    if metric.name in ("afv", "afv-random"):
+    if metric.name in ("afv", "afv-random") and getattr(metric.extractor, "readout", "global") == "global":
         ext = metric.extractor
         variants = variants or [Variant(ext.normalization, ext.stats.eps_rel)]
         ftr = afv_variants(ext, train.x, variants, dim, seed)

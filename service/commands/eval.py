@@ -37,6 +37,9 @@ EmbeddingOpt = Annotated[list[str] | None, typer.Option(
     "--embedding", help="bigan/bigbigan encoder output(s) to score, repeatable: z | hidden | z+hidden (default z).")]
 NormOpt = Annotated[str | None, typer.Option(
     "--normalization", help="AFV normalisation none | l2 | power (default: the model's).")]
+ReadoutsOpt = Annotated[list[str] | None, typer.Option(
+    "--readout", help="AFV read-out(s) to compare, repeatable: global | pyramid-1-2-4 | …, optionally with a "
+    "normalisation, e.g. pyramid-1-2-4:power (default: the model's own). Each is scored as metric afv:READOUT.")]
 OutOpt = Annotated[Path | None, typer.Option("--out", help="Also write the report as JSON here.")]
 PlotOpt = Annotated[Path | None, typer.Option("--plot", help="Write a figure (PNG) here.")]
 SplitOpt = Annotated[str | None, typer.Option("--split", help="Only images under this top-level folder.")]
@@ -54,8 +57,46 @@ def _fail(message: str) -> None:
 
 
 def _metrics(names: list[str] | None, model: Path | None, device: str, normalization: str | None,
-             embeddings: list[str] | None = None) -> list:
+             embeddings: list[str] | None = None, readouts: list[str] | None = None) -> list:
     """Build the requested metrics, loading the trained model once (afv and dpool share it)."""
+    metrics = _base_metrics(names, model, device, normalization, embeddings)
+    if not readouts:
+        return metrics
+    out = []
+    for m in metrics:
+        out += _readout_variants(m, model, readouts) if m.name == "afv" else [m]
+    return out
+
+
+def _readout_variants(afv, model: Path | None, readouts: list[str]) -> list:
+    """The afv metric once per requested read-out (and normalisation), named afv:SPEC."""
+    import copy
+
+    from model.evaluation.metrics import get_metric
+    from model.extract import default_run_dir
+    from model.fisher import NORMALIZATIONS
+    from model.pyramid import with_readout
+
+    run = Path(model) if model is not None else default_run_dir()
+    variants = []
+    for spec in readouts:
+        readout, _, norm = spec.partition(":")
+        if norm and norm not in NORMALIZATIONS:
+            _fail(f"unknown normalization {norm!r} in --readout {spec!r}; choose one of {', '.join(NORMALIZATIONS)}")
+        base = copy.copy(getattr(afv.extractor, "base", afv.extractor))
+        base.normalization = norm or afv.extractor.normalization
+        try:
+            ext = with_readout(base, readout, run)
+        except ValueError as e:
+            _fail(str(e))
+        m = get_metric("afv", extractor=ext)
+        m.name = f"afv:{spec}"
+        variants.append(m)
+    return variants
+
+
+def _base_metrics(names: list[str] | None, model: Path | None, device: str, normalization: str | None,
+                  embeddings: list[str] | None = None) -> list:
     from model.checkpoint import CheckpointError
     from model.evaluation.metrics import get_metric, load_extractors
 
@@ -99,7 +140,7 @@ def _table(rows: list[dict], dirs: list[str], key: str) -> str:
 
 
 def _bapps(kind: str, dirs: list[Path], metric: list[str] | None, model, device, normalization,
-           json_out: bool, embedding: list[str] | None = None) -> None:
+           json_out: bool, embedding: list[str] | None = None, readout: list[str] | None = None) -> None:
     from model.evaluation import bapps
 
     load, run, key = ((bapps.load_2afc, bapps.evaluate_2afc, "score") if kind == "2afc"
@@ -108,7 +149,7 @@ def _bapps(kind: str, dirs: list[Path], metric: list[str] | None, model, device,
         sets = [load(d) for d in dirs]
     except (bapps.BAPPSLayoutError, ValueError) as e:
         _fail(str(e))
-    rows = [run(m, s) for m in _metrics(metric, model, device, normalization, embedding) for s in sets]
+    rows = [run(m, s) for m in _metrics(metric, model, device, normalization, embedding, readout) for s in sets]
     names = list(dict.fromkeys(r["metric"] for r in rows))
     means = {n: float(np.mean([r[key] for r in rows if r["metric"] == n])) for n in names}
     if json_out:
@@ -125,17 +166,19 @@ def _bapps(kind: str, dirs: list[Path], metric: list[str] | None, model, device,
 @eval_app.command("2afc")
 def two_afc(dirs: Annotated[list[Path], typer.Argument(help="BAPPS 2AFC folder(s): ref/ p0/ p1/ judge/.")],
             model: ModelOpt = None, metric: MetricOpt = None, device: DeviceOpt = "auto",
-            normalization: NormOpt = None, embedding: EmbeddingOpt = None, json_out: JsonOpt = False) -> None:
+            normalization: NormOpt = None, embedding: EmbeddingOpt = None, readout: ReadoutsOpt = None,
+            json_out: JsonOpt = False) -> None:
     """BAPPS 2AFC score of each metric on each folder, and their mean."""
-    _bapps("2afc", dirs, metric, model, device, normalization, json_out, embedding)
+    _bapps("2afc", dirs, metric, model, device, normalization, json_out, embedding, readout)
 
 
 @eval_app.command("jnd")
 def jnd(dirs: Annotated[list[Path], typer.Argument(help="BAPPS JND folder(s): p0/ p1/ same/.")],
         model: ModelOpt = None, metric: MetricOpt = None, device: DeviceOpt = "auto",
-        normalization: NormOpt = None, embedding: EmbeddingOpt = None, json_out: JsonOpt = False) -> None:
+        normalization: NormOpt = None, embedding: EmbeddingOpt = None, readout: ReadoutsOpt = None,
+        json_out: JsonOpt = False) -> None:
     """BAPPS JND mAP of each metric's distance as a same/different detector."""
-    _bapps("jnd", dirs, metric, model, device, normalization, json_out, embedding)
+    _bapps("jnd", dirs, metric, model, device, normalization, json_out, embedding, readout)
 
 
 def _variants(ext, norms: list[str] | None, eps: list[float] | None):
@@ -150,6 +193,7 @@ def probe(
     test_data: Annotated[Path | None, typer.Option(
         help="Folder or .tar(.gz) holding the test split, if not --data (e.g. Tiny ImageNet's val archive).")] = None,
     model: ModelOpt = None, metric: MetricOpt = None, device: DeviceOpt = "auto", embedding: EmbeddingOpt = None,
+    readout: ReadoutsOpt = None,
     train_split: Annotated[str, typer.Option(help="Training split folder.")] = "train",
     test_split: Annotated[str, typer.Option(help="Test split folder.")] = "test",
     train_limit: Annotated[int | None, typer.Option(help="Class-stratified subset of train.")] = None,
@@ -171,7 +215,7 @@ def probe(
     """Linear-probe and k-NN accuracy (train split → test split) of each metric's embedding."""
     from model.evaluation.probe import C_GRID, load_labelled, run_probe
 
-    metrics = _metrics(metric, model, device, None, embedding)
+    metrics = _metrics(metric, model, device, None, embedding, readout)
     res = next((m.resolution for m in metrics if m.resolution), 32)
     try:
         train = load_labelled(data, train_split, res, train_limit, seed)
@@ -283,6 +327,7 @@ def _grid(labels: list[str], rows: list[dict], value) -> str:
 def copies(
     collection: Annotated[Path, typer.Argument(help="Folder or .tar(.gz) of images to search in.")],
     model: ModelOpt = None, metric: MetricOpt = None, device: DeviceOpt = "auto", normalization: NormOpt = None,
+    readout: ReadoutsOpt = None,
     edit: Annotated[list[str] | None, typer.Option(
         "--edit", help=f"Edit(s) to apply to the queries, repeatable (default: all): {', '.join(EDITS)}.")
     ] = None,
@@ -292,6 +337,9 @@ def copies(
     split: SplitOpt = None, limit: LimitOpt = None, pixel_size: PixelOpt = None,
     dim: Annotated[int, typer.Option(min=1, help="Embeddings wider than this (AFVs) are projected to this many "
                                      "values by the index's seeded sparse JL sketch.")] = 4096,
+    mirror: Annotated[bool, typer.Option(
+        "--mirror/--no-mirror", help="Also search each copy's mirror image and keep the nearer distance, as "
+        "/v1/search does by default (for every metric alike).")] = False,
     seed: int = 0, json_out: JsonOpt = False, out: OutOpt = None, plot: PlotOpt = None,
     progress: ProgressOpt = None,
 ) -> None:
@@ -301,13 +349,13 @@ def copies(
     from model.evaluation.images import sample
 
     edits = list(_select(EDITS, edit, "edit").values())
-    metrics = _metrics(metric, model, device, normalization)
+    metrics = _metrics(metric, model, device, normalization, readouts=readout)
     images = _read_images(collection, split, limit, seed)
     pixel = common_size(images.sizes, pixel_size)
     idx = sample(len(images), queries, seed)
     rows = [run_copies(m, images, edits, idx, pixel=pixel, dim=dim, seed=seed, ssim_queries=ssim_queries,
-                       progress=_progress(progress)) for m in metrics]
-    report = {"task": "copies", "collection": str(collection), "n_collection": len(images),
+                       progress=_progress(progress), mirror=mirror) for m in metrics]
+    report = {"task": "copies", "collection": str(collection), "n_collection": len(images), "mirror": mirror,
               "n_queries": int(len(idx)), "pixel_size": pixel, "seed": seed, "rows": rows}
     _write_json(out, report)
     if plot:
@@ -334,6 +382,7 @@ def copies(
 def ranking(
     data: Annotated[Path, typer.Argument(help="Folder or .tar(.gz) of images.")],
     model: ModelOpt = None, metric: MetricOpt = None, device: DeviceOpt = "auto", normalization: NormOpt = None,
+    readout: ReadoutsOpt = None,
     family: Annotated[list[str] | None, typer.Option(
         "--family", help=f"Edit famil(ies) to rank, repeatable (default: all): {', '.join(FAMILIES)}.")
     ] = None,
@@ -348,7 +397,7 @@ def ranking(
     from model.evaluation.ranking import run_ranking
 
     fams = _select(FAMILIES, family, "edit family")
-    metrics = _metrics(metric, model, device, normalization)
+    metrics = _metrics(metric, model, device, normalization, readouts=readout)
     coll = _read_images(data, split, None, seed)
     idx = sample(len(coll), images, seed)
     pixel = common_size([coll.sizes[i] for i in idx], pixel_size)

@@ -122,3 +122,19 @@ def test_copies_and_ranking_run_the_afv_metric_sketched(tiny_run, cifar_dir):
     out = _json(runner.invoke(app, ["eval", "ranking", str(cifar_dir), *model, "--family", "noise", "--images", "6",
                                     "--json"]))
     assert 0 <= out["rows"][0]["families"]["noise"]["mean"] <= 1
+
+
+def test_readout_variants_are_scored_side_by_side(tiny_run, bapps_dir):
+    d = str(bapps_dir / "2afc")
+    out = _json(runner.invoke(app, ["eval", "2afc", d, "--model", str(tiny_run), "--device", "cpu",
+                                    "--metric", "afv", "--readout", "global", "--readout", "pyramid-1-2:power",
+                                    "--json"]))
+    assert [r["metric"] for r in out["results"]] == ["afv:global", "afv:pyramid-1-2:power"]
+    assert all(0.5 < r["score"] <= 1 and r["n"] == 30 for r in out["results"])  # weak vs strong: above chance
+
+
+def test_a_bad_readout_is_a_clear_error(tiny_run, bapps_dir):
+    for spec, message in (("pyramid-3", "powers of two"), ("global:sqrt", "unknown normalization")):
+        res = runner.invoke(app, ["eval", "2afc", str(bapps_dir / "2afc"), "--model", str(tiny_run), "--device",
+                                  "cpu", "--metric", "afv", "--readout", spec])
+        assert res.exit_code == 2 and message in res.output, res.output

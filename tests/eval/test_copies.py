@@ -73,3 +73,13 @@ def test_an_archive_out_of_name_order_is_read_sorted(cifar_dir, tmp_path):
             tar.add(f, arcname=f"val/{f.parent.name}/{f.name}")
     images = read_images(archive, "val")
     assert images.names == sorted(images.names) and len(images) == 6
+
+
+def test_mirror_search_finds_flipped_copies_for_every_metric(images60):
+    idx = sample(len(images60), 20, 0)
+    for name in ("l2", "ssim"):
+        plain = copies.run_copies(get_metric(name), images60, [EDITS["hflip"]], idx, pixel=32, ssim_queries=20)
+        mirrored = copies.run_copies(get_metric(name), images60, [EDITS["hflip"]], idx, pixel=32, ssim_queries=20,
+                                     mirror=True)
+        assert mirrored["edits"]["hflip"]["recall@1"] == 1.0 and mirrored["mirror"] is True, name
+        assert plain["edits"]["hflip"]["recall@1"] < 0.9, name
