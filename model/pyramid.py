@@ -10,7 +10,9 @@ where in the image things are, not only what is there.
 Each cell has its own Fisher statistics (mean and diagonal variance of its gradient under the
 generator), is Fisher-normalised with them, then normalised on its own (`none` | `l2` | `power`,
 the extractor's normalisation) and weighted 1/(n·√L) at level n of L levels, so every level has
-the same total weight whatever its number of cells.
+the same total weight whatever its number of cells. With `+blocks` each network block's part of a
+cell is normalised separately and the blocks weigh the same (layer weighting, as LPIPS averages
+its layers), instead of the blocks with the most parameters dominating.
 
 Shapes: B = batch, P = D's parameters, R = Σ n² cells over the levels, vectors are B×(R·P) in
 level-major, cell-major (row by row), parameter order.
@@ -22,6 +24,7 @@ import hashlib
 import logging
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -36,28 +39,50 @@ from model.extract import AFVExtractor, save_stats
 log = logging.getLogger(__name__)
 
 GLOBAL = "global"
+BLOCKS = "+blocks"
 
 
-def parse_readout(spec: str | None) -> tuple[int, ...]:
-    """'global' → (1,); 'pyramid-1-2-4' → (1, 2, 4). Levels are powers of two, ascending, distinct."""
-    if spec in (None, "", GLOBAL):
-        return (1,)
-    parts = spec.split("-")
+@dataclass(frozen=True)
+class Readout:
+    """How an AFV is read out: pyramid levels (grid sizes) and whether each block is normalised on its own."""
+
+    levels: tuple[int, ...] = (1,)
+    per_block: bool = False  # normalise every (cell, block) part separately, blocks weighted equally
+
+    @property
+    def name(self) -> str:
+        """(1,) → 'global'; (1, 2, 4) → 'pyramid-1-2-4'; per-block adds '+blocks'."""
+        base = GLOBAL if self.levels == (1,) else "pyramid-" + "-".join(map(str, self.levels))
+        return base + (BLOCKS if self.per_block else "")
+
+    @property
+    def stats_name(self) -> str:
+        """The per-cell statistics depend on the levels only."""
+        return Readout(self.levels).name
+
+    @property
+    def is_plain(self) -> bool:
+        return self == Readout()
+
+
+def parse_readout(spec: str | None) -> Readout:
+    """'global' | 'pyramid-1-2-4', each optionally '+blocks'. Levels: distinct ascending powers of two."""
+    spec = spec or GLOBAL
+    per_block = spec.endswith(BLOCKS)
+    core = spec[: -len(BLOCKS)] if per_block else spec
+    if core == GLOBAL:
+        return Readout((1,), per_block)
+    parts = core.split("-")
     try:
         if parts[0] != "pyramid" or len(parts) < 2:
             raise ValueError
         levels = tuple(int(p) for p in parts[1:])
     except ValueError:
-        raise ValueError(f"unknown read-out {spec!r}; use 'global' or 'pyramid-N-M-…' "
-                         "(grid sizes, e.g. pyramid-1-2-4)") from None
+        raise ValueError(f"unknown read-out {spec!r}; use 'global' or 'pyramid-N-M-…' (grid sizes, e.g. "
+                         "pyramid-1-2-4), optionally with '+blocks'") from None
     if list(levels) != sorted(set(levels)) or any(n < 1 or n & (n - 1) for n in levels):
         raise ValueError(f"pyramid levels must be distinct ascending powers of two, got {spec!r}")
-    return levels
-
-
-def readout_name(levels: tuple[int, ...]) -> str:
-    """(1,) → 'global'; (1, 2, 4) → 'pyramid-1-2-4'."""
-    return GLOBAL if tuple(levels) == (1,) else "pyramid-" + "-".join(map(str, levels))
+    return Readout(levels, per_block)
 
 
 def n_cells(levels: tuple[int, ...]) -> int:
@@ -180,18 +205,19 @@ def cell_inv_std(stats: fisher.FisherStats, r: int) -> torch.Tensor:
 class PyramidAFVExtractor(AFVExtractor):
     """AFVs pooled over a spatial pyramid: one Fisher vector per image cell, each normalised on its own."""
 
-    def __init__(self, base: AFVExtractor, levels: tuple[int, ...], stats: fisher.FisherStats):
+    def __init__(self, base: AFVExtractor, readout: Readout, stats: fisher.FisherStats):
         self.__dict__.update(base.__dict__)  # same D, G, device, hashes, lock and base statistics
-        self.base = base
-        self.levels, self.readout = levels, readout_name(levels)
-        self.r = n_cells(levels)
+        self.base, self.spec = base, readout
+        self.levels, self.readout = readout.levels, readout.name
+        self.r = n_cells(self.levels)
         self.cell_stats = stats.to(self.device)
         self.cell_mean = self.cell_stats.mean.reshape(self.r, -1)
         self.cell_inv = cell_inv_std(self.cell_stats, self.r)
-        self.weights = level_weights(levels, self.device)
+        self.weights = level_weights(self.levels, self.device)
+        self.units = list(self.blocks.values()) if readout.per_block else [slice(0, self.param_dim)]
         self.stats_hash = pyramid_stats_hash(base.stats_hash, self.readout, stats)
         self.name = f"{base.name}:{self.readout}"
-        self.cells = cell_labels(levels)
+        self.cells = cell_labels(self.levels)
 
     @property
     def param_dim(self) -> int:
@@ -205,8 +231,9 @@ class PyramidAFVExtractor(AFVExtractor):
         """N×3×R×R uint8 (one batch) → B×R×P per-cell vectors, normalised and level-weighted."""
         with self.lock:
             grads = pyramid_grads(self.d, uint8_to_model(x.to(self.device)), self.levels)
-        v = fisher.normalize((grads - self.cell_mean) * self.cell_inv, self.normalization)
-        return v * self.weights[None, :, None]
+        v = (grads - self.cell_mean) * self.cell_inv
+        scale = self.weights[None, :, None] / math.sqrt(len(self.units))
+        return torch.cat([fisher.normalize(v[:, :, u], self.normalization) for u in self.units], dim=2) * scale
 
     def raw_embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.cell_vectors(x).flatten(1)
@@ -251,7 +278,9 @@ def stats_path(run: Path, readout: str) -> Path:
 def load_or_estimate_pyramid_stats(run: Path | None, base: AFVExtractor, levels: tuple[int, ...],
                                    n: int) -> fisher.FisherStats:
     """Read RUN/fisher-<readout>.pt if it belongs to these weights; else estimate from G (and save it)."""
-    readout = readout_name(levels)
+    if levels == (1,):
+        return base.stats
+    readout = Readout(levels).name
     path = stats_path(run, readout) if run is not None else None
     if path is not None and path.is_file():
         saved = torch.load(path, map_location="cpu", weights_only=True)
@@ -268,16 +297,16 @@ def load_or_estimate_pyramid_stats(run: Path | None, base: AFVExtractor, levels:
 
 def with_readout(base: AFVExtractor, readout: str | None, run: Path | None = None) -> AFVExtractor:
     """The extractor for a read-out: `base` itself for 'global', else its spatial-pyramid version."""
-    levels = parse_readout(readout)
+    spec = parse_readout(readout)
     base = getattr(base, "base", base)  # a pyramid extractor's whole-image extractor
-    if levels == (1,):
+    if spec.is_plain:
         return base
     smallest = _smallest_map(base)
-    if levels[-1] > smallest:
-        raise ValueError(f"read-out {readout!r}: the finest grid ({levels[-1]}×{levels[-1]}) is finer than "
-                         f"D's smallest feature map ({smallest}×{smallest})")
-    stats = load_or_estimate_pyramid_stats(run, base, levels, base.preset.fisher_samples)
-    return PyramidAFVExtractor(base, levels, stats)
+    if spec.levels[-1] > smallest:
+        raise ValueError(f"read-out {readout!r}: the finest grid ({spec.levels[-1]}×{spec.levels[-1]}) is finer "
+                         f"than D's smallest feature map ({smallest}×{smallest})")
+    stats = load_or_estimate_pyramid_stats(run, base, spec.levels, base.preset.fisher_samples)
+    return PyramidAFVExtractor(base, spec, stats)
 
 
 def _smallest_map(base: AFVExtractor) -> int:

@@ -159,10 +159,10 @@ def export(model: Annotated[Path, typer.Option("--model", help="Run directory.")
             fail(f"unknown normalization {normalization!r}; choose one of {NORMALIZATIONS}")
         slim["normalization"] = normalization
     if readout is not None:
-        from model.pyramid import parse_readout, readout_name
+        from model.pyramid import parse_readout
 
         try:
-            slim["readout"] = readout_name(parse_readout(readout))
+            slim["readout"] = parse_readout(readout).name
         except ValueError as e:
             fail(str(e))
     out.mkdir(parents=True, exist_ok=True)

@@ -47,10 +47,11 @@ def test_cells_follow_image_position(tiny_run):
 
 
 def test_readout_names_parse_and_reject_bad_levels():
-    assert pyramid.parse_readout("global") == (1,)
-    assert pyramid.parse_readout("pyramid-1-2-4") == (1, 2, 4)
-    assert pyramid.readout_name((1, 2)) == "pyramid-1-2"
-    for bad in ("pyramid-3", "pyramid-2-1", "pyramid", "grid-2", "pyramid-1-1"):
+    assert pyramid.parse_readout("global") == pyramid.Readout((1,), False)
+    assert pyramid.parse_readout("pyramid-1-2-4").levels == (1, 2, 4)
+    assert pyramid.parse_readout("pyramid-2-4+blocks") == pyramid.Readout((2, 4), True)
+    assert pyramid.Readout((1, 2)).name == "pyramid-1-2" and pyramid.Readout((1,), True).name == "global+blocks"
+    for bad in ("pyramid-3", "pyramid-2-1", "pyramid", "grid-2", "pyramid-1-1", "global+cells"):
         with pytest.raises(ValueError, match="pyramid"):
             pyramid.parse_readout(bad)
 
@@ -97,3 +98,19 @@ def test_fast_projection_refuses_a_spatial_readout(extractor):
 
     with pytest.raises(ProjectionError, match="exact"):
         Projector(extractor, d=64, mode="fast")
+
+
+def test_per_block_weighting_gives_every_block_of_every_cell_the_same_norm(tiny_run, cifar_images):
+    ext = load_embedder(tiny_run, device="cpu", readout="pyramid-1-2+blocks", normalization="l2")
+    v = ext.embed(cifar_images[:2]).reshape(2, 5, -1)
+    blocks = list(ext.blocks.values())
+    norms = torch.stack([v[:, :, s].norm(dim=2) for s in blocks], dim=2)  # B × cells × blocks
+    expected = pyramid.level_weights((1, 2))[None, :, None] / len(blocks) ** 0.5
+    torch.testing.assert_close(norms, expected.expand_as(norms).float(), rtol=1e-4, atol=1e-6)
+
+
+def test_whole_image_per_block_readout_uses_the_plain_statistics(tiny_run, cifar_images):
+    plain = load_embedder(tiny_run, device="cpu", normalization="l2")
+    ext = load_embedder(tiny_run, device="cpu", readout="global+blocks", normalization="l2")
+    assert ext.dim == plain.dim and ext.readout == "global+blocks"
+    assert not torch.allclose(ext.embed(cifar_images[:2]), plain.embed(cifar_images[:2]))
