@@ -27,8 +27,9 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="auto | cpu | cuda")
     data_dir: Path = Field(Path("./data"), description="Server state: index, JND calibration.")
     index_dir: Path | None = Field(
-        None, description="Default: DATA_DIR/index for the bundled model, DATA_DIR/index-NAME for --model "
-        "runs/NAME (created on first start; an index only opens with the model it was built with).")
+        None, description="Default: DATA_DIR/index-NAME for the model folder NAME (the bundled default's or "
+        "--model runs/NAME), so a new default model gets a new index (created on first start; an index only "
+        "opens with the model it was built with).")
     demo_collection: Path | None = Field(
         DEMO_COLLECTION, description="Indexed once into an empty default index; None = never.")
 
@@ -64,10 +65,11 @@ class Settings(BaseSettings):
     def resolved_index_dir(self) -> Path:
         if self.index_dir is not None:
             return self.index_dir
+        from model.extract import default_run_dir
+
         suffix = "".join(f"-{v}" for v in (self.embedding, self.readout) if v)
-        if self.model is None:
-            return self.data_dir / f"index{suffix}"
-        return self.data_dir / f"index-{self.model.resolve().name}{suffix}"
+        run = self.model.resolve() if self.model is not None else default_run_dir()
+        return self.data_dir / (f"index-{run.name}{suffix}" if run is not None else f"index{suffix}")
 
     @property
     def jnd_file(self) -> Path:

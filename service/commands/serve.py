@@ -15,7 +15,7 @@ def serve_command(
     host: Annotated[str, typer.Option(help="Interface to bind (127.0.0.1 = this machine only).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     model: Annotated[Path | None, typer.Option("--model", help="Run directory (default: the bundled model).")] = None,
-    index: Annotated[Path | None, typer.Option("--index", help="Index folder (default: DATA_DIR/index).")] = None,
+    index: Annotated[Path | None, typer.Option("--index", help="Index folder (default: DATA_DIR/index-MODEL).")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     embedding: Annotated[str | None, typer.Option(
         help="bigan/bigbigan models: z | hidden | z+hidden (default z).")] = None,

@@ -14,7 +14,10 @@ def test_env_and_defaults(monkeypatch, tmp_path):
     monkeypatch.setenv("AFV_BATCH_MAX_SIZE", "8")
     s = Settings()
     assert s.api_keys == ["k1", "k2"] and s.batch_max_size == 8
-    assert s.resolved_index_dir == tmp_path / "d" / "index"
+    from model.extract import default_run_dir
+
+    assert s.resolved_index_dir == tmp_path / "d" / f"index-{default_run_dir().name}"  # one index per model
+    assert Settings(model=Path("runs/x"), readout="pyramid-1-2").resolved_index_dir.name == "index-x-pyramid-1-2"
     assert Settings(index_dir=Path("/x")).resolved_index_dir == Path("/x")
 
 
