@@ -418,3 +418,22 @@ def ranking(
                      lambda r, lab: r["mean"] if lab == "mean" else r["families"][lab]["mean"]))
     typer.echo("time: " + ", ".join(f"{r['metric']} {r['seconds']} s" for r in rows))
 
+
+
+@eval_app.command("summary")
+def summary(
+    reports: Annotated[list[Path], typer.Argument(help="JSON reports written by afv eval … --out.")],
+    label: Annotated[list[str] | None, typer.Option(
+        "--label", help="Column label of each report, in order (default: its data folder's name).")] = None,
+) -> None:
+    """One markdown table of several benchmark reports: a row per metric variant, columns per benchmark."""
+    from model.evaluation.summary import markdown, summarise
+
+    if label and len(label) != len(reports):
+        _fail(f"give one --label per report ({len(reports)}), got {len(label)}")
+    try:
+        loaded = [json.loads(p.read_text()) for p in reports]
+        columns, table = summarise(loaded, label)
+    except (OSError, ValueError, KeyError) as e:
+        _fail(str(e))
+    typer.echo(markdown(columns, table))
