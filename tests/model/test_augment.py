@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from model.augment import MAX_SHIFT, augment_batch
@@ -41,3 +42,22 @@ def test_the_same_rng_state_gives_the_same_batch():
     a = augment_batch(x, "flip+translate", torch.Generator().manual_seed(3))
     b = augment_batch(x, "flip+translate", torch.Generator().manual_seed(3))
     assert torch.equal(a, b)
+
+
+def test_color_jitter_changes_some_images_and_greys_some_out():
+    x = torch.randint(0, 256, (400, 3, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    y = augment_batch(x, "color", torch.Generator().manual_seed(4))
+    changed = (y.int() - x.int()).abs().flatten(1).amax(1) > 2
+    grey = (y[:, 0] == y[:, 1]).flatten(1).all(1) & (y[:, 1] == y[:, 2]).flatten(1).all(1)
+    assert 0.5 < changed.float().mean() < 1.0  # each jitter applies to half of the images
+    assert 0 < grey.sum() < 60
+
+
+def test_augmentation_specs_combine_parts_and_reject_unknown_ones():
+    from model.augment import check_augment
+
+    for ok in ("none", "flip", "flip+color", "translate+color", "flip+translate+color"):
+        check_augment(ok)
+    for bad in ("jitter", "flip+flip", "none+flip", ""):
+        with pytest.raises(ValueError, match="unknown augmentation"):
+            check_augment(bad)
