@@ -29,6 +29,8 @@ PRESETS: dict[str, Preset] = {
     "cpu": Preset("cpu", 32, ndf=32, ngf=32, nz=128, batch_size=64, steps=8000),
     # 64 px natural images on 2 CPU cores: ~1 s per step of 32, tens of thousands of steps in resumable chunks.
     "cpu64": Preset("cpu64", 64, ndf=32, ngf=32, nz=128, batch_size=32, steps=40_000),
+    # cpu64 at twice the width and batch: minutes on a GPU, still small enough to serve on a CPU.
+    "base64": Preset("base64", 64, ndf=64, ngf=64, nz=128, batch_size=64, steps=40_000),
     # The AFV paper's CIFAR-10 networks; for a GPU.
     "paper": Preset("paper", 32, ndf=256, ngf=256, nz=256, batch_size=64, steps=100_000),
     # BAPPS patch size (64 px): one more down/up-sampling stage; for a GPU.
