@@ -14,8 +14,14 @@ the same total weight whatever its number of cells. With `+blocks` each network 
 cell is normalised separately and the blocks weigh the same (layer weighting, as LPIPS averages
 its layers), instead of the blocks with the most parameters dominating.
 
-Shapes: B = batch, P = D's parameters, R = Σ n² cells over the levels, vectors are B×(R·P) in
-level-major, cell-major (row by row), parameter order.
+With `+lowres` every image is also read out as a second view, downsampled 2× and upsampled back (a
+low-pass of the same image at the model's resolution), with its own per-cell statistics from
+low-passed generator samples; the two views weigh the same. Edits that remove fine detail (blur,
+downscaling, noise) leave the second view nearly unchanged, while the first view keeps the metric
+sensitive to them (multi-scale input for a model whose finest layers see only high frequencies).
+
+Shapes: B = batch, P = D's parameters, R = Σ n² cells over the levels (times 2 views with
+`+lowres`), vectors are B×(R·P) in view-major, level-major, cell-major (row by row), parameter order.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ log = logging.getLogger(__name__)
 
 GLOBAL = "global"
 BLOCKS = "+blocks"
+LOWRES = "+lowres"
 
 
 @dataclass(frozen=True)
@@ -48,17 +55,22 @@ class Readout:
 
     levels: tuple[int, ...] = (1,)
     per_block: bool = False  # normalise every (cell, block) part separately, blocks weighted equally
+    lowres: bool = False  # add the 2×-low-passed image as a second view
 
     @property
     def name(self) -> str:
-        """(1,) → 'global'; (1, 2, 4) → 'pyramid-1-2-4'; per-block adds '+blocks'."""
+        """(1,) → 'global'; (1, 2, 4) → 'pyramid-1-2-4'; then '+lowres' and '+blocks' if set."""
         base = GLOBAL if self.levels == (1,) else "pyramid-" + "-".join(map(str, self.levels))
-        return base + (BLOCKS if self.per_block else "")
+        return base + (LOWRES if self.lowres else "") + (BLOCKS if self.per_block else "")
 
     @property
     def stats_name(self) -> str:
-        """The per-cell statistics depend on the levels only."""
-        return Readout(self.levels).name
+        """The per-cell statistics depend on the levels and views only."""
+        return Readout(self.levels, lowres=self.lowres).name
+
+    @property
+    def n_views(self) -> int:
+        return 2 if self.lowres else 1
 
     @property
     def is_plain(self) -> bool:
@@ -66,12 +78,15 @@ class Readout:
 
 
 def parse_readout(spec: str | None) -> Readout:
-    """'global' | 'pyramid-1-2-4', each optionally '+blocks'. Levels: distinct ascending powers of two."""
-    spec = spec or GLOBAL
-    per_block = spec.endswith(BLOCKS)
-    core = spec[: -len(BLOCKS)] if per_block else spec
+    """'global' | 'pyramid-1-2-4', each optionally '+lowres' and/or '+blocks'. Levels: distinct ascending
+    powers of two."""
+    core, *flags = (spec or GLOBAL).split("+")
+    if any(f"+{f}" not in (BLOCKS, LOWRES) for f in flags) or len(set(flags)) != len(flags):
+        raise ValueError(f"unknown read-out {spec!r}; use 'global' or 'pyramid-N-M-…', optionally with "
+                         "'+lowres' and/or '+blocks'")
+    per_block, lowres = BLOCKS[1:] in flags, LOWRES[1:] in flags
     if core == GLOBAL:
-        return Readout((1,), per_block)
+        return Readout((1,), per_block, lowres)
     parts = core.split("-")
     try:
         if parts[0] != "pyramid" or len(parts) < 2:
@@ -79,10 +94,10 @@ def parse_readout(spec: str | None) -> Readout:
         levels = tuple(int(p) for p in parts[1:])
     except ValueError:
         raise ValueError(f"unknown read-out {spec!r}; use 'global' or 'pyramid-N-M-…' (grid sizes, e.g. "
-                         "pyramid-1-2-4), optionally with '+blocks'") from None
+                         "pyramid-1-2-4), optionally with '+lowres' and/or '+blocks'") from None
     if list(levels) != sorted(set(levels)) or any(n < 1 or n & (n - 1) for n in levels):
         raise ValueError(f"pyramid levels must be distinct ascending powers of two, got {spec!r}")
-    return Readout(levels, per_block)
+    return Readout(levels, per_block, lowres)
 
 
 def n_cells(levels: tuple[int, ...]) -> int:
@@ -165,10 +180,21 @@ def pyramid_grads(d: nn.Module, x: torch.Tensor, levels: tuple[int, ...]) -> tor
     return torch.matmul(pooling_matrix(levels).to(fine), fine)
 
 
-def level_weights(levels: tuple[int, ...], device: torch.device | str = "cpu") -> torch.Tensor:
-    """R weights: 1/(n·√L) for each cell of level n, so each level weighs the same in total."""
-    w = [1.0 / (n * math.sqrt(len(levels))) for n in levels for _ in range(n * n)]
-    return torch.tensor(w, device=device)
+def lowpass(x: torch.Tensor) -> torch.Tensor:
+    """The second view of `+lowres`: B×3×R×R images downsampled 2× (box) and upsampled back (bilinear)."""
+    return F.interpolate(F.avg_pool2d(x, 2), scale_factor=2, mode="bilinear", align_corners=False)
+
+
+def view_grads(d: nn.Module, x: torch.Tensor, readout: Readout) -> torch.Tensor:
+    """B×(V·R)×P: the pyramid cell gradients of each view of `x` (model space), views stacked as cells."""
+    views = [x, lowpass(x)] if readout.lowres else [x]
+    return torch.cat([pyramid_grads(d, v, readout.levels) for v in views], dim=1)
+
+
+def level_weights(levels: tuple[int, ...], device: torch.device | str = "cpu", n_views: int = 1) -> torch.Tensor:
+    """V·R weights: 1/(n·√L·√V) for each cell of level n, so each level and view weighs the same in total."""
+    w = [1.0 / (n * math.sqrt(len(levels) * n_views)) for n in levels for _ in range(n * n)]
+    return torch.tensor(w * n_views, device=device)
 
 
 def cell_labels(levels: tuple[int, ...]) -> list[tuple[int, int, int]]:
@@ -177,20 +203,20 @@ def cell_labels(levels: tuple[int, ...]) -> list[tuple[int, int, int]]:
 
 
 @torch.no_grad()
-def estimate_pyramid_stats(d: nn.Module, g: nn.Module, levels: tuple[int, ...], n: int,
+def estimate_pyramid_stats(d: nn.Module, g: nn.Module, readout: Readout, n: int,
                            batch_size: int = 32, seed: int = 0, progress: bool = False) -> fisher.FisherStats:
-    """Per-cell Fisher statistics (R·P means and variances) from `n` generator samples."""
+    """Per-cell Fisher statistics (V·R·P means and variances) from `n` generator samples."""
     from tqdm import tqdm
 
     device = next(d.parameters()).device
     rng = torch.Generator().manual_seed(seed)
     p = sum(q.numel() for q in d.parameters())
-    acc = fisher.MomentAccumulator(n_cells(levels) * p)
+    acc = fisher.MomentAccumulator(readout.n_views * n_cells(readout.levels) * p)
     with tqdm(total=n, desc="pyramid Fisher statistics", unit="sample", disable=not progress) as bar:
         while acc.n < n:
             b = min(batch_size, n - acc.n)
             z = torch.randn(b, g.nz, generator=rng).to(device)
-            acc.update(pyramid_grads(d, g(z), levels).flatten(1))
+            acc.update(view_grads(d, g(z), readout).flatten(1))
             bar.update(b)
     return acc.finish()
 
@@ -209,11 +235,11 @@ class PyramidAFVExtractor(AFVExtractor):
         self.__dict__.update(base.__dict__)  # same D, G, device, hashes, lock and base statistics
         self.base, self.spec = base, readout
         self.levels, self.readout = readout.levels, readout.name
-        self.r = n_cells(self.levels)
+        self.r = readout.n_views * n_cells(self.levels)
         self.cell_stats = stats.to(self.device)
         self.cell_mean = self.cell_stats.mean.reshape(self.r, -1)
         self.cell_inv = cell_inv_std(self.cell_stats, self.r)
-        self.weights = level_weights(self.levels, self.device)
+        self.weights = level_weights(self.levels, self.device, readout.n_views)
         self.units = list(self.blocks.values()) if readout.per_block else [slice(0, self.param_dim)]
         self.stats_hash = pyramid_stats_hash(base.stats_hash, self.readout, stats)
         self.name = f"{base.name}:{self.readout}"
@@ -230,7 +256,7 @@ class PyramidAFVExtractor(AFVExtractor):
     def cell_vectors(self, x: torch.Tensor) -> torch.Tensor:
         """N×3×R×R uint8 (one batch) → B×R×P per-cell vectors, normalised and level-weighted."""
         with self.lock:
-            grads = pyramid_grads(self.d, uint8_to_model(x.to(self.device)), self.levels)
+            grads = view_grads(self.d, uint8_to_model(x.to(self.device)), self.spec)
         v = (grads - self.cell_mean) * self.cell_inv
         scale = self.weights[None, :, None] / math.sqrt(len(self.units))
         return torch.cat([fisher.normalize(v[:, :, u], self.normalization) for u in self.units], dim=2) * scale
@@ -247,12 +273,12 @@ class PyramidAFVExtractor(AFVExtractor):
             yield self.embed(x[i : i + self.batch_size])
 
     def explain(self, va: torch.Tensor, vb: torch.Tensor) -> DistanceReport:
-        """Distance with each block's share (over all cells) and each cell's share, per level."""
+        """Distance with each block's share (over all cells) and each cell's share (over views), per level."""
         diff2 = (torch.as_tensor(va) - torch.as_tensor(vb)).double().pow(2).reshape(self.r, -1)
         total = float(diff2.sum())
         scale = 1.0 / total if total > 0 else 0.0
         layers = {k: float(diff2[:, s].sum()) * scale for k, s in self.blocks.items()}
-        per_cell = diff2.sum(1) * scale
+        per_cell = diff2.sum(1).reshape(self.spec.n_views, -1).sum(0) * scale
         regions: dict[str, list[list[float]]] = {}
         for i, (n, row, col) in enumerate(self.cells):
             grid = regions.setdefault(f"{n}x{n}", [[0.0] * n for _ in range(n)])
@@ -275,12 +301,12 @@ def stats_path(run: Path, readout: str) -> Path:
     return folder / f"fisher-{readout}.pt"
 
 
-def load_or_estimate_pyramid_stats(run: Path | None, base: AFVExtractor, levels: tuple[int, ...],
+def load_or_estimate_pyramid_stats(run: Path | None, base: AFVExtractor, spec: Readout,
                                    n: int) -> fisher.FisherStats:
     """Read RUN/fisher-<readout>.pt if it belongs to these weights; else estimate from G (and save it)."""
-    if levels == (1,):
+    if spec.stats_name == GLOBAL:
         return base.stats
-    readout = Readout(levels).name
+    readout = spec.stats_name
     path = stats_path(run, readout) if run is not None else None
     if path is not None and path.is_file():
         saved = torch.load(path, map_location="cpu", weights_only=True)
@@ -289,7 +315,7 @@ def load_or_estimate_pyramid_stats(run: Path | None, base: AFVExtractor, levels:
                                       float(saved.get("eps_rel", 1e-6)))
         log.warning("%s belongs to other weights; re-estimating", path)
     log.info("estimating %s Fisher statistics from %d generator samples (once per model)", readout, n)
-    stats = estimate_pyramid_stats(base.d, base.g, levels, n, progress=True)
+    stats = estimate_pyramid_stats(base.d, base.g, spec, n, progress=True)
     if path is not None:
         save_stats(path, stats, base.model_hash, extra={"base_stats": base.stats_hash, "readout": readout})
     return stats
@@ -305,7 +331,7 @@ def with_readout(base: AFVExtractor, readout: str | None, run: Path | None = Non
     if spec.levels[-1] > smallest:
         raise ValueError(f"read-out {readout!r}: the finest grid ({spec.levels[-1]}×{spec.levels[-1]}) is finer "
                          f"than D's smallest feature map ({smallest}×{smallest})")
-    stats = load_or_estimate_pyramid_stats(run, base, spec.levels, base.preset.fisher_samples)
+    stats = load_or_estimate_pyramid_stats(run, base, spec, base.preset.fisher_samples)
     return PyramidAFVExtractor(base, spec, stats)
 
 

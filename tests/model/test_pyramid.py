@@ -114,3 +114,36 @@ def test_whole_image_per_block_readout_uses_the_plain_statistics(tiny_run, cifar
     ext = load_embedder(tiny_run, device="cpu", readout="global+blocks", normalization="l2")
     assert ext.dim == plain.dim and ext.readout == "global+blocks"
     assert not torch.allclose(ext.embed(cifar_images[:2]), plain.embed(cifar_images[:2]))
+
+
+def test_lowres_readout_names_parse_in_either_order():
+    spec = pyramid.parse_readout("pyramid-2-4+lowres")
+    assert spec == pyramid.Readout((2, 4), False, True) and spec.n_views == 2
+    assert pyramid.parse_readout("global+blocks+lowres") == pyramid.parse_readout("global+lowres+blocks")
+    assert pyramid.Readout((4,), True, True).name == "pyramid-4+lowres+blocks"
+    assert pyramid.Readout((4,), True, True).stats_name == "pyramid-4+lowres"
+    with pytest.raises(ValueError, match="lowres"):
+        pyramid.parse_readout("pyramid-4+lowres+lowres")
+
+
+def test_lowres_view_stacks_the_low_passed_image_as_more_cells(tiny_run, cifar_images):
+    d = load_embedder(tiny_run, device="cpu").d.double()
+    x = uint8_to_model(cifar_images[:2]).double()
+    both = pyramid.view_grads(d, x, pyramid.parse_readout("pyramid-1-2+lowres"))
+    assert both.shape[1] == 2 * 5
+    torch.testing.assert_close(both[:, :5], pyramid.pyramid_grads(d, x, (1, 2)), rtol=0, atol=0)
+    torch.testing.assert_close(both[:, 5:], pyramid.pyramid_grads(d, pyramid.lowpass(x), (1, 2)), rtol=0, atol=0)
+    flat = torch.full((1, 3, 8, 8), 0.5, dtype=torch.float64)
+    torch.testing.assert_close(pyramid.lowpass(flat), flat)  # a constant image has nothing to lose
+
+
+def test_lowres_vectors_give_both_views_equal_weight_and_explain_per_cell(tiny_run, cifar_images):
+    ext = load_embedder(tiny_run, device="cpu", readout="pyramid-1-2+lowres", normalization="power")
+    v = ext.embed(cifar_images[:2])
+    assert ext.dim == 10 * ext.param_dim
+    views = v.reshape(2, 2, -1).norm(dim=2)
+    torch.testing.assert_close(views, torch.full((2, 2), 0.5 ** 0.5), rtol=1e-4, atol=1e-6)
+    assert pyramid.stats_path(tiny_run, "pyramid-1-2+lowres").is_file()
+    report = ext.distance(cifar_images[0], cifar_images[100])
+    assert [len(report.regions[k]) for k in ("1x1", "2x2")] == [1, 2]
+    assert sum(v for g in report.regions.values() for row in g for v in row) == pytest.approx(1.0)
