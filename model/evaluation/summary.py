@@ -14,8 +14,18 @@ def _short(path: str) -> str:
     return Path(path.rstrip("/")).name or path
 
 
+PIXEL_METRICS = ("l2", "ssim", "phash")  # the baselines: the same whatever model a report names
+
+
 def _columns(report: dict, label: str | None) -> dict[str, dict[str, float | None]]:
-    """{column title: {metric: value}} of one report."""
+    """{column title: {row name: value}} of one report; model metrics named 'MODEL metric' if it names one."""
+    model = report.get("model")
+    return {title: {(f"{model} {m}" if model and m not in PIXEL_METRICS else m): v for m, v in values.items()}
+            for title, values in _task_columns(report, label).items()}
+
+
+def _task_columns(report: dict, label: str | None) -> dict[str, dict[str, float | None]]:
+    """{column title: {metric: value}} of one report, by its task."""
     task = report.get("task") or ("probe" if "n_train" in report else None)
     if task == "copies":
         name = label or _short(report["collection"])

@@ -229,7 +229,8 @@ def probe(
         rows += run_probe(m, train, test, k=k, dim=dim, seed=seed, variants=vs,
                           ssim_queries=ssim_queries, c_grid=tuple(c or C_GRID),
                           max_iter=max_iter)
-    report = {"data": str(data), "test_data": str(test_data or data), "n_train": len(train.y),
+    report = {"data": str(data), "test_data": str(test_data or data), "model": _model_label(model),
+              "n_train": len(train.y),
               "n_test": len(test.y), "k": k, "rows": rows}
     _write_json(out, report)
     if json_out:
@@ -285,6 +286,14 @@ def _top_level_classes(data: Path, resolution: int, limit: int | None, seed: int
     from model.evaluation.probe import load_labelled
 
     return load_labelled(data.parent, data.name, resolution, limit, seed)
+
+
+def _model_label(model: Path | None) -> str | None:
+    """The model a report's model metrics come from: its folder's name (the bundled default's if none)."""
+    from model.extract import default_run_dir
+
+    run = model or default_run_dir()
+    return Path(run).name if run else None
 
 
 def _write_json(path: Path | None, report: dict) -> None:
@@ -355,7 +364,8 @@ def copies(
     idx = sample(len(images), queries, seed)
     rows = [run_copies(m, images, edits, idx, pixel=pixel, dim=dim, seed=seed, ssim_queries=ssim_queries,
                        progress=_progress(progress), mirror=mirror) for m in metrics]
-    report = {"task": "copies", "collection": str(collection), "n_collection": len(images), "mirror": mirror,
+    report = {"task": "copies", "collection": str(collection), "model": _model_label(model),
+              "n_collection": len(images), "mirror": mirror,
               "n_queries": int(len(idx)), "pixel_size": pixel, "seed": seed, "rows": rows}
     _write_json(out, report)
     if plot:
@@ -402,7 +412,8 @@ def ranking(
     idx = sample(len(coll), images, seed)
     pixel = common_size([coll.sizes[i] for i in idx], pixel_size)
     rows = [run_ranking(m, coll, fams, idx, pixel=pixel, seed=seed, progress=_progress(progress)) for m in metrics]
-    report = {"task": "ranking", "data": str(data), "n_images": int(len(idx)), "pixel_size": pixel, "seed": seed,
+    report = {"task": "ranking", "data": str(data), "model": _model_label(model), "n_images": int(len(idx)),
+              "pixel_size": pixel, "seed": seed,
               "rows": rows}
     _write_json(out, report)
     if plot:

@@ -30,3 +30,11 @@ def test_labels_name_the_columns_and_unknown_reports_are_refused():
     assert columns[0] == "copies r@1 CIFAR demo"
     with pytest.raises(ValueError, match="not a benchmark report"):
         summarise([{"task": "other"}])
+
+
+def test_model_metrics_of_different_models_get_their_own_rows_beside_shared_baselines():
+    a, b = {**COPIES, "model": "v2"}, {**COPIES, "collection": "/x/tin", "model": "c64"}
+    columns, table = summarise([a, b])
+    assert table["v2 afv"]["copies r@1 demo"] == 0.9 and table["c64 afv"]["copies r@1 tin"] == 0.9
+    assert "afv" not in table and "copies r@1 tin" not in table["v2 afv"]
+    assert table["l2"]["copies r@1 demo"] == table["l2"]["copies r@1 tin"] == 0.8
