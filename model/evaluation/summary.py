@@ -58,7 +58,8 @@ def summarise(reports: list[dict], labels: list[str | None] | None = None) -> tu
     table: dict[str, dict] = {}
     for report, label in zip(reports, labels):
         for title, values in _columns(report, label).items():
-            columns.append(title)
+            if title not in columns:  # reports of the same benchmark (e.g. one per model) share a column
+                columns.append(title)
             for metric, value in values.items():
                 table.setdefault(metric, {})[title] = value
     return columns, table

@@ -38,3 +38,6 @@ def test_model_metrics_of_different_models_get_their_own_rows_beside_shared_base
     assert table["v2 afv"]["copies r@1 demo"] == 0.9 and table["c64 afv"]["copies r@1 tin"] == 0.9
     assert "afv" not in table and "copies r@1 tin" not in table["v2 afv"]
     assert table["l2"]["copies r@1 demo"] == table["l2"]["copies r@1 tin"] == 0.8
+    _, shared = summarise([a, {**COPIES, "model": "c64"}])  # same collection: one column, two model rows
+    assert columns.count("copies r@1 demo") == 1 and len(_) == 2
+    assert shared["c64 afv"]["copies r@1 demo"] == shared["v2 afv"]["copies r@1 demo"] == 0.9
