@@ -209,7 +209,7 @@ class GFMNTrainer(BaseTrainer):
         from model.fisher import estimate_stats
 
         d = fold_spectral_norm(source_network(self.source)).to(self.device)
-        stats = estimate_stats(d, self.g_ema, self.preset.fisher_samples, progress=False)
+        stats = estimate_stats(d, self.g_ema, self.fisher_samples, progress=False)
         save_stats(out / FISHER_FILE, stats, sampler_key(self.source["sha256"], self.g_ema))
 
 

@@ -90,7 +90,7 @@ class Trainer(BaseTrainer):
 
     def finish(self, out: Path) -> None:
         """Fisher statistics of the final D under the EMA generator, pinned to D's hash."""
-        stats = estimate_stats(fold_spectral_norm(self.d), self.g_ema, self.preset.fisher_samples, progress=False)
+        stats = estimate_stats(fold_spectral_norm(self.d), self.g_ema, self.fisher_samples, progress=False)
         save_stats(out / FISHER_FILE, stats, state_hash(self.d))
 
 

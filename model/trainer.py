@@ -49,6 +49,7 @@ class TrainConfig:
     ckpt_every: int = 500
     holdout: int = 256  # real images held back for the monitor
     monitor_samples: int = 256
+    fisher_samples: int | None = None  # generator samples for the final Fisher statistics (default: the preset's)
     keep_checkpoints: int = 3
     seed: int = 0
     max_minutes: float | None = None  # stop (checkpointed, resumable) after this much wall time
@@ -132,6 +133,11 @@ class BaseTrainer:
         self.rng.set_state(ckpt["rng"])
         self.step = int(ckpt["step"])
         self.wall_s = float(ckpt.get("wall_s", 0.0))
+
+    @property
+    def fisher_samples(self) -> int:
+        """Generator samples for the Fisher statistics written when training ends."""
+        return self.cfg.fisher_samples or self.preset.fisher_samples
 
     def export_state(self) -> dict:
         """model.pt: the method's inference weights on CPU plus what identifies them."""

@@ -81,7 +81,8 @@ def test_service_serves_each_method_without_special_cases(method_runs, tmp_path,
             assert hits[0]["id"] == ids[2]
     finally:
         stop_server(server, thread)
-    assert (tmp_path / f"index-{method_runs[method].name}").is_dir()  # one index per served model
+    index_dir = settings.resolved_index_dir  # one index per served model (and read-out)
+    assert index_dir.is_dir() and index_dir.name == f"index-{method_runs[method].name}-global"
 
 
 @pytest.mark.parametrize("metric,method", [("bigan", "bigan"), ("bigbigan", "bigbigan"),

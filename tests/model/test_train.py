@@ -111,7 +111,7 @@ def test_the_64px_cpu_preset_trains_with_augmentation_and_resumes(tmp_path):
 
     data = FIXTURES / "tinyimagenet64"
     cfg = dict(preset="cpu64", device="cpu", monitor_samples=8, holdout=8, batch_size=4, ckpt_every=2,
-               augment="flip+translate")
+               augment="flip+translate", fisher_samples=16)
     train(TrainConfig(data=str(data), out=str(tmp_path), steps=2, **cfg), progress=False)
     train(TrainConfig(data=str(data), out=str(tmp_path), steps=3, **cfg), progress=False)
     ckpt = read_checkpoint(tmp_path / "last.pt")

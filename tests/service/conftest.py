@@ -38,8 +38,14 @@ class LiveServer:
 
 
 def test_settings(data_dir: Path, **overrides) -> Settings:
-    """Small limits so the limit tests stay cheap; no demo collection."""
+    """Small limits so the limit tests stay cheap; no demo collection; the bundled weights read out whole.
+
+    The whole-image read-out embeds ~6× faster than the default's 4×4 pyramid, which keeps the many
+    app start-ups (each fits the synthetic JND threshold) cheap; the pyramid default itself is tested
+    in tests/model/test_bundled.py and tests/model/test_pyramid.py.
+    """
     base = {"data_dir": data_dir, "demo_collection": None, "api_keys": [API_KEY], "device": "cpu",
+            "readout": "global",
             "max_request_bytes": 3_000_000, "max_image_bytes": 1_000_000, "max_pixels": 4_000_000,
             "max_images_per_request": 32}
     return Settings(**{**base, **overrides})
