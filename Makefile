@@ -21,7 +21,8 @@ test: install
 	$(BIN)/python -m pytest tests
 
 lint: install
-	$(BIN)/ruff check model index service tests
+	$(BIN)/ruff check model index service tests bench
+	$(BIN)/ruff format --check model index service tests bench
 
 clean:
 	rm -rf $(VENV) build *.egg-info

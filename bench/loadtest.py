@@ -59,6 +59,7 @@ uvicorn.run(create_app(Settings(**cfg)), host="127.0.0.1", port=port, log_level=
 
 # ---- raw model throughput ------------------------------------------------------------------------
 
+
 def load_extractor(model: str | None, preset: str | None, device: str):
     from model.extract import AFVExtractor, resolve_device
 
@@ -92,8 +93,9 @@ class RawTimer:
         from model.data import decode_image
 
         self.ext = load_extractor(args.model, args.preset, args.device)
-        self.x = torch.from_numpy(np.stack([self.ext.preprocess(decode_image(b))
-                                            for b in (images * args.batch_size)[: args.batch_size]]))
+        self.x = torch.from_numpy(
+            np.stack([self.ext.preprocess(decode_image(b)) for b in (images * args.batch_size)[: args.batch_size]])
+        )
         self._tmp = tempfile.TemporaryDirectory()
         self.idx = AFVIndex.create(Path(self._tmp.name) / "ix", self.ext)
         self._worker = ThreadPoolExecutor(1)
@@ -111,12 +113,15 @@ class RawTimer:
         self.idx.close()
         self._tmp.cleanup()
         self._worker.shutdown()
-        best = {f"{k}_img_s": float(np.mean([max(r[f"{k}_main"], r[f"{k}_worker"]) for r in self.runs]))
-                for k in ("afv", "embed")}
+        best = {
+            f"{k}_img_s": float(np.mean([max(r[f"{k}_main"], r[f"{k}_worker"]) for r in self.runs]))
+            for k in ("afv", "embed")
+        }
         return {**best, "runs": self.runs}
 
 
 # ---- server ---------------------------------------------------------------------------------------
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -126,11 +131,21 @@ def free_port() -> int:
 
 def start_server(args, data_dir: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    cfg = {"data_dir": str(data_dir), "demo_collection": None, "api_keys": [KEY], "device": args.device,
-           "model": args.model, "port": port, "preset": bool(args.preset), "preset_name": args.preset,
-           "batch_max_size": args.batch_size, "torch_threads": args.torch_threads}
-    proc = subprocess.Popen([sys.executable, "-c", SERVER_CODE, json.dumps(cfg)], cwd=ROOT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    cfg = {
+        "data_dir": str(data_dir),
+        "demo_collection": None,
+        "api_keys": [KEY],
+        "device": args.device,
+        "model": args.model,
+        "port": port,
+        "preset": bool(args.preset),
+        "preset_name": args.preset,
+        "batch_max_size": args.batch_size,
+        "torch_threads": args.torch_threads,
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SERVER_CODE, json.dumps(cfg)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -147,6 +162,7 @@ def start_server(args, data_dir: Path) -> tuple[subprocess.Popen, str]:
 
 
 # ---- load -----------------------------------------------------------------------------------------
+
 
 @dataclass
 class Results:
@@ -168,8 +184,11 @@ def load_images(n: int) -> list[bytes]:
 async def seed_index(client: httpx.AsyncClient, images: list[bytes]) -> None:
     for i in range(0, len(images), 32):
         chunk = images[i : i + 32]
-        r = await client.post("/v1/images:batch", files=[("images", (f"{i + j}.jpg", b)) for j, b in enumerate(chunk)],
-                              headers={"Authorization": f"Bearer {KEY}"})
+        r = await client.post(
+            "/v1/images:batch",
+            files=[("images", (f"{i + j}.jpg", b)) for j, b in enumerate(chunk)],
+            headers={"Authorization": f"Bearer {KEY}"},
+        )
         r.raise_for_status()
 
 
@@ -229,50 +248,75 @@ def batch_stats(url: str) -> dict[str, float]:
 
 # ---- report ---------------------------------------------------------------------------------------
 
+
 def percentiles(xs: list[float]) -> dict[str, float]:
     if not xs:
         return {"n": 0}
     a = np.asarray(xs) * 1000
-    return {"n": len(xs), "p50_ms": float(np.percentile(a, 50)), "p95_ms": float(np.percentile(a, 95)),
-            "p99_ms": float(np.percentile(a, 99)), "mean_ms": float(a.mean())}
+    return {
+        "n": len(xs),
+        "p50_ms": float(np.percentile(a, 50)),
+        "p95_ms": float(np.percentile(a, 95)),
+        "p99_ms": float(np.percentile(a, 99)),
+        "mean_ms": float(a.mean()),
+    }
 
 
 def summarise(res: Results, elapsed: float, raw: dict, before: dict, after: dict) -> dict:
     n_search, n_dist = len(res.latencies["search"]), len(res.latencies["distance"])
     afv_imgs, embed_imgs = 2 * n_dist, n_search
     raw_mix_seconds = afv_imgs / raw["afv_img_s"] + embed_imgs / raw["embed_img_s"]
-    mean_batch = {k: (after.get(f"{k}_sum", 0) - before.get(f"{k}_sum", 0))
-                  / max(1.0, after.get(f"{k}_count", 0) - before.get(f"{k}_count", 0)) for k in ("afv", "embed")}
+    mean_batch = {
+        k: (after.get(f"{k}_sum", 0) - before.get(f"{k}_sum", 0))
+        / max(1.0, after.get(f"{k}_count", 0) - before.get(f"{k}_count", 0))
+        for k in ("afv", "embed")
+    }
     return {
-        "elapsed_s": elapsed, "requests_ok": n_search + n_dist, "errors": sum(res.errors.values()),
-        "error_kinds": res.errors, "req_per_s": (n_search + n_dist) / elapsed,
+        "elapsed_s": elapsed,
+        "requests_ok": n_search + n_dist,
+        "errors": sum(res.errors.values()),
+        "error_kinds": res.errors,
+        "req_per_s": (n_search + n_dist) / elapsed,
         "images_per_s": res.images / elapsed,
-        "latency": {"all": percentiles(res.latencies["search"] + res.latencies["distance"]),
-                    "search": percentiles(res.latencies["search"]),
-                    "distance": percentiles(res.latencies["distance"])},
-        "raw": raw, "raw_same_mix_img_s": res.images / raw_mix_seconds if raw_mix_seconds else 0.0,
+        "latency": {
+            "all": percentiles(res.latencies["search"] + res.latencies["distance"]),
+            "search": percentiles(res.latencies["search"]),
+            "distance": percentiles(res.latencies["distance"]),
+        },
+        "raw": raw,
+        "raw_same_mix_img_s": res.images / raw_mix_seconds if raw_mix_seconds else 0.0,
         "service_vs_raw": (res.images / elapsed) / (res.images / raw_mix_seconds) if raw_mix_seconds else 0.0,
         "mean_model_batch": mean_batch,
     }
 
 
 def print_report(s: dict, args) -> None:
-    print(f"\n== AFV service load test: {args.concurrency} clients, {s['elapsed_s']:.1f} s, "
-          f"model {args.preset or args.model or 'default'} ==")
+    print(
+        f"\n== AFV service load test: {args.concurrency} clients, {s['elapsed_s']:.1f} s, "
+        f"model {args.preset or args.model or 'default'} =="
+    )
     print(f"{'route':<10} {'n':>7} {'p50 ms':>9} {'p95 ms':>9} {'p99 ms':>9}")
     for name, p in s["latency"].items():
         if p["n"]:
             print(f"{name:<10} {p['n']:>7} {p['p50_ms']:>9.1f} {p['p95_ms']:>9.1f} {p['p99_ms']:>9.1f}")
-    print(f"throughput: {s['req_per_s']:.1f} req/s, {s['images_per_s']:.1f} images/s; errors: {s['errors']} "
-          f"{s['error_kinds'] or ''}")
-    print(f"mean images per model pass: afv {s['mean_model_batch']['afv']:.1f}, "
-          f"embed {s['mean_model_batch']['embed']:.1f}")
+    print(
+        f"throughput: {s['req_per_s']:.1f} req/s, {s['images_per_s']:.1f} images/s; errors: {s['errors']} "
+        f"{s['error_kinds'] or ''}"
+    )
+    print(
+        f"mean images per model pass: afv {s['mean_model_batch']['afv']:.1f}, "
+        f"embed {s['mean_model_batch']['embed']:.1f}"
+    )
     print(f"raw model work, batch {args.batch_size}, server idle (img/s; main thread / worker thread):")
     for when, r in zip(("before", "after"), s["raw"]["runs"]):
-        print(f"  {when:<6}  afv {r['afv_main']:8.1f} / {r['afv_worker']:8.1f}   "
-              f"index embed {r['embed_main']:8.1f} / {r['embed_worker']:8.1f}")
-    print(f"  used: afv {s['raw']['afv_img_s']:.1f}, embed {s['raw']['embed_img_s']:.1f}; "
-          f"same request mix as the load: {s['raw_same_mix_img_s']:.1f} img/s")
+        print(
+            f"  {when:<6}  afv {r['afv_main']:8.1f} / {r['afv_worker']:8.1f}   "
+            f"index embed {r['embed_main']:8.1f} / {r['embed_worker']:8.1f}"
+        )
+    print(
+        f"  used: afv {s['raw']['afv_img_s']:.1f}, embed {s['raw']['embed_img_s']:.1f}; "
+        f"same request mix as the load: {s['raw_same_mix_img_s']:.1f} img/s"
+    )
     print(f"service throughput = {100 * s['service_vs_raw']:.0f}% of raw extraction throughput")
 
 

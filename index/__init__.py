@@ -17,7 +17,18 @@ from index.collection import (
 from index.projection import ProjectionError, Projector
 
 __all__ = [
-    "AFVIndex", "AddResult", "Hit", "AFVIndexError", "IndexError_", "IndexCorruptError",
-    "IndexExistsError", "IndexLockedError", "IndexMismatchError", "IndexNotFoundError",
-    "IndexReadOnlyError", "InvalidInputError", "ProjectionError", "Projector",
+    "AFVIndex",
+    "AddResult",
+    "Hit",
+    "AFVIndexError",
+    "IndexError_",
+    "IndexCorruptError",
+    "IndexExistsError",
+    "IndexLockedError",
+    "IndexMismatchError",
+    "IndexNotFoundError",
+    "IndexReadOnlyError",
+    "InvalidInputError",
+    "ProjectionError",
+    "Projector",
 ]

@@ -99,8 +99,17 @@ def _lock(index_dir: Path):
 class AFVIndex:
     """A persistent, compressed nearest-neighbour index of image AFV sketches with metadata."""
 
-    def __init__(self, index_dir: Path, extractor, store: MetadataStore, projector: Projector | None,
-                 vindex: VectorIndex, base_seq: int, read_only: bool, lock_fd: int | None):
+    def __init__(
+        self,
+        index_dir: Path,
+        extractor,
+        store: MetadataStore,
+        projector: Projector | None,
+        vindex: VectorIndex,
+        base_seq: int,
+        read_only: bool,
+        lock_fd: int | None,
+    ):
         self.index_dir, self.extractor, self.store = index_dir, extractor, store
         self.projector, self.vindex, self.base_seq = projector, vindex, base_seq
         self.read_only, self._lock_fd = read_only, lock_fd
@@ -114,8 +123,17 @@ class AFVIndex:
     # -- opening -------------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, index_dir, extractor, *, dim: int = 1024, mode: str = "auto", seed: int = 0,
-               kind: str = "auto", memory_budget: int = 256 * 2**20) -> AFVIndex:
+    def create(
+        cls,
+        index_dir,
+        extractor,
+        *,
+        dim: int = 1024,
+        mode: str = "auto",
+        seed: int = 0,
+        kind: str = "auto",
+        memory_budget: int = 256 * 2**20,
+    ) -> AFVIndex:
         """Create an empty index in `index_dir` pinned to `extractor` (model, statistics) and `seed`.
 
         mode 'auto' = 'exact': on the bundled model 'fast' keeps every layer exact and runs at 0.6x the
@@ -136,12 +154,20 @@ class AFVIndex:
         index_dir.mkdir(parents=True, exist_ok=True)
         lock_fd = _lock(index_dir)
         store = MetadataStore(index_dir / DB_FILE)
-        store.set_meta({"format": FORMAT, "dim": dim, "kind": kind, "memory_budget": memory_budget,
-                        "model_hash": extractor.model_hash, "stats_hash": extractor.stats_hash,
-                        "model_name": getattr(extractor, "name", None),
-                        "projection": projector.to_dict(), "created_at": time.time()})
-        self = cls(index_dir, extractor, store, projector, VectorIndex.build(IndexPlan("flat", dim)),
-                   0, False, lock_fd)
+        store.set_meta(
+            {
+                "format": FORMAT,
+                "dim": dim,
+                "kind": kind,
+                "memory_budget": memory_budget,
+                "model_hash": extractor.model_hash,
+                "stats_hash": extractor.stats_hash,
+                "model_name": getattr(extractor, "name", None),
+                "projection": projector.to_dict(),
+                "created_at": time.time(),
+            }
+        )
+        self = cls(index_dir, extractor, store, projector, VectorIndex.build(IndexPlan("flat", dim)), 0, False, lock_fd)
         self._checkpoint()
         return self
 
@@ -181,8 +207,16 @@ class AFVIndex:
         lock_fd = _lock(index_dir)
         store = _open_store(index_dir, False)
         projector = _check_pins(store, extractor)
-        self = cls(index_dir, extractor, store, projector,
-                   VectorIndex.build(IndexPlan("flat", store.get_meta("dim"))), 0, False, lock_fd)
+        self = cls(
+            index_dir,
+            extractor,
+            store,
+            projector,
+            VectorIndex.build(IndexPlan("flat", store.get_meta("dim"))),
+            0,
+            False,
+            lock_fd,
+        )
         with self._lock:
             self._rebuild(self._wanted_plan())
         return self
@@ -221,12 +255,12 @@ class AFVIndex:
         shas = [hashlib.sha256(data).hexdigest() for data, _ in items]
         known = self.store_known(shas)
         vecs = self._embed_items(items, [i for i, s in enumerate(shas) if s not in known], name)
-        recs = [{"name": name, "sha256": shas[i], "size": len(d), "metadata": m}
-                for i, (d, m) in enumerate(items)]
+        recs = [{"name": name, "sha256": shas[i], "size": len(d), "metadata": m} for i, (d, m) in enumerate(items)]
         with self._lock:  # an item deleted since the check above must be embedded after all
             known = self.store.has_sha256(shas)
-            vecs.update(self._embed_items(items, [i for i, s in enumerate(shas)
-                                                  if s not in known and i not in vecs], name))
+            vecs.update(
+                self._embed_items(items, [i for i, s in enumerate(shas) if s not in known and i not in vecs], name)
+            )
             placeholder = np.zeros(self.dim, np.float32)  # known hashes are answered by id, not stored
             rows = [vecs.get(i, placeholder) for i in range(len(items))]
             return self.add_embedded(np.stack(rows) if rows else np.zeros((0, self.dim), np.float32), recs)
@@ -260,8 +294,9 @@ class AFVIndex:
 
     # -- reads ---------------------------------------------------------------------------------
 
-    def search(self, vectors: np.ndarray, k: int = 10, where: dict | None = None,
-               rerank: bool = False) -> list[list[Hit]]:
+    def search(
+        self, vectors: np.ndarray, k: int = 10, where: dict | None = None, rerank: bool = False
+    ) -> list[list[Hit]]:
         """k nearest items of each query sketch, nearest first (Euclidean distance in sketch space)."""
         xq = self._as_queries(vectors)
         if k < 1:
@@ -273,11 +308,14 @@ class AFVIndex:
             else:
                 D, I = self._ann(xq, k, subset, rerank)
             metas = self.store.get_many({int(i) for i in I.ravel() if i >= 0})
-        return [[Hit(int(i), float(dist), metas[int(i)]) for dist, i in zip(drow, irow)
-                 if i >= 0 and int(i) in metas] for drow, irow in zip(D, I)]
+        return [
+            [Hit(int(i), float(dist), metas[int(i)]) for dist, i in zip(drow, irow) if i >= 0 and int(i) in metas]
+            for drow, irow in zip(D, I)
+        ]
 
-    def search_any(self, vectors: np.ndarray, k: int = 10, where: dict | None = None,
-                   rerank: bool = False) -> list[Hit]:
+    def search_any(
+        self, vectors: np.ndarray, k: int = 10, where: dict | None = None, rerank: bool = False
+    ) -> list[Hit]:
         """k nearest items to any of several sketches of one query (e.g. an image and its mirror image)."""
         return merge_hits(self.search(vectors, k, where, rerank), k)
 
@@ -314,17 +352,30 @@ class AFVIndex:
         with self._lock:
             plan, spec = self.vindex.plan, self.store.get_meta("projection")
             files = list(self.index_dir.glob("vectors-*.faiss"))
-            return {"count": self.store.count(), "ntotal": self.vindex.ntotal, "dim": self.dim,
-                    "kind": plan.kind, "kind_requested": self.kind_request,
-                    "bytes_per_vector": plan.bytes_per_vector, "nlist": plan.nlist, "pq_bytes": plan.m,
-                    "nprobe": self.vindex.nprobe, "memory_budget": self.memory_budget,
-                    "model_hash": self.store.get_meta("model_hash"),
-                    "stats_hash": self.store.get_meta("stats_hash"),
-                    "model_name": self.store.get_meta("model_name"), "mode": spec["mode"],
-                    "seed": spec["seed"], "normalization": spec["normalization"],
-                    "param_dim": spec["param_dim"], "index_file_bytes": sum(f.stat().st_size for f in files),
-                    "pending_ops": self.store.last_seq() - self.base_seq, "read_only": self.read_only,
-                    "mmapped": self.vindex.mmapped, "path": str(self.index_dir)}
+            return {
+                "count": self.store.count(),
+                "ntotal": self.vindex.ntotal,
+                "dim": self.dim,
+                "kind": plan.kind,
+                "kind_requested": self.kind_request,
+                "bytes_per_vector": plan.bytes_per_vector,
+                "nlist": plan.nlist,
+                "pq_bytes": plan.m,
+                "nprobe": self.vindex.nprobe,
+                "memory_budget": self.memory_budget,
+                "model_hash": self.store.get_meta("model_hash"),
+                "stats_hash": self.store.get_meta("stats_hash"),
+                "model_name": self.store.get_meta("model_name"),
+                "mode": spec["mode"],
+                "seed": spec["seed"],
+                "normalization": spec["normalization"],
+                "param_dim": spec["param_dim"],
+                "index_file_bytes": sum(f.stat().st_size for f in files),
+                "pending_ops": self.store.last_seq() - self.base_seq,
+                "read_only": self.read_only,
+                "mmapped": self.vindex.mmapped,
+                "path": str(self.index_dir),
+            }
 
     # -- persistence ---------------------------------------------------------------------------
 
@@ -409,8 +460,10 @@ class AFVIndex:
         seq = self.store.last_seq() if seq is None else seq
         name = f"vectors-{seq}.faiss"
         self.vindex.save(self.index_dir / name)
-        wal.write_manifest(self.index_dir / MANIFEST_FILE, {
-            "format": FORMAT, "faiss_file": name, "seq": seq, "plan": self.vindex.plan.to_dict()})
+        wal.write_manifest(
+            self.index_dir / MANIFEST_FILE,
+            {"format": FORMAT, "faiss_file": name, "seq": seq, "plan": self.vindex.plan.to_dict()},
+        )
         for f in self.index_dir.glob("vectors-*.faiss"):
             if f.name != name:
                 f.unlink(missing_ok=True)
@@ -459,14 +512,17 @@ def _check_pins(store: MetadataStore, extractor) -> Projector | None:
     """Refuse a model whose weights, Fisher statistics or projection differ from the index's."""
     if extractor is None:
         return None
-    for key, have, what in (("model_hash", extractor.model_hash, "model weights"),
-                            ("stats_hash", extractor.stats_hash, "Fisher statistics")):
+    for key, have, what in (
+        ("model_hash", extractor.model_hash, "model weights"),
+        ("stats_hash", extractor.stats_hash, "Fisher statistics"),
+    ):
         want = store.get_meta(key)
         if want != have:
             raise IndexMismatchError(
                 f"this index was built with other {what} ({key} {str(want)[:12]}…, model "
                 f"{store.get_meta('model_name')!r}) than the loaded model ({str(have)[:12]}…, "
-                f"{getattr(extractor, 'name', '?')!r}); load the index's model or build a new index")
+                f"{getattr(extractor, 'name', '?')!r}); load the index's model or build a new index"
+            )
     try:
         return Projector.from_dict(store.get_meta("projection"), extractor)
     except (ProjectionError, KeyError, TypeError) as e:
@@ -484,12 +540,15 @@ def _load_vectors(index_dir: Path, store: MetadataStore, read_only: bool) -> tup
     try:
         vindex = VectorIndex.load(path, plan, mmap=read_only and not pending)
     except (FaissIndexError, OSError) as e:
-        raise IndexCorruptError(f"{e}; AFVIndex.repair(dir, model) (or `afv index build`) rebuilds it "
-                                "from the stored vectors") from e
+        raise IndexCorruptError(
+            f"{e}; AFVIndex.repair(dir, model) (or `afv index build`) rebuilds it from the stored vectors"
+        ) from e
     if pending:
         applied = wal.replay(store, vindex, seq)
         log.info("replayed %d logged operations into %s", applied, path.name)
     if vindex.ntotal != store.count():
-        raise IndexCorruptError(f"{path.name} holds {vindex.ntotal} vectors but the metadata has "
-                                f"{store.count()} items; AFVIndex.repair(dir, model) rebuilds it")
+        raise IndexCorruptError(
+            f"{path.name} holds {vindex.ntotal} vectors but the metadata has "
+            f"{store.count()} items; AFVIndex.repair(dir, model) rebuilds it"
+        )
     return vindex, seq

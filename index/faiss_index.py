@@ -60,8 +60,10 @@ def _pq_bytes(n: int, d: int, memory_budget: int) -> int:
     for m in candidates:
         if n * (m + ID_BYTES) <= memory_budget:
             return m
-    raise FaissIndexError(f"{n} vectors do not fit in a memory budget of {memory_budget} bytes even "
-                          f"at {candidates[-1]} bytes per vector; raise the budget")
+    raise FaissIndexError(
+        f"{n} vectors do not fit in a memory budget of {memory_budget} bytes even "
+        f"at {candidates[-1]} bytes per vector; raise the budget"
+    )
 
 
 def plan_index(n: int, d: int, memory_budget: int = 256 * 2**20, kind: str = "auto") -> IndexPlan:
@@ -127,8 +129,9 @@ class VectorIndex:
             params.sel = sel
         return params
 
-    def search(self, xq: np.ndarray, k: int, subset: np.ndarray | None = None,
-               nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, xq: np.ndarray, k: int, subset: np.ndarray | None = None, nprobe: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(D, I): nq×k Euclidean distances and ids, nearest first; missing slots have id -1."""
         xq = _as_matrix(xq, self.plan.d)
         if self.ntotal == 0 or k < 1:
@@ -160,8 +163,9 @@ def _as_matrix(x: np.ndarray, d: int) -> np.ndarray:
     return x
 
 
-def exact_rerank(xq: np.ndarray, cand: np.ndarray, vectors: dict[int, np.ndarray],
-                 k: int) -> tuple[np.ndarray, np.ndarray]:
+def exact_rerank(
+    xq: np.ndarray, cand: np.ndarray, vectors: dict[int, np.ndarray], k: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Re-order candidate ids (nq×k') by exact Euclidean distance using full-precision vectors."""
     D = np.full((len(xq), k), np.inf, np.float32)
     I = np.full((len(xq), k), -1, np.int64)

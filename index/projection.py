@@ -116,8 +116,9 @@ def plan_layers(d_net: nn.Module, d: int, inner_factor: int, exact_below: int) -
 class _KroneckerLayer:
     """Fast-mode sketch of one layer's Fisher-scaled weight gradient (and its exact bias part)."""
 
-    def __init__(self, plan: LayerPlan, module: nn.Module, sigma: torch.Tensor, mean: torch.Tensor,
-                 seed: int, index: int):
+    def __init__(
+        self, plan: LayerPlan, module: nn.Module, sigma: torch.Tensor, mean: torch.Tensor, seed: int, index: int
+    ):
         self.plan, self.module = plan, module
         o, i, t = plan.shape[0], plan.shape[1], plan.taps
         u, v, w = kronecker_std(sigma.reshape(o, i, t).cpu())
@@ -129,8 +130,7 @@ class _KroneckerLayer:
         self.r_in = (r_in / math.sqrt(plan.d_in) / v[None, :]).to(dev)
         self.w_inv = (1.0 / w).to(dev)
         m3 = mean.reshape(o, i, t).float()
-        self.mean_proj = (torch.einsum("po,oit,qi->pqt", self.r_out, m3, self.r_in)
-                          * self.w_inv).reshape(-1)
+        self.mean_proj = (torch.einsum("po,oit,qi->pqt", self.r_out, m3, self.r_in) * self.w_inv).reshape(-1)
 
     def __call__(self, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         """Captured input `a` and output-gradient `g` → B×(d_out·d_in·T) sketch."""
@@ -140,7 +140,7 @@ class _KroneckerLayer:
             return s.reshape(b, -1) - self.mean_proj
         a2 = F.conv2d(a, self.r_in[:, :, None, None])  # contiguous, unlike einsum: im2col needs that
         cols = F.unfold(a2, m.kernel_size, dilation=m.dilation, padding=m.padding, stride=m.stride)
-        cols = (cols.view(b, self.plan.d_in, self.plan.taps, -1) * self.w_inv[None, None, :, None])
+        cols = cols.view(b, self.plan.d_in, self.plan.taps, -1) * self.w_inv[None, None, :, None]
         g2 = torch.matmul(self.r_out, g.flatten(2))
         s = torch.bmm(g2, cols.flatten(1, 2).transpose(1, 2))
         return s.reshape(b, -1) - self.mean_proj
@@ -157,23 +157,36 @@ def _exact_weight_grad(m: nn.Module, a: torch.Tensor, g: torch.Tensor) -> torch.
 class Projector:
     """AFV → d-dim sketch for one extractor (model + Fisher statistics), in 'exact' or 'fast' mode."""
 
-    def __init__(self, extractor, *, d: int = 1024, mode: str = "fast", seed: int = 0, nnz: int = 4,
-                 inner_factor: int = 32, exact_below: int = 4096):
+    def __init__(
+        self,
+        extractor,
+        *,
+        d: int = 1024,
+        mode: str = "fast",
+        seed: int = 0,
+        nnz: int = 4,
+        inner_factor: int = 32,
+        exact_below: int = 4096,
+    ):
         if mode not in MODES:
             raise ProjectionError(f"unknown projection mode {mode!r}; choose one of {MODES}")
         if d < 1 or nnz < 1 or inner_factor < 1:
             raise ProjectionError(f"d, nnz and inner_factor must be positive (got {d}, {nnz}, {inner_factor})")
         if mode == "fast" and getattr(extractor, "kind", "afv") != "afv":
-            raise ProjectionError(f"the fast projection needs an AFV model; this is a '{extractor.kind}' "
-                                  "embedder: use mode='exact'")
+            raise ProjectionError(
+                f"the fast projection needs an AFV model; this is a '{extractor.kind}' embedder: use mode='exact'"
+            )
         if mode == "fast" and getattr(extractor, "readout", "global") != "global":
-            raise ProjectionError(f"the fast projection sketches whole-image AFVs; the {extractor.readout} "
-                                  "read-out needs mode='exact'")
+            raise ProjectionError(
+                f"the fast projection sketches whole-image AFVs; the {extractor.readout} read-out needs mode='exact'"
+            )
         if mode == "identity" and d != extractor.dim:
             raise ProjectionError(f"an identity projection keeps all {extractor.dim} dimensions (got d={d})")
         if mode == "fast" and extractor.normalization == "power":
-            raise ProjectionError("the fast projection cannot apply 'power' normalisation (it needs every "
-                                  "AFV coordinate); use mode='exact' or a model with normalization none/l2")
+            raise ProjectionError(
+                "the fast projection cannot apply 'power' normalisation (it needs every "
+                "AFV coordinate); use mode='exact' or a model with normalization none/l2"
+            )
         self.extractor, self.d, self.mode, self.seed, self.nnz = extractor, d, mode, seed, nnz
         self.inner_factor, self.exact_below = inner_factor, exact_below
         self.normalization = extractor.normalization
@@ -197,7 +210,8 @@ class Projector:
             if plan.sketched:
                 sl = self._slice(plan.name + ".weight")
                 self.kron[id(modules[plan.name])] = _KroneckerLayer(
-                    plan, modules[plan.name], sigma[sl], ex.stats.mean[sl], self.seed, k)
+                    plan, modules[plan.name], sigma[sl], ex.stats.mean[sl], self.seed, k
+                )
         self.modules_by_id = {id(modules[p.name]): (p.name, p) for p in self.plans}
 
     def _fast_inner_dim(self) -> int:
@@ -251,12 +265,20 @@ class Projector:
 
     def to_dict(self) -> dict:
         """Everything needed to rebuild the same projection for the same model (JSON-serialisable)."""
-        return {"format": FORMAT, "mode": self.mode, "d": self.d, "seed": self.seed, "nnz": self.nnz,
-                "inner_factor": self.inner_factor, "exact_below": self.exact_below,
-                "normalization": self.normalization, "param_dim": self.extractor.dim,
-                "inner_dim": self.inner_dim,
-                "shapes": [[s.name, list(s.shape)] for s in self.extractor.layout],
-                "layers": [{**asdict(p), "shape": list(p.shape)} for p in self.plans]}
+        return {
+            "format": FORMAT,
+            "mode": self.mode,
+            "d": self.d,
+            "seed": self.seed,
+            "nnz": self.nnz,
+            "inner_factor": self.inner_factor,
+            "exact_below": self.exact_below,
+            "normalization": self.normalization,
+            "param_dim": self.extractor.dim,
+            "inner_dim": self.inner_dim,
+            "shapes": [[s.name, list(s.shape)] for s in self.extractor.layout],
+            "layers": [{**asdict(p), "shape": list(p.shape)} for p in self.plans],
+        }
 
     @classmethod
     def from_dict(cls, spec: dict, extractor) -> Projector:
@@ -265,13 +287,23 @@ class Projector:
             raise ProjectionError(f"unknown projection format {spec.get('format')!r} (expected {FORMAT!r})")
         shapes = [[s.name, list(s.shape)] for s in extractor.layout]
         if spec["shapes"] != shapes:
-            raise ProjectionError("the stored projection was made for a discriminator with other "
-                                  "parameter shapes than this model's")
+            raise ProjectionError(
+                "the stored projection was made for a discriminator with other parameter shapes than this model's"
+            )
         if spec["normalization"] != extractor.normalization:
-            raise ProjectionError(f"the stored projection used AFV normalisation "
-                                  f"{spec['normalization']!r}, this model uses {extractor.normalization!r}")
-        proj = cls(extractor, d=spec["d"], mode=spec["mode"], seed=spec["seed"], nnz=spec["nnz"],
-                   inner_factor=spec["inner_factor"], exact_below=spec["exact_below"])
+            raise ProjectionError(
+                f"the stored projection used AFV normalisation "
+                f"{spec['normalization']!r}, this model uses {extractor.normalization!r}"
+            )
+        proj = cls(
+            extractor,
+            d=spec["d"],
+            mode=spec["mode"],
+            seed=spec["seed"],
+            nnz=spec["nnz"],
+            inner_factor=spec["inner_factor"],
+            exact_below=spec["exact_below"],
+        )
         if proj.to_dict()["layers"] != spec["layers"] or proj.inner_dim != spec["inner_dim"]:
             raise ProjectionError("the stored projection's layer plan differs from the rebuilt one")
         return proj
@@ -298,8 +330,16 @@ def _time(fn, x: torch.Tensor, bs: int, repeats: int) -> float:
     return x.shape[0] / best
 
 
-def benchmark(extractor, x: torch.Tensor, *, d: int = 1024, seed: int = 0, repeats: int = 3,
-              modes: tuple[str, ...] = MODES, **proj_kwargs) -> dict:
+def benchmark(
+    extractor,
+    x: torch.Tensor,
+    *,
+    d: int = 1024,
+    seed: int = 0,
+    repeats: int = 3,
+    modes: tuple[str, ...] = MODES,
+    **proj_kwargs,
+) -> dict:
     """Distance fidelity and speed of each mode against exact AFVs and the batched-gradient floor.
 
     Returns {"floor_img_s", "exact_afv_img_s", modes: {mode: {"pearson", "rel_distortion_mean",
@@ -310,15 +350,25 @@ def benchmark(extractor, x: torch.Tensor, *, d: int = 1024, seed: int = 0, repea
     ref = pairwise_distances(afv)
     dev = extractor.device
     floor = _time(lambda b: fisher.summed_grad(extractor.d, uint8_to_model(b.to(dev))), x, bs, repeats)
-    out = {"n_images": int(x.shape[0]), "param_dim": extractor.dim, "d": d, "floor_img_s": floor,
-           "exact_afv_img_s": _time(extractor.embed, x, bs, repeats), "modes": {}}
+    out = {
+        "n_images": int(x.shape[0]),
+        "param_dim": extractor.dim,
+        "d": d,
+        "floor_img_s": floor,
+        "exact_afv_img_s": _time(extractor.embed, x, bs, repeats),
+        "modes": {},
+    }
     for mode in modes:
         proj = Projector(extractor, d=d, mode=mode, seed=seed, **proj_kwargs)
         est = pairwise_distances(torch.from_numpy(proj.embed(x)))
         ratio = est / np.maximum(ref, 1e-12)
         speed = _time(proj.embed, x, bs, repeats)
-        out["modes"][mode] = {"pearson": float(np.corrcoef(ref, est)[0, 1]),
-                              "rel_distortion_mean": float(np.abs(ratio - 1).mean()),
-                              "rel_distortion_max": float(np.abs(ratio - 1).max()),
-                              "img_s": speed, "vs_floor": floor / speed, "inner_dim": proj.inner_dim}
+        out["modes"][mode] = {
+            "pearson": float(np.corrcoef(ref, est)[0, 1]),
+            "rel_distortion_mean": float(np.abs(ratio - 1).mean()),
+            "rel_distortion_max": float(np.abs(ratio - 1).max()),
+            "img_s": speed,
+            "vs_floor": floor / speed,
+            "inner_dim": proj.inner_dim,
+        }
     return out

@@ -74,8 +74,9 @@ class MetadataStore:
 
     def set_meta(self, values: dict) -> None:
         with self._tx():
-            self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                                [(k, json.dumps(v)) for k, v in values.items()])
+            self.db.executemany(
+                "INSERT OR REPLACE INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in values.items()]
+            )
 
     # -- writes ----------------------------------------------------------------------------------
 
@@ -98,10 +99,10 @@ class MetadataStore:
                     continue
                 cur = self.db.execute(
                     "INSERT INTO items (name, sha256, size, added_at, metadata) VALUES (?, ?, ?, ?, ?)",
-                    (rec.get("name"), sha, rec.get("size"), now, json.dumps(rec.get("metadata") or {})))
+                    (rec.get("name"), sha, rec.get("size"), now, json.dumps(rec.get("metadata") or {})),
+                )
                 id_ = cur.lastrowid
-                self.db.execute("INSERT INTO vectors VALUES (?, ?)",
-                                (id_, np.asarray(vec, dtype=np.float32).tobytes()))
+                self.db.execute("INSERT INTO vectors VALUES (?, ?)", (id_, np.asarray(vec, dtype=np.float32).tobytes()))
                 self.db.execute("INSERT INTO ops (op, item_id) VALUES ('add', ?)", (id_,))
                 out.append((id_, False))
         return out
@@ -119,8 +120,9 @@ class MetadataStore:
     # -- reads -----------------------------------------------------------------------------------
 
     def get(self, id_: int) -> dict | None:
-        row = self.db.execute("SELECT id, name, sha256, size, added_at, metadata FROM items "
-                              "WHERE id = ?", (int(id_),)).fetchone()
+        row = self.db.execute(
+            "SELECT id, name, sha256, size, added_at, metadata FROM items WHERE id = ?", (int(id_),)
+        ).fetchone()
         return None if row is None else _row_to_dict(row)
 
     def get_many(self, ids: Iterable[int]) -> dict[int, dict]:
@@ -128,8 +130,9 @@ class MetadataStore:
         out: dict[int, dict] = {}
         for chunk in _chunks(ids, 900):
             q = ",".join("?" * len(chunk))
-            for row in self.db.execute("SELECT id, name, sha256, size, added_at, metadata FROM items "
-                                       f"WHERE id IN ({q})", chunk):
+            for row in self.db.execute(
+                f"SELECT id, name, sha256, size, added_at, metadata FROM items WHERE id IN ({q})", chunk
+            ):
                 out[row[0]] = _row_to_dict(row)
         return out
 
@@ -156,13 +159,16 @@ class MetadataStore:
         """Yield (ids, n×d vectors) of all live items in id order."""
         last = -1
         while True:
-            rows = self.db.execute("SELECT id, vec FROM vectors WHERE id > ? ORDER BY id LIMIT ?",
-                                   (last, batch)).fetchall()
+            rows = self.db.execute(
+                "SELECT id, vec FROM vectors WHERE id > ? ORDER BY id LIMIT ?", (last, batch)
+            ).fetchall()
             if not rows:
                 return
             last = rows[-1][0]
-            yield (np.array([r[0] for r in rows], dtype=np.int64),
-                   np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows]))
+            yield (
+                np.array([r[0] for r in rows], dtype=np.int64),
+                np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows]),
+            )
 
     def sample_vectors(self, n: int, seed: int = 0) -> np.ndarray:
         ids = [r[0] for r in self.db.execute("SELECT id FROM vectors")]
@@ -177,8 +183,7 @@ class MetadataStore:
         return self.db.execute("SELECT coalesce(max(seq), 0) FROM ops").fetchone()[0]
 
     def ops_since(self, seq: int) -> list[tuple[int, str, int]]:
-        return self.db.execute("SELECT seq, op, item_id FROM ops WHERE seq > ? ORDER BY seq",
-                               (seq,)).fetchall()
+        return self.db.execute("SELECT seq, op, item_id FROM ops WHERE seq > ? ORDER BY seq", (seq,)).fetchall()
 
     def filter_ids(self, where: dict) -> np.ndarray:
         """Ids of items whose fields equal the given values (a list value means 'any of')."""

@@ -24,8 +24,9 @@ def check_augment(spec: str) -> None:
     """Raise ValueError naming the choices if `spec` is not a known augmentation."""
     parts = spec.split("+")
     if spec != "none" and (not all(p in PARTS for p in parts) or len(set(parts)) != len(parts)):
-        raise ValueError(f"unknown augmentation {spec!r}; choose none or parts of {'+'.join(PARTS)} "
-                         f"(e.g. {', '.join(AUGMENTS[1:])})")
+        raise ValueError(
+            f"unknown augmentation {spec!r}; choose none or parts of {'+'.join(PARTS)} (e.g. {', '.join(AUGMENTS[1:])})"
+        )
 
 
 def augment_batch(x: torch.Tensor, spec: str, rng: torch.Generator) -> torch.Tensor:

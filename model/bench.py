@@ -30,8 +30,9 @@ def time_per_image(fn: Callable[[], object], n_images: int, device: torch.device
     return best / n_images
 
 
-def bench_extract(preset: Preset, batch_size: int, device: torch.device, repeats: int = 3,
-                  loop_images: int | None = None) -> dict[str, float]:
+def bench_extract(
+    preset: Preset, batch_size: int, device: torch.device, repeats: int = 3, loop_images: int | None = None
+) -> dict[str, float]:
     """Images/s of (a) batch-1 autograd loop, (b) `per_sample_grads`, (c) one summed backward."""
     torch.manual_seed(0)
     d = fold_spectral_norm(Discriminator(preset)).to(device)
@@ -41,7 +42,14 @@ def bench_extract(preset: Preset, batch_size: int, device: torch.device, repeats
     t_loop = time_per_image(lambda: fisher.per_sample_grads_loop(d, x[:n_loop]), n_loop, device, repeats)
     t_ours = time_per_image(lambda: fisher.per_sample_grads(d, x), batch_size, device, repeats)
     t_floor = time_per_image(lambda: fisher.summed_grad(d, x), batch_size, device, repeats)
-    return {"preset": preset.name, "device": str(device), "batch": batch_size,
-            "params": sum(p.numel() for p in d.parameters()),
-            "loop_img_s": 1 / t_loop, "ours_img_s": 1 / t_ours, "floor_img_s": 1 / t_floor,
-            "speedup_vs_loop": t_loop / t_ours, "slowdown_vs_floor": t_ours / t_floor}
+    return {
+        "preset": preset.name,
+        "device": str(device),
+        "batch": batch_size,
+        "params": sum(p.numel() for p in d.parameters()),
+        "loop_img_s": 1 / t_loop,
+        "ours_img_s": 1 / t_ours,
+        "floor_img_s": 1 / t_floor,
+        "speedup_vs_loop": t_loop / t_ours,
+        "slowdown_vs_floor": t_ours / t_floor,
+    }

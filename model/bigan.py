@@ -25,8 +25,12 @@ from model.trainer import BaseTrainer, TrainConfig, apply_grads, update_ema
 
 def latent_mlp(nz: int, width: int) -> nn.Sequential:
     """The discriminator's latent path: two spectrally normalised linear layers with leaky ReLUs."""
-    return nn.Sequential(spectral_norm(nn.Linear(nz, width)), nn.LeakyReLU(0.2),
-                         spectral_norm(nn.Linear(width, width)), nn.LeakyReLU(0.2))
+    return nn.Sequential(
+        spectral_norm(nn.Linear(nz, width)),
+        nn.LeakyReLU(0.2),
+        spectral_norm(nn.Linear(width, width)),
+        nn.LeakyReLU(0.2),
+    )
 
 
 class BiGANDiscriminator(nn.Module):
@@ -38,8 +42,9 @@ class BiGANDiscriminator(nn.Module):
         self.blocks = resnet_trunk(ndf, preset.resolution, use_sn=True)
         self.z_merge = spectral_norm(nn.Linear(preset.nz, ndf))
         self.z_path = latent_mlp(preset.nz, nh)
-        self.joint = nn.Sequential(spectral_norm(nn.Linear(ndf + nh, nh)), nn.LeakyReLU(0.2),
-                                   spectral_norm(nn.Linear(nh, 1)))
+        self.joint = nn.Sequential(
+            spectral_norm(nn.Linear(ndf + nh, nh)), nn.LeakyReLU(0.2), spectral_norm(nn.Linear(nh, 1))
+        )
 
     def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         h = self.blocks[0](x) + self.z_merge(z)[:, :, None, None]
@@ -59,22 +64,29 @@ def inverse_loss(s_real: torch.Tensor, s_fake: torch.Tensor) -> torch.Tensor:
 
 def simultaneous_step(losses: list[tuple[torch.Tensor, list[nn.Parameter], torch.optim.Optimizer]]) -> None:
     """Gradients of every (loss, its parameters) pair from the same graph, then every optimiser steps."""
-    grads = [torch.autograd.grad(loss, params, retain_graph=i < len(losses) - 1, allow_unused=True)
-             for i, (loss, params, _) in enumerate(losses)]
+    grads = [
+        torch.autograd.grad(loss, params, retain_graph=i < len(losses) - 1, allow_unused=True)
+        for i, (loss, params, _) in enumerate(losses)
+    ]
     for (_, params, opt), g in zip(losses, grads):
         apply_grads(params, g)
         opt.step()
 
 
-def bigan_step(d: nn.Module, g: nn.Module, e: nn.Module, x: torch.Tensor, z: torch.Tensor,
-               opt_d: torch.optim.Optimizer, opt_ge: torch.optim.Optimizer) -> dict[str, float]:
+def bigan_step(
+    d: nn.Module,
+    g: nn.Module,
+    e: nn.Module,
+    x: torch.Tensor,
+    z: torch.Tensor,
+    opt_d: torch.optim.Optimizer,
+    opt_ge: torch.optim.Optimizer,
+) -> dict[str, float]:
     """One simultaneous BiGAN update of D (discriminate pairs) and G, E (inverse objective)."""
     s_real, s_fake = d(x, e(x)), d(g(z), z)
     ld, leg = d_loss(s_real, s_fake), inverse_loss(s_real, s_fake)
-    simultaneous_step([(ld, list(d.parameters()), opt_d),
-                       (leg, list(g.parameters()) + list(e.parameters()), opt_ge)])
-    return {"loss_d": ld.item(), "loss_eg": leg.item(), "s_real": s_real.mean().item(),
-            "s_fake": s_fake.mean().item()}
+    simultaneous_step([(ld, list(d.parameters()), opt_d), (leg, list(g.parameters()) + list(e.parameters()), opt_ge)])
+    return {"loss_d": ld.item(), "loss_eg": leg.item(), "s_real": s_real.mean().item(), "s_fake": s_fake.mean().item()}
 
 
 @torch.no_grad()
@@ -119,8 +131,10 @@ class EncoderGANTrainer(BaseTrainer):
 
     def monitor(self) -> dict[str, float]:
         n = self.cfg.monitor_samples
-        return {"recon_val": reconstruction_error(self.g_ema, self.e_ema, self.val[:n]),
-                "recon_train": reconstruction_error(self.g_ema, self.e_ema, self.train[:n])}
+        return {
+            "recon_val": reconstruction_error(self.g_ema, self.e_ema, self.val[:n]),
+            "recon_train": reconstruction_error(self.g_ema, self.e_ema, self.train[:n]),
+        }
 
     def export(self) -> dict:
         return {"E_ema": self.e_ema.state_dict(), "G_ema": self.g_ema.state_dict(), "D": self.d.state_dict()}
@@ -135,9 +149,13 @@ class BiGANTrainer(EncoderGANTrainer):
     def __init__(self, cfg: TrainConfig, preset: Preset, images: torch.Tensor, device: torch.device):
         super().__init__(cfg, preset, images, device)
         self.opt_d = torch.optim.Adam(self.d.parameters(), lr=cfg.lr_d, betas=self.betas)
-        self.opt_ge = torch.optim.Adam([{"params": self.g.parameters(), "lr": self.lr_g},
-                                        {"params": self.e.parameters(), "lr": cfg.lr_e or self.lr_g}],
-                                       betas=self.betas)
+        self.opt_ge = torch.optim.Adam(
+            [
+                {"params": self.g.parameters(), "lr": self.lr_g},
+                {"params": self.e.parameters(), "lr": cfg.lr_e or self.lr_g},
+            ],
+            betas=self.betas,
+        )
 
     def make_discriminator(self, preset: Preset) -> nn.Module:
         return BiGANDiscriminator(preset)

@@ -34,9 +34,13 @@ class BigBiGANDiscriminator(nn.Module):
         ndf, nh = preset.ndf, 4 * preset.ndf
         self.f = resnet_trunk(ndf, preset.resolution, use_sn=True)
         self.h = latent_mlp(preset.nz, nh)
-        self.j = nn.Sequential(spectral_norm(nn.Linear(ndf + nh, nh)), nn.LeakyReLU(0.2),
-                               spectral_norm(nn.Linear(nh, nh)), nn.LeakyReLU(0.2),
-                               spectral_norm(nn.Linear(nh, 1)))
+        self.j = nn.Sequential(
+            spectral_norm(nn.Linear(ndf + nh, nh)),
+            nn.LeakyReLU(0.2),
+            spectral_norm(nn.Linear(nh, nh)),
+            nn.LeakyReLU(0.2),
+            spectral_norm(nn.Linear(nh, 1)),
+        )
         self.s_x = spectral_norm(nn.Linear(ndf, 1))
         self.s_z = spectral_norm(nn.Linear(nh, 1))
 
@@ -70,8 +74,18 @@ class BigBiGANTrainer(EncoderGANTrainer):
     # BigGAN's lr_D = 4 × lr_G; with lr_G = 2e-4 the 10×-faster encoder (2e-3) outran D and scaled its
     # latents up without limit (scores in the thousands within 50 steps on the tiny preset).
     default_lr_g = 5e-5
-    fields = ["loss_d", "loss_eg", "loss_d_x", "loss_d_z", "loss_d_xz", "gap_x", "gap_z", "gap_xz",
-              "recon_val", "recon_train"]
+    fields = [
+        "loss_d",
+        "loss_eg",
+        "loss_d_x",
+        "loss_d_z",
+        "loss_d_xz",
+        "gap_x",
+        "gap_z",
+        "gap_xz",
+        "recon_val",
+        "recon_train",
+    ]
 
     def __init__(self, cfg: TrainConfig, preset: Preset, images: torch.Tensor, device: torch.device):
         super().__init__(cfg, preset, images, device)
@@ -90,13 +104,20 @@ class BigBiGANTrainer(EncoderGANTrainer):
         real, fake = self.d(x, self.e(x, generator=self.rng)), self.d(self.g(z), z)
         terms = d_terms(real, fake)
         ld, leg = sum(terms), eg_loss(real, fake)
-        simultaneous_step([(ld, list(self.d.parameters()), self.opt_d),
-                           (leg, list(self.g.parameters()), self.opt_g),
-                           (leg, list(self.e.parameters()), self.opt_e)])
+        simultaneous_step(
+            [
+                (ld, list(self.d.parameters()), self.opt_d),
+                (leg, list(self.g.parameters()), self.opt_g),
+                (leg, list(self.e.parameters()), self.opt_e),
+            ]
+        )
         self.after_step()
-        return {"loss_d": ld.item(), "loss_eg": leg.item(),
-                **{k: t.item() for k, t in zip(("loss_d_x", "loss_d_z", "loss_d_xz"), terms)},
-                **{k: (r.mean() - f.mean()).item() for k, r, f in zip(("gap_x", "gap_z", "gap_xz"), real, fake)}}
+        return {
+            "loss_d": ld.item(),
+            "loss_eg": leg.item(),
+            **{k: t.item() for k, t in zip(("loss_d_x", "loss_d_z", "loss_d_xz"), terms)},
+            **{k: (r.mean() - f.mean()).item() for k, r, f in zip(("gap_x", "gap_z", "gap_xz"), real, fake)},
+        }
 
     @torch.no_grad()
     def sample_grid(self, n: int = 64) -> torch.Tensor:

@@ -142,8 +142,11 @@ def _iter_tar(path: Path, prefix: str | None) -> Iterator[ImageRecord]:
     archive order and sorted in memory: a .tar.gz cannot seek backwards, so reading it in name order
     would decompress it from the start again for every image (hours instead of seconds)."""
     with tarfile.open(path, "r:*") as tar:
-        members = [m for m in tar.getmembers() if m.isfile() and _is_image_name(m.name)
-                   and (prefix is None or _member_name(m).startswith(prefix))]
+        members = [
+            m
+            for m in tar.getmembers()
+            if m.isfile() and _is_image_name(m.name) and (prefix is None or _member_name(m).startswith(prefix))
+        ]
         in_order = all(a.name <= b.name for a, b in zip(members, members[1:]))
         records = (_read_member(tar, m) for m in members)
         yield from records if in_order else sorted(records, key=lambda r: r.name)
@@ -158,8 +161,9 @@ def _read_member(tar: tarfile.TarFile, m: tarfile.TarInfo) -> ImageRecord:
     return ImageRecord(_member_name(m), f.read() if f else b"")
 
 
-def load_collection(path: str | Path, resolution: int, subdir: str | None = None,
-                    limit: int | None = None, progress: bool = False) -> tuple[torch.Tensor, list[str]]:
+def load_collection(
+    path: str | Path, resolution: int, subdir: str | None = None, limit: int | None = None, progress: bool = False
+) -> tuple[torch.Tensor, list[str]]:
     """Decode a whole collection into an N×3×R×R uint8 tensor, skipping unreadable files with a warning."""
     from tqdm import tqdm
 
@@ -175,6 +179,7 @@ def load_collection(path: str | Path, resolution: int, subdir: str | None = None
             break
     if not arrays:
         where = f"{path}" + (f" (under {subdir}/)" if subdir else "")
-        raise ValueError(f"no readable images found in {where}"
-                         + (f"; {len(skipped)} unreadable file(s) skipped" if skipped else ""))
+        raise ValueError(
+            f"no readable images found in {where}" + (f"; {len(skipped)} unreadable file(s) skipped" if skipped else "")
+        )
     return torch.from_numpy(np.stack(arrays)), names

@@ -57,8 +57,18 @@ class Embedder:
 
     kind = "embedder"  # afv | bigan | bigbigan | gfmn-moments
 
-    def __init__(self, preset: Preset, *, device: torch.device, layout: list[fisher.ParamSlot],
-                 normalization: str, batch_size: int, name: str, model_hash: str, stats_hash: str):
+    def __init__(
+        self,
+        preset: Preset,
+        *,
+        device: torch.device,
+        layout: list[fisher.ParamSlot],
+        normalization: str,
+        batch_size: int,
+        name: str,
+        model_hash: str,
+        stats_hash: str,
+    ):
         if normalization not in fisher.NORMALIZATIONS:
             raise ValueError(f"unknown normalization {normalization!r}; choose one of {fisher.NORMALIZATIONS}")
         self.preset, self.device, self.name = preset, device, name
@@ -110,7 +120,7 @@ class Embedder:
         diff2 = (torch.as_tensor(va) - torch.as_tensor(vb)).double().pow(2)
         total = float(diff2.sum())
         layers = {k: (float(diff2[s].sum()) / total if total > 0 else 0.0) for k, s in self.blocks.items()}
-        return DistanceReport(total ** 0.5, layers)
+        return DistanceReport(total**0.5, layers)
 
     def set_distance(self, xa: torch.Tensor, xb: torch.Tensor) -> float:
         """Distance between two image sets: ‖mean(A) − mean(B)‖ of their vectors."""

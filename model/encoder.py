@@ -59,28 +59,62 @@ class Encoder(nn.Module):
 class EncoderEmbedder(Embedder):
     """Images → E's latent mean (z), its last hidden layer, or both: the BiGAN/BigBiGAN representation."""
 
-    def __init__(self, encoder: Encoder, kind: str, *, device: torch.device, embedding: str = "z",
-                 normalization: str = "none", batch_size: int = 256, name: str = "unnamed"):
+    def __init__(
+        self,
+        encoder: Encoder,
+        kind: str,
+        *,
+        device: torch.device,
+        embedding: str = "z",
+        normalization: str = "none",
+        batch_size: int = 256,
+        name: str = "unnamed",
+    ):
         if embedding not in EMBEDDINGS:
             raise ValueError(f"unknown encoder embedding {embedding!r}; choose one of {', '.join(EMBEDDINGS)}")
-        parts = {"z": [("z", encoder.nz)], "hidden": [("hidden", encoder.hidden_dim)],
-                 "z+hidden": [("z", encoder.nz), ("hidden", encoder.hidden_dim)]}[embedding]
-        super().__init__(encoder.preset, device=device, layout=named_layout(parts), normalization=normalization,
-                         batch_size=batch_size, name=name, model_hash=state_hash(encoder),
-                         stats_hash=config_hash(kind, embedding))
+        parts = {
+            "z": [("z", encoder.nz)],
+            "hidden": [("hidden", encoder.hidden_dim)],
+            "z+hidden": [("z", encoder.nz), ("hidden", encoder.hidden_dim)],
+        }[embedding]
+        super().__init__(
+            encoder.preset,
+            device=device,
+            layout=named_layout(parts),
+            normalization=normalization,
+            batch_size=batch_size,
+            name=name,
+            model_hash=state_hash(encoder),
+            stats_hash=config_hash(kind, embedding),
+        )
         self.kind, self.embedding = kind, embedding
         self.encoder = encoder.to(device).eval()
 
     @classmethod
-    def from_checkpoint(cls, ckpt: dict, path: Path, *, device: torch.device, embedding: str | None = None,
-                        normalization: str | None = None, batch_size: int = 256) -> EncoderEmbedder:
+    def from_checkpoint(
+        cls,
+        ckpt: dict,
+        path: Path,
+        *,
+        device: torch.device,
+        embedding: str | None = None,
+        normalization: str | None = None,
+        batch_size: int = 256,
+    ) -> EncoderEmbedder:
         """The (EMA) encoder of a bigan/bigbigan model.pt or last.pt."""
         preset, method = preset_from_dict(ckpt["preset"]), ckpt["method"]
         enc = Encoder(preset, stochastic=method == "bigbigan")
         load_state(enc, ckpt["E_ema"] if "E_ema" in ckpt else ckpt["E"], "encoder", preset, path)
         name = path.parent.name if path.is_file() else path.name
-        return cls(enc, method, device=device, embedding=embedding or "z",
-                   normalization=normalization or "none", batch_size=batch_size, name=name)
+        return cls(
+            enc,
+            method,
+            device=device,
+            embedding=embedding or "z",
+            normalization=normalization or "none",
+            batch_size=batch_size,
+            name=name,
+        )
 
     @torch.no_grad()
     def raw_embed(self, x: torch.Tensor) -> torch.Tensor:

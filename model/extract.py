@@ -53,15 +53,17 @@ def stats_hash(stats: fisher.FisherStats) -> str:
     return h.hexdigest()
 
 
-def load_or_estimate_stats(run: Path, d: Discriminator, g: Generator, model_hash: str, n: int,
-                           device: torch.device) -> fisher.FisherStats:
+def load_or_estimate_stats(
+    run: Path, d: Discriminator, g: Generator, model_hash: str, n: int, device: torch.device
+) -> fisher.FisherStats:
     """Read RUN/fisher.pt if it belongs to these weights; else estimate from G and save it."""
     path = run / FISHER_FILE if run.is_dir() else run.with_name(FISHER_FILE)
     if path.is_file():
         saved = torch.load(path, map_location="cpu", weights_only=True)
         if saved.get("model_sha256") == model_hash:
-            return fisher.FisherStats(saved["mean"], saved["var"], int(saved["n_samples"]),
-                                      float(saved.get("eps_rel", 1e-6)))
+            return fisher.FisherStats(
+                saved["mean"], saved["var"], int(saved["n_samples"]), float(saved.get("eps_rel", 1e-6))
+            )
         log.warning("%s belongs to other weights; re-estimating Fisher statistics", path)
     log.info("estimating Fisher statistics from %d generator samples (once per model)", n)
     stats = fisher.estimate_stats(fold_spectral_norm(d).to(device), g.to(device), n, progress=True)
@@ -72,8 +74,17 @@ def load_or_estimate_stats(run: Path, d: Discriminator, g: Generator, model_hash
 def save_stats(path: Path, stats: fisher.FisherStats, model_hash: str, extra: dict | None = None) -> None:
     """Store Fisher statistics beside the checkpoint, pinned to the weights' hash (and `extra` pins)."""
     try:
-        atomic_torch_save({"mean": stats.mean, "var": stats.var, "n_samples": stats.n_samples,
-                           "eps_rel": stats.eps_rel, "model_sha256": model_hash, **(extra or {})}, path)
+        atomic_torch_save(
+            {
+                "mean": stats.mean,
+                "var": stats.var,
+                "n_samples": stats.n_samples,
+                "eps_rel": stats.eps_rel,
+                "model_sha256": model_hash,
+                **(extra or {}),
+            },
+            path,
+        )
     except OSError as e:
         log.warning("could not save Fisher statistics to %s: %s", path, e)
 
@@ -83,21 +94,38 @@ class AFVExtractor(Embedder):
 
     kind = "afv"
 
-    def __init__(self, d: Discriminator, g: Generator, stats: fisher.FisherStats, *,
-                 device: torch.device, normalization: str = "none", batch_size: int = 64,
-                 name: str = "unnamed", model_hash: str | None = None):
+    def __init__(
+        self,
+        d: Discriminator,
+        g: Generator,
+        stats: fisher.FisherStats,
+        *,
+        device: torch.device,
+        normalization: str = "none",
+        batch_size: int = 64,
+        name: str = "unnamed",
+        model_hash: str | None = None,
+    ):
         folded = fold_spectral_norm(d).to(device)
-        super().__init__(d.preset, device=device, layout=fisher.param_layout(folded),
-                         normalization=normalization, batch_size=batch_size, name=name,
-                         model_hash=model_hash or state_hash(d), stats_hash=stats_hash(stats))
+        super().__init__(
+            d.preset,
+            device=device,
+            layout=fisher.param_layout(folded),
+            normalization=normalization,
+            batch_size=batch_size,
+            name=name,
+            model_hash=model_hash or state_hash(d),
+            stats_hash=stats_hash(stats),
+        )
         self.d = folded
         self.g = g.to(device).eval()
         self.stats = stats.to(device)
         self.inv_std = self.stats.inv_std()
 
     @classmethod
-    def load(cls, run: str | Path | None = None, device: str = "auto", normalization: str | None = None,
-             batch_size: int = 64) -> AFVExtractor:
+    def load(
+        cls, run: str | Path | None = None, device: str = "auto", normalization: str | None = None, batch_size: int = 64
+    ) -> AFVExtractor:
         """Load RUN_DIR (or the bundled default; or, while none is bundled, a fresh tiny model)."""
         dev = resolve_device(device)
         if run is None:
@@ -109,22 +137,34 @@ class AFVExtractor(Embedder):
         model_hash = state_hash(d)
         stats = load_or_estimate_stats(run, d, g, model_hash, preset.fisher_samples, dev)
         norm = normalization or ckpt.get("normalization", "none")
-        return cls(d, g, stats, device=dev, normalization=norm, batch_size=batch_size,
-                   name=run.name, model_hash=model_hash)
+        return cls(
+            d, g, stats, device=dev, normalization=norm, batch_size=batch_size, name=run.name, model_hash=model_hash
+        )
 
     @classmethod
-    def untrained(cls, preset_name: str, device: torch.device, normalization: str = "none",
-                  batch_size: int = 64, seed: int = 0) -> AFVExtractor:
+    def untrained(
+        cls, preset_name: str, device: torch.device, normalization: str = "none", batch_size: int = 64, seed: int = 0
+    ) -> AFVExtractor:
         """A seeded, freshly initialised model: a stand-in and the 'afv-random' baseline."""
-        log.warning("!!! NO TRAINED MODEL: using a freshly initialised '%s' discriminator (seed %d). "
-                    "Distances are NOT perceptually meaningful; pass --model RUN_DIR. !!!", preset_name, seed)
+        log.warning(
+            "!!! NO TRAINED MODEL: using a freshly initialised '%s' discriminator (seed %d). "
+            "Distances are NOT perceptually meaningful; pass --model RUN_DIR. !!!",
+            preset_name,
+            seed,
+        )
         preset = get_preset(preset_name)
         torch.manual_seed(seed)
         d, g = Discriminator(preset).eval(), Generator(preset).eval()
-        stats = fisher.estimate_stats(fold_spectral_norm(d).to(device), g.to(device),
-                                      preset.fisher_samples, seed=seed)
-        return cls(d, g, stats, device=device, normalization=normalization, batch_size=batch_size,
-                   name=f"untrained-{preset_name}-seed{seed}")
+        stats = fisher.estimate_stats(fold_spectral_norm(d).to(device), g.to(device), preset.fisher_samples, seed=seed)
+        return cls(
+            d,
+            g,
+            stats,
+            device=device,
+            normalization=normalization,
+            batch_size=batch_size,
+            name=f"untrained-{preset_name}-seed{seed}",
+        )
 
     def raw_fisher_vectors(self, x: torch.Tensor) -> torch.Tensor:
         """N×3×R×R uint8 (one batch) → N×P un-normalised V = diag(I)^-1/2 (∇θD(x) − mean), on device."""

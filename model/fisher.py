@@ -66,19 +66,26 @@ def _conv_w_grouped(m: nn.Conv2d, a: torch.Tensor, g: torch.Tensor) -> torch.Ten
     """The batch as conv groups: one weight-gradient convolution yields all B gradients."""
     b = a.shape[0]
     return torch.nn.grad.conv2d_weight(
-        a.reshape(1, -1, *a.shape[2:]), (b * m.out_channels, *m.weight.shape[1:]),
-        g.reshape(1, -1, *g.shape[2:]), stride=m.stride, padding=m.padding,
-        dilation=m.dilation, groups=b,
+        a.reshape(1, -1, *a.shape[2:]),
+        (b * m.out_channels, *m.weight.shape[1:]),
+        g.reshape(1, -1, *g.shape[2:]),
+        stride=m.stride,
+        padding=m.padding,
+        dilation=m.dilation,
+        groups=b,
     )
 
 
 def _conv_w_split(m: nn.Conv2d, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """One weight-gradient convolution per sample, on captured tensors (no extra forward/backward)."""
-    return torch.stack([
-        torch.nn.grad.conv2d_weight(a[i : i + 1], m.weight.shape, g[i : i + 1], stride=m.stride,
-                                    padding=m.padding, dilation=m.dilation)
-        for i in range(a.shape[0])
-    ])
+    return torch.stack(
+        [
+            torch.nn.grad.conv2d_weight(
+                a[i : i + 1], m.weight.shape, g[i : i + 1], stride=m.stride, padding=m.padding, dilation=m.dilation
+            )
+            for i in range(a.shape[0])
+        ]
+    )
 
 
 _CONV_METHODS = (_conv_w_unfold, _conv_w_grouped, _conv_w_split)
@@ -248,8 +255,9 @@ def normalize(v: torch.Tensor, method: str) -> torch.Tensor:
 
 
 @torch.no_grad()
-def estimate_stats(d: nn.Module, g: nn.Module, n: int, batch_size: int = 64, seed: int = 0,
-                   progress: bool = False) -> FisherStats:
+def estimate_stats(
+    d: nn.Module, g: nn.Module, n: int, batch_size: int = 64, seed: int = 0, progress: bool = False
+) -> FisherStats:
     """Fisher statistics of folded D from `n` samples of G (streamed: O(P) memory)."""
     from tqdm import tqdm
 

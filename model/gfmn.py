@@ -140,13 +140,17 @@ class GFMNTrainer(BaseTrainer):
     def __init__(self, cfg: TrainConfig, preset: Preset, images: torch.Tensor, device: torch.device):
         super().__init__(cfg, preset, images, device)
         if not cfg.features:
-            raise ValueError("--method gfmn needs --features RUN_DIR: a trained afv, bigan or bigbigan run "
-                             "whose network supplies the features to match")
+            raise ValueError(
+                "--method gfmn needs --features RUN_DIR: a trained afv, bigan or bigbigan run "
+                "whose network supplies the features to match"
+            )
         self.source = feature_source(cfg.features)
         res = preset_from_dict(self.source["preset"]).resolution
         if res != preset.resolution:
-            raise ValueError(f"the feature network works at {res} px but preset '{preset.name}' "
-                             f"generates {preset.resolution} px images")
+            raise ValueError(
+                f"the feature network works at {res} px but preset '{preset.name}' "
+                f"generates {preset.resolution} px images"
+            )
         self.features = feature_net(self.source).to(device)
         self.g = Generator(preset).to(device)
         self.g_ema = copy.deepcopy(self.g).eval()
@@ -195,8 +199,10 @@ class GFMNTrainer(BaseTrainer):
     def monitor(self) -> dict[str, float]:
         n = min(self.cfg.monitor_samples, self.val.shape[0])
         gen = self._generated(n)
-        return {"moment_val_gen": set_distance(self.features, self.val[:n], gen) ** 2,
-                "moment_train_gen": set_distance(self.features, self.train[:n], gen) ** 2}
+        return {
+            "moment_val_gen": set_distance(self.features, self.val[:n], gen) ** 2,
+            "moment_train_gen": set_distance(self.features, self.train[:n], gen) ** 2,
+        }
 
     def export(self) -> dict:
         return {"G_ema": self.g_ema.state_dict(), "features": self.source}
@@ -233,9 +239,16 @@ class MomentEmbedder(Embedder):
         self.net = feature_net(source).to(device)
         r = preset.resolution
         dims = [f.shape[1] for f in self.net(torch.zeros(1, 3, r, r, device=device))]
-        super().__init__(preset, device=device, layout=named_layout([(f"blocks.{i}", n) for i, n in enumerate(dims)]),
-                         normalization="none", batch_size=batch_size, name=name, model_hash=source["sha256"],
-                         stats_hash=config_hash("gfmn-moments", source["method"]))
+        super().__init__(
+            preset,
+            device=device,
+            layout=named_layout([(f"blocks.{i}", n) for i, n in enumerate(dims)]),
+            normalization="none",
+            batch_size=batch_size,
+            name=name,
+            model_hash=source["sha256"],
+            stats_hash=config_hash("gfmn-moments", source["method"]),
+        )
 
     @classmethod
     def from_run(cls, run: str | Path, device: torch.device, batch_size: int = 128) -> MomentEmbedder:

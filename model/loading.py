@@ -24,8 +24,14 @@ from model.presets import preset_from_dict
 from model.pyramid import with_readout
 
 
-def load_embedder(run: str | Path | None = None, device: str = "auto", normalization: str | None = None,
-                  batch_size: int = 64, embedding: str | None = None, readout: str | None = None) -> Embedder:
+def load_embedder(
+    run: str | Path | None = None,
+    device: str = "auto",
+    normalization: str | None = None,
+    batch_size: int = 64,
+    embedding: str | None = None,
+    readout: str | None = None,
+) -> Embedder:
     """RUN_DIR (or model.pt/last.pt path; None = the bundled default) → its embedder.
 
     `readout` ('global' or 'pyramid-1-2-4', …) overrides the AFV read-out the model was exported with.
@@ -48,15 +54,18 @@ def load_embedder(run: str | Path | None = None, device: str = "auto", normaliza
     dev = resolve_device(device)
     if method in ("bigan", "bigbigan"):
         from model.encoder import EncoderEmbedder
-        return EncoderEmbedder.from_checkpoint(ckpt, path, device=dev, embedding=embedding,
-                                               normalization=normalization, batch_size=max(batch_size, 256))
+
+        return EncoderEmbedder.from_checkpoint(
+            ckpt, path, device=dev, embedding=embedding, normalization=normalization, batch_size=max(batch_size, 256)
+        )
     if method == "gfmn":
         return _gfmn_embedder(ckpt, path, Path(run), dev, normalization, batch_size)
     raise ValueError(f"{path}: unknown training method {method!r}")
 
 
-def _gfmn_embedder(ckpt: dict, path: Path, run: Path, dev: torch.device, normalization: str | None,
-                   batch_size: int) -> Embedder:
+def _gfmn_embedder(
+    ckpt: dict, path: Path, run: Path, dev: torch.device, normalization: str | None, batch_size: int
+) -> Embedder:
     from model.gfmn import MomentEmbedder, sampler_key, source_network
 
     source = ckpt["features"]
@@ -68,5 +77,13 @@ def _gfmn_embedder(ckpt: dict, path: Path, run: Path, dev: torch.device, normali
     g.eval()
     model_hash = state_hash(d)
     stats = load_or_estimate_stats(run, d, g, sampler_key(model_hash, g), g_preset.fisher_samples, dev)
-    return AFVExtractor(d, g, stats, device=dev, normalization=normalization or "none", batch_size=batch_size,
-                        name=run.name if run.is_dir() else run.parent.name, model_hash=model_hash)
+    return AFVExtractor(
+        d,
+        g,
+        stats,
+        device=dev,
+        normalization=normalization or "none",
+        batch_size=batch_size,
+        name=run.name if run.is_dir() else run.parent.name,
+        model_hash=model_hash,
+    )

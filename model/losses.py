@@ -22,8 +22,9 @@ def g_loss(d_fake: torch.Tensor) -> torch.Tensor:
     return 0.5 * (d_fake - 1).pow(2).mean()
 
 
-def langevin_target(d: nn.Module, x_fake: torch.Tensor, gamma: float, noise_std: float,
-                    generator: torch.Generator | None = None) -> torch.Tensor:
+def langevin_target(
+    d: nn.Module, x_fake: torch.Tensor, gamma: float, noise_std: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """One Langevin step x + gamma·∇x D(x) + noise_std·ε from the generator's samples (no grad)."""
     x = x_fake.detach().requires_grad_(True)
     with torch.enable_grad():

@@ -26,8 +26,9 @@ def _mean_fv(d: nn.Module, stats: fisher.FisherStats, x: torch.Tensor, batch: in
 
 
 @torch.no_grad()
-def fisher_monitor(d: Discriminator, g: nn.Module, train: torch.Tensor, val: torch.Tensor,
-                   n_samples: int, seed: int) -> dict[str, float]:
+def fisher_monitor(
+    d: Discriminator, g: nn.Module, train: torch.Tensor, val: torch.Tensor, n_samples: int, seed: int
+) -> dict[str, float]:
     """fd_val_gen, fd_train_gen and fd_val_train under Fisher statistics from `n_samples` of G."""
     device = next(d.parameters()).device
     fd = fold_spectral_norm(d)
@@ -38,5 +39,8 @@ def fisher_monitor(d: Discriminator, g: nn.Module, train: torch.Tensor, val: tor
     m_val = _mean_fv(fd, stats, val.to(device))
     m_train = _mean_fv(fd, stats, train[:n].to(device))
     m_gen = _mean_fv(fd, stats, gen)
-    return {"fd_val_gen": float((m_val - m_gen).norm()), "fd_train_gen": float((m_train - m_gen).norm()),
-            "fd_val_train": float((m_val - m_train).norm())}
+    return {
+        "fd_val_gen": float((m_val - m_gen).norm()),
+        "fd_train_gen": float((m_train - m_gen).norm()),
+        "fd_val_train": float((m_val - m_train).norm()),
+    }

@@ -108,8 +108,9 @@ class Generator(nn.Module):
         h = self.fc(z).view(z.shape[0], -1, 4, 4)
         return torch.tanh(self.out(F.relu(self.bn(self.blocks(h)))))
 
-    def sample(self, n: int, generator: torch.Generator | None = None, device=None,
-               truncation: float | None = None) -> torch.Tensor:
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, device=None, truncation: float | None = None
+    ) -> torch.Tensor:
         """Draw n images from N(0, I) latents (truncated at |z| ≤ truncation if given)."""
         device = device or next(self.parameters()).device
         if truncation is None:
@@ -119,8 +120,9 @@ class Generator(nn.Module):
         return self(z.to(device))
 
 
-def truncated_normal(n: int, nz: int, threshold: float, generator: torch.Generator | None = None,
-                     max_rounds: int = 1000) -> torch.Tensor:
+def truncated_normal(
+    n: int, nz: int, threshold: float, generator: torch.Generator | None = None, max_rounds: int = 1000
+) -> torch.Tensor:
     """BigGAN's truncation trick: N(0, I) latents whose entries above `threshold` in magnitude are resampled."""
     if threshold <= 0:
         raise ValueError(f"truncation threshold must be positive, got {threshold}")

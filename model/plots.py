@@ -33,13 +33,25 @@ def _read_metrics(path: Path) -> dict[str, np.ndarray]:
 
 
 MONITORS = {  # method → (title, log scale, {column: label}) of the right-hand panel
-    "afv": ("Fisher distance between image sets (monitor)", True,
-            {"fd_val_gen": "held-out real ↔ generated", "fd_train_gen": "train ↔ generated",
-             "fd_val_train": "held-out ↔ train"}),
-    "bigan": ("inversion: ‖G(E(x)) − x‖² per pixel, held-out images", False,
-              {"recon_val": "held-out", "recon_train": "train"}),
-    "gfmn": ("feature-moment loss (no moving average)", True,
-             {"moment_val_gen": "held-out real ↔ generated", "moment_train_gen": "train ↔ generated"}),
+    "afv": (
+        "Fisher distance between image sets (monitor)",
+        True,
+        {
+            "fd_val_gen": "held-out real ↔ generated",
+            "fd_train_gen": "train ↔ generated",
+            "fd_val_train": "held-out ↔ train",
+        },
+    ),
+    "bigan": (
+        "inversion: ‖G(E(x)) − x‖² per pixel, held-out images",
+        False,
+        {"recon_val": "held-out", "recon_train": "train"},
+    ),
+    "gfmn": (
+        "feature-moment loss (no moving average)",
+        True,
+        {"moment_val_gen": "held-out real ↔ generated", "moment_train_gen": "train ↔ generated"},
+    ),
 }
 MONITORS["bigbigan"] = MONITORS["bigan"]
 

@@ -82,8 +82,9 @@ def parse_readout(spec: str | None) -> Readout:
     powers of two."""
     core, *flags = (spec or GLOBAL).split("+")
     if any(f"+{f}" not in (BLOCKS, LOWRES) for f in flags) or len(set(flags)) != len(flags):
-        raise ValueError(f"unknown read-out {spec!r}; use 'global' or 'pyramid-N-M-…', optionally with "
-                         "'+lowres' and/or '+blocks'")
+        raise ValueError(
+            f"unknown read-out {spec!r}; use 'global' or 'pyramid-N-M-…', optionally with '+lowres' and/or '+blocks'"
+        )
     per_block, lowres = BLOCKS[1:] in flags, LOWRES[1:] in flags
     if core == GLOBAL:
         return Readout((1,), per_block, lowres)
@@ -93,8 +94,10 @@ def parse_readout(spec: str | None) -> Readout:
             raise ValueError
         levels = tuple(int(p) for p in parts[1:])
     except ValueError:
-        raise ValueError(f"unknown read-out {spec!r}; use 'global' or 'pyramid-N-M-…' (grid sizes, e.g. "
-                         "pyramid-1-2-4), optionally with '+lowres' and/or '+blocks'") from None
+        raise ValueError(
+            f"unknown read-out {spec!r}; use 'global' or 'pyramid-N-M-…' (grid sizes, e.g. "
+            "pyramid-1-2-4), optionally with '+lowres' and/or '+blocks'"
+        ) from None
     if list(levels) != sorted(set(levels)) or any(n < 1 or n & (n - 1) for n in levels):
         raise ValueError(f"pyramid levels must be distinct ascending powers of two, got {spec!r}")
     return Readout(levels, per_block, lowres)
@@ -203,8 +206,9 @@ def cell_labels(levels: tuple[int, ...]) -> list[tuple[int, int, int]]:
 
 
 @torch.no_grad()
-def estimate_pyramid_stats(d: nn.Module, g: nn.Module, readout: Readout, n: int,
-                           batch_size: int = 32, seed: int = 0, progress: bool = False) -> fisher.FisherStats:
+def estimate_pyramid_stats(
+    d: nn.Module, g: nn.Module, readout: Readout, n: int, batch_size: int = 32, seed: int = 0, progress: bool = False
+) -> fisher.FisherStats:
     """Per-cell Fisher statistics (V·R·P means and variances) from `n` generator samples."""
     from tqdm import tqdm
 
@@ -283,7 +287,7 @@ class PyramidAFVExtractor(AFVExtractor):
         for i, (n, row, col) in enumerate(self.cells):
             grid = regions.setdefault(f"{n}x{n}", [[0.0] * n for _ in range(n)])
             grid[row][col] = float(per_cell[i])
-        return DistanceReport(total ** 0.5, layers, regions)
+        return DistanceReport(total**0.5, layers, regions)
 
 
 def pyramid_stats_hash(base_hash: str, readout: str, stats: fisher.FisherStats) -> str:
@@ -301,8 +305,7 @@ def stats_path(run: Path, readout: str) -> Path:
     return folder / f"fisher-{readout}.pt"
 
 
-def load_or_estimate_pyramid_stats(run: Path | None, base: AFVExtractor, spec: Readout,
-                                   n: int) -> fisher.FisherStats:
+def load_or_estimate_pyramid_stats(run: Path | None, base: AFVExtractor, spec: Readout, n: int) -> fisher.FisherStats:
     """Read RUN/fisher-<readout>.pt if it belongs to these weights; else estimate from G (and save it)."""
     if spec.stats_name == GLOBAL:
         return base.stats
@@ -311,8 +314,9 @@ def load_or_estimate_pyramid_stats(run: Path | None, base: AFVExtractor, spec: R
     if path is not None and path.is_file():
         saved = torch.load(path, map_location="cpu", weights_only=True)
         if saved.get("model_sha256") == base.model_hash and saved.get("base_stats") == base.stats_hash:
-            return fisher.FisherStats(saved["mean"], saved["var"], int(saved["n_samples"]),
-                                      float(saved.get("eps_rel", 1e-6)))
+            return fisher.FisherStats(
+                saved["mean"], saved["var"], int(saved["n_samples"]), float(saved.get("eps_rel", 1e-6))
+            )
         log.warning("%s belongs to other weights; re-estimating", path)
     log.info("estimating %s Fisher statistics from %d generator samples (once per model)", readout, n)
     stats = estimate_pyramid_stats(base.d, base.g, spec, n, progress=True)
@@ -329,8 +333,10 @@ def with_readout(base: AFVExtractor, readout: str | None, run: Path | None = Non
         return base
     smallest = _smallest_map(base)
     if spec.levels[-1] > smallest:
-        raise ValueError(f"read-out {readout!r}: the finest grid ({spec.levels[-1]}×{spec.levels[-1]}) is finer "
-                         f"than D's smallest feature map ({smallest}×{smallest})")
+        raise ValueError(
+            f"read-out {readout!r}: the finest grid ({spec.levels[-1]}×{spec.levels[-1]}) is finer "
+            f"than D's smallest feature map ({smallest}×{smallest})"
+        )
     stats = load_or_estimate_pyramid_stats(run, base, spec, base.preset.fisher_samples)
     return PyramidAFVExtractor(base, spec, stats)
 

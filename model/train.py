@@ -75,8 +75,13 @@ class Trainer(BaseTrainer):
         self.opt_g.step()
         update_ema(self.g_ema, self.g, self.cfg.ema)
         self.step += 1
-        return {"loss_d": ld.item(), "loss_g": lg.item(), "loss_mcmc": lm.item(),
-                "d_real": d_real.mean().item(), "d_fake": d_fake.mean().item()}
+        return {
+            "loss_d": ld.item(),
+            "loss_g": lg.item(),
+            "loss_mcmc": lm.item(),
+            "d_real": d_real.mean().item(),
+            "d_fake": d_fake.mean().item(),
+        }
 
     @torch.no_grad()
     def sample_grid(self, n: int = 64) -> torch.Tensor:
@@ -100,12 +105,15 @@ def trainer_class(method: str) -> type[BaseTrainer]:
         return Trainer
     if method == "bigan":
         from model.bigan import BiGANTrainer
+
         return BiGANTrainer
     if method == "bigbigan":
         from model.bigbigan import BigBiGANTrainer
+
         return BigBiGANTrainer
     if method == "gfmn":
         from model.gfmn import GFMNTrainer
+
         return GFMNTrainer
     raise ValueError(f"unknown training method {method!r}; choose one of {', '.join(METHODS)}")
 
@@ -142,8 +150,11 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         trainer.load(out / LAST_FILE)
         log.info("resuming %s from step %d", out, trainer.step)
     (out / MODEL_FILE).unlink(missing_ok=True)  # stale once training continues
-    (out / "config.json").write_text(json.dumps({"config": asdict(cfg), "preset": preset.to_dict(),
-                                                  "split": split, "n_images": images.shape[0]}, indent=2))
+    (out / "config.json").write_text(
+        json.dumps(
+            {"config": asdict(cfg), "preset": preset.to_dict(), "split": split, "n_images": images.shape[0]}, indent=2
+        )
+    )
     _loop(trainer, out, progress)
     finish(trainer, out)
     return out
@@ -166,8 +177,9 @@ def _loop(tr: BaseTrainer, out: Path, progress: bool) -> None:
             checkpoint(tr, out, window, img_per_s=len(window) * tr.batch_size / max(wall, 1e-9))
             window, t0 = [], time.perf_counter()
         if out_of_time:
-            log.info("stopping at step %d after %.1f min (--max-minutes); run again to resume",
-                     tr.step, tr.cfg.max_minutes)
+            log.info(
+                "stopping at step %d after %.1f min (--max-minutes); run again to resume", tr.step, tr.cfg.max_minutes
+            )
             break
     bar.close()
 

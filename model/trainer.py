@@ -111,8 +111,14 @@ class BaseTrainer:
 
     # --- shared ------------------------------------------------------------------------------
     def state(self) -> dict:
-        state = {"format": FORMAT, "method": self.method, "preset": self.preset.to_dict(), "step": self.step,
-                 "rng": self.rng.get_state(), "wall_s": self.wall_s}
+        state = {
+            "format": FORMAT,
+            "method": self.method,
+            "preset": self.preset.to_dict(),
+            "step": self.step,
+            "rng": self.rng.get_state(),
+            "wall_s": self.wall_s,
+        }
         state.update({name: m.state_dict() for name, m in self.modules().items()})
         state.update({f"opt_{name}": o.state_dict() for name, o in self.optimizers().items()})
         return state
@@ -124,8 +130,9 @@ class BaseTrainer:
         if method != self.method:
             raise ValueError(f"{path} is a '{method}' run; cannot resume it with --method {self.method}")
         if saved != self.preset:
-            raise ValueError(f"{path} was trained with preset '{saved.name}' ({saved}); "
-                             f"cannot resume it as '{self.preset.name}'")
+            raise ValueError(
+                f"{path} was trained with preset '{saved.name}' ({saved}); cannot resume it as '{self.preset.name}'"
+            )
         for key, mod in self.modules().items():
             load_state(mod, ckpt[key], key, self.preset, path)
         for key, opt in self.optimizers().items():
@@ -141,8 +148,13 @@ class BaseTrainer:
 
     def export_state(self) -> dict:
         """model.pt: the method's inference weights on CPU plus what identifies them."""
-        return {"format": FORMAT, "method": self.method, "preset": self.preset.to_dict(), "step": self.step,
-                **_to_cpu(self.export())}
+        return {
+            "format": FORMAT,
+            "method": self.method,
+            "preset": self.preset.to_dict(),
+            "step": self.step,
+            **_to_cpu(self.export()),
+        }
 
     def real_batch(self) -> torch.Tensor:
         """A random batch of training images in [-1, 1] (from the run's RNG: resumable)."""

@@ -32,8 +32,11 @@ def api_keys(settings: Settings) -> list[str]:
     if settings.api_keys:
         return list(settings.api_keys)
     key = secrets.token_urlsafe(24)
-    log.warning("!!! No API key configured (AFV_API_KEYS). Generated one for this run; write endpoints "
-                "need:  Authorization: Bearer %s  !!!", key)
+    log.warning(
+        "!!! No API key configured (AFV_API_KEYS). Generated one for this run; write endpoints "
+        "need:  Authorization: Bearer %s  !!!",
+        key,
+    )
     return [key]
 
 
@@ -55,14 +58,14 @@ def _lifespan(settings: Settings):
                 await asyncio.gather(demo, return_exceptions=True)
             app.state.engine = None
             await engine.stop()
+
     return lifespan
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; the model and index are loaded when it starts (lifespan), not here."""
     settings = settings or get_settings()
-    app = FastAPI(title="AFV similarity service", version="1", description=DESCRIPTION,
-                  lifespan=_lifespan(settings))
+    app = FastAPI(title="AFV similarity service", version="1", description=DESCRIPTION, lifespan=_lifespan(settings))
     app.state.settings, app.state.metrics, app.state.engine = settings, Metrics(), None
     install_error_handlers(app)
     for module in (health, similarity, jnd, search, images, index, ui):

@@ -56,8 +56,13 @@ class BatcherClosed(RuntimeError):
 class MicroBatcher:
     """Bounded-wait, bounded-size batching of model calls, executed in one worker thread."""
 
-    def __init__(self, fns: dict[str, BatchFn], max_batch: int = 32, max_wait_s: float = 0.005,
-                 observer: BatchObserver | None = None):
+    def __init__(
+        self,
+        fns: dict[str, BatchFn],
+        max_batch: int = 32,
+        max_wait_s: float = 0.005,
+        observer: BatchObserver | None = None,
+    ):
         if max_batch < 1 or max_wait_s < 0:
             raise ValueError("max_batch must be ≥ 1 and max_wait_s ≥ 0")
         self.fns, self.max_batch, self.max_wait_s = fns, max_batch, max_wait_s
@@ -93,8 +98,7 @@ class MicroBatcher:
         if self._task is None:
             raise BatcherClosed("batcher is not running")
         loop = asyncio.get_running_loop()
-        jobs = [_Job(kind, x[i : i + self.max_batch], loop.create_future())
-                for i in range(0, len(x), self.max_batch)]
+        jobs = [_Job(kind, x[i : i + self.max_batch], loop.create_future()) for i in range(0, len(x), self.max_batch)]
         self._pending.extend(jobs)
         self._wake.set()
         return np.concatenate(await asyncio.gather(*(j.future for j in jobs)))

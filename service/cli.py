@@ -9,22 +9,28 @@ from typing import Annotated
 
 import typer
 
-app = typer.Typer(help="Adversarial Fisher Vectors: perceptual similarity and reverse image search.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Adversarial Fisher Vectors: perceptual similarity and reverse image search.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 bench_app = typer.Typer(help="Benchmarks (not part of the test suite).", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 
 ModelOpt = Annotated[Path | None, typer.Option("--model", help="Run directory (default: the bundled model).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
-ReadoutOpt = Annotated[str | None, typer.Option(
-    help="AFV read-out: global | pyramid-1-2-4 (spatial pyramid levels); default: the model's.")]
+ReadoutOpt = Annotated[
+    str | None,
+    typer.Option(help="AFV read-out: global | pyramid-1-2-4 (spatial pyramid levels); default: the model's."),
+]
 
 
 @app.callback()
 def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
 
 def fail(message: str) -> None:
@@ -65,8 +71,10 @@ def train(
     out: Annotated[Path, typer.Option(help="Run directory (resumes if it holds last.pt).")],
     preset: Annotated[str, typer.Option(help="tiny | cpu | cpu64 | paper | paper64")] = "cpu",
     method: Annotated[str, typer.Option(help="afv (EBM-GAN) | bigan | bigbigan | gfmn")] = "afv",
-    features: Annotated[Path | None, typer.Option(
-        help="gfmn: run directory whose network supplies the features to match (afv, bigan or bigbigan).")] = None,
+    features: Annotated[
+        Path | None,
+        typer.Option(help="gfmn: run directory whose network supplies the features to match (afv, bigan or bigbigan)."),
+    ] = None,
     steps: Annotated[int | None, typer.Option(help="Total steps (default: the preset's).")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Default: the preset's.")] = None,
     device: DeviceOpt = "auto",
@@ -74,13 +82,16 @@ def train(
     limit: Annotated[int | None, typer.Option(help="Use only the first N images.")] = None,
     gamma: Annotated[float, typer.Option(help="MCMC generator term step size (0 = off).")] = 0.0,
     noise_std: Annotated[float, typer.Option(help="MCMC generator term noise.")] = 0.0,
-    lr_g: Annotated[float | None, typer.Option(
-        help="Generator learning rate (default: afv/bigan/bigbigan 2e-4, gfmn 1e-4).")] = None,
+    lr_g: Annotated[
+        float | None, typer.Option(help="Generator learning rate (default: afv/bigan/bigbigan 2e-4, gfmn 1e-4).")
+    ] = None,
     lr_d: Annotated[float, typer.Option(help="Discriminator learning rate.")] = 4e-4,
-    lr_e: Annotated[float | None, typer.Option(
-        help="Encoder learning rate (default: bigan = lr_g, bigbigan = 10 × lr_g).")] = None,
-    truncation: Annotated[float | None, typer.Option(
-        help="bigbigan: sample grids from latents truncated at this |z| (BigGAN's trick).")] = None,
+    lr_e: Annotated[
+        float | None, typer.Option(help="Encoder learning rate (default: bigan = lr_g, bigbigan = 10 × lr_g).")
+    ] = None,
+    truncation: Annotated[
+        float | None, typer.Option(help="bigbigan: sample grids from latents truncated at this |z| (BigGAN's trick).")
+    ] = None,
     ama_lr: Annotated[float, typer.Option(help="gfmn: learning rate of the ADAM moving average.")] = 1e-2,
     augment: Annotated[str, typer.Option(help="Real-image augmentation: none | flip | flip+translate.")] = "none",
     ckpt_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 500,
@@ -94,11 +105,29 @@ def train(
     from model.train import TrainConfig
     from model.train import train as run_training
 
-    cfg = TrainConfig(data=str(data), out=str(out), preset=preset, method=method, steps=steps,
-                      batch_size=batch_size, device=device, split=split or None, limit=limit, gamma=gamma,
-                      noise_std=noise_std, lr_g=lr_g, lr_d=lr_d, lr_e=lr_e, truncation=truncation,
-                      features=str(features) if features else None, ama_lr=ama_lr, augment=augment,
-                      ckpt_every=ckpt_every, seed=seed, max_minutes=max_minutes)
+    cfg = TrainConfig(
+        data=str(data),
+        out=str(out),
+        preset=preset,
+        method=method,
+        steps=steps,
+        batch_size=batch_size,
+        device=device,
+        split=split or None,
+        limit=limit,
+        gamma=gamma,
+        noise_std=noise_std,
+        lr_g=lr_g,
+        lr_d=lr_d,
+        lr_e=lr_e,
+        truncation=truncation,
+        features=str(features) if features else None,
+        ama_lr=ama_lr,
+        augment=augment,
+        ckpt_every=ckpt_every,
+        seed=seed,
+        max_minutes=max_minutes,
+    )
     if threads:
         import torch
 
@@ -112,8 +141,7 @@ def train(
 
 
 @app.command()
-def fisher(model: Annotated[Path, typer.Option("--model")], samples: int = 2048,
-           device: DeviceOpt = "auto") -> None:
+def fisher(model: Annotated[Path, typer.Option("--model")], samples: int = 2048, device: DeviceOpt = "auto") -> None:
     """(Re-)estimate a run's Fisher statistics from N generator samples and save fisher.pt."""
     from model.checkpoint import find_checkpoint, load_networks, state_hash
     from model.extract import FISHER_FILE, resolve_device, save_stats
@@ -128,12 +156,15 @@ def fisher(model: Annotated[Path, typer.Option("--model")], samples: int = 2048,
 
 
 @app.command()
-def export(model: Annotated[Path, typer.Option("--model", help="Run directory.")],
-           out: Annotated[Path, typer.Option(help="Folder to write (e.g. model/weights/NAME).")],
-           default: Annotated[bool, typer.Option(help="Make it the bundled default.")] = False,
-           normalization: Annotated[str | None, typer.Option(
-               help="AFV normalisation recorded with the model: none | l2 | power.")] = None,
-           readout: ReadoutOpt = None) -> None:
+def export(
+    model: Annotated[Path, typer.Option("--model", help="Run directory.")],
+    out: Annotated[Path, typer.Option(help="Folder to write (e.g. model/weights/NAME).")],
+    default: Annotated[bool, typer.Option(help="Make it the bundled default.")] = False,
+    normalization: Annotated[
+        str | None, typer.Option(help="AFV normalisation recorded with the model: none | l2 | power.")
+    ] = None,
+    readout: ReadoutOpt = None,
+) -> None:
     """Copy a run's inference weights, Fisher statistics (if any) and training record into a small folder."""
     import shutil
 
@@ -182,13 +213,19 @@ def export(model: Annotated[Path, typer.Option("--model", help="Run directory.")
     typer.echo(f"exported step {ckpt['step']} of {model} to {out}")
 
 
-EmbeddingOpt = Annotated[str | None, typer.Option(
-    help="bigan/bigbigan models: z | hidden | z+hidden (default z).")]
+EmbeddingOpt = Annotated[str | None, typer.Option(help="bigan/bigbigan models: z | hidden | z+hidden (default z).")]
 
 
 @app.command()
-def distance(image_a: Path, image_b: Path, model: ModelOpt = None, device: DeviceOpt = "auto",
-             embedding: EmbeddingOpt = None, readout: ReadoutOpt = None, json_out: JsonOpt = False) -> None:
+def distance(
+    image_a: Path,
+    image_b: Path,
+    model: ModelOpt = None,
+    device: DeviceOpt = "auto",
+    embedding: EmbeddingOpt = None,
+    readout: ReadoutOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
     """Distance between two images (Fisher distance for AFV models), with each block's share and, for
     spatial read-outs, each image cell's share."""
     ext = _load_extractor(model, device, embedding, readout)
@@ -207,11 +244,20 @@ def distance(image_a: Path, image_b: Path, model: ModelOpt = None, device: Devic
 
 
 @app.command("set-distance")
-def set_distance(dir_a: Path, dir_b: Path, model: ModelOpt = None, device: DeviceOpt = "auto",
-                 metric: Annotated[str, typer.Option(
-                     help="fisher: ‖mean AFV(A) − mean AFV(B)‖ (or the model's own mean-vector distance); "
-                          "gfmn-moments: GFMN's moment-matching loss on the model's features.")] = "fisher",
-                 json_out: JsonOpt = False) -> None:
+def set_distance(
+    dir_a: Path,
+    dir_b: Path,
+    model: ModelOpt = None,
+    device: DeviceOpt = "auto",
+    metric: Annotated[
+        str,
+        typer.Option(
+            help="fisher: ‖mean AFV(A) − mean AFV(B)‖ (or the model's own mean-vector distance); "
+            "gfmn-moments: GFMN's moment-matching loss on the model's features."
+        ),
+    ] = "fisher",
+    json_out: JsonOpt = False,
+) -> None:
     """Distance between two image sets: Fisher (mean AFVs) or GFMN feature moments."""
     if metric not in ("fisher", "gfmn-moments"):
         fail(f"unknown set metric {metric!r}; choose fisher or gfmn-moments")
@@ -222,9 +268,11 @@ def set_distance(dir_a: Path, dir_b: Path, model: ModelOpt = None, device: Devic
     xa, xb = (_load_images(p, ext.resolution) for p in (dir_a, dir_b))
     d = ext.set_distance(xa, xb)
     label = "Fisher set distance" if metric == "fisher" and ext.kind == "afv" else f"{ext.kind} set distance"
-    typer.echo(json.dumps({"distance": d, "metric": metric, "method": ext.kind, "n_a": xa.shape[0],
-                           "n_b": xb.shape[0]}) if json_out
-               else f"{label}: {d:.6g} ({xa.shape[0]} vs {xb.shape[0]} images)")
+    typer.echo(
+        json.dumps({"distance": d, "metric": metric, "method": ext.kind, "n_a": xa.shape[0], "n_b": xb.shape[0]})
+        if json_out
+        else f"{label}: {d:.6g} ({xa.shape[0]} vs {xb.shape[0]} images)"
+    )
 
 
 def _load_moments(model: Path | None, device: str):
@@ -242,15 +290,18 @@ def _load_moments(model: Path | None, device: str):
 
 
 @app.command()
-def sample(model: Annotated[Path, typer.Option("--model", help="Run directory (any method).")],
-           out: Annotated[Path, typer.Option(
-               help="PNG grid to write; a path without .png is a folder that gets one PNG per sample.")]
-           = Path("samples.png"),
-           n: Annotated[int, typer.Option(help="Number of images.")] = 64,
-           truncation: Annotated[float | None, typer.Option(
-               help="Resample latent entries above this |z| (BigGAN's truncation trick); none = plain N(0, I).")]
-           = None,
-           seed: int = 0) -> None:
+def sample(
+    model: Annotated[Path, typer.Option("--model", help="Run directory (any method).")],
+    out: Annotated[
+        Path, typer.Option(help="PNG grid to write; a path without .png is a folder that gets one PNG per sample.")
+    ] = Path("samples.png"),
+    n: Annotated[int, typer.Option(help="Number of images.")] = 64,
+    truncation: Annotated[
+        float | None,
+        typer.Option(help="Resample latent entries above this |z| (BigGAN's truncation trick); none = plain N(0, I)."),
+    ] = None,
+    seed: int = 0,
+) -> None:
     """Draw a grid of samples from a run's (EMA) generator, optionally with truncated latents."""
     import torch
 
@@ -284,10 +335,12 @@ def sample(model: Annotated[Path, typer.Option("--model", help="Run directory (a
 
 
 @app.command()
-def reconstruct(images: Annotated[Path, typer.Argument(help="Image file, folder or .tar(.gz).")],
-                model: Annotated[Path, typer.Option("--model", help="A bigan or bigbigan run directory.")],
-                out: Annotated[Path, typer.Option(help="PNG to write.")] = Path("reconstructions.png"),
-                n: Annotated[int, typer.Option(help="Images shown (the first N).")] = 32) -> None:
+def reconstruct(
+    images: Annotated[Path, typer.Argument(help="Image file, folder or .tar(.gz).")],
+    model: Annotated[Path, typer.Option("--model", help="A bigan or bigbigan run directory.")],
+    out: Annotated[Path, typer.Option(help="PNG to write.")] = Path("reconstructions.png"),
+    n: Annotated[int, typer.Option(help="Images shown (the first N).")] = 32,
+) -> None:
     """BiGAN/BigBiGAN inversion at a glance: rows of images x above their reconstructions G(E(x))."""
     import torch
 
@@ -321,7 +374,9 @@ def reconstruct(images: Annotated[Path, typer.Argument(help="Image file, folder 
 @bench_app.command("extract")
 def bench_extract_cmd(
     preset: Annotated[list[str], typer.Option(help="Preset(s) to time.")] = ["tiny", "cpu", "paper", "paper64"],  # noqa: B006 (typer reads, never mutates)
-    batch_size: int = 32, device: DeviceOpt = "auto", repeats: int = 3,
+    batch_size: int = 32,
+    device: DeviceOpt = "auto",
+    repeats: int = 3,
     loop_images: Annotated[int, typer.Option(help="Images timed in the batch-1 loop.")] = 32,
     json_out: JsonOpt = False,
 ) -> None:
@@ -335,13 +390,17 @@ def bench_extract_cmd(
     if json_out:
         typer.echo(json.dumps(rows, indent=2))
         return
-    typer.echo(f"{'preset':<8} {'device':<6} {'params':>9} {'(a) loop':>10} {'(b) ours':>10} "
-               f"{'(c) floor':>10} {'a/b':>6} {'b/c':>6}   images/s, batch {batch_size}; "
-               "a/b = speed-up over the loop, b/c = time relative to the floor")
+    typer.echo(
+        f"{'preset':<8} {'device':<6} {'params':>9} {'(a) loop':>10} {'(b) ours':>10} "
+        f"{'(c) floor':>10} {'a/b':>6} {'b/c':>6}   images/s, batch {batch_size}; "
+        "a/b = speed-up over the loop, b/c = time relative to the floor"
+    )
     for r in rows:
-        typer.echo(f"{r['preset']:<8} {r['device']:<6} {r['params']:>9} {r['loop_img_s']:>10.1f} "
-                   f"{r['ours_img_s']:>10.1f} {r['floor_img_s']:>10.1f} {r['speedup_vs_loop']:>5.2f}x "
-                   f"{r['slowdown_vs_floor']:>5.2f}x")
+        typer.echo(
+            f"{r['preset']:<8} {r['device']:<6} {r['params']:>9} {r['loop_img_s']:>10.1f} "
+            f"{r['ours_img_s']:>10.1f} {r['floor_img_s']:>10.1f} {r['speedup_vs_loop']:>5.2f}x "
+            f"{r['slowdown_vs_floor']:>5.2f}x"
+        )
 
 
 def _mount() -> None:

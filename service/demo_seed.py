@@ -30,8 +30,14 @@ def _load_chunks(folder: Path, preprocess) -> list[tuple[np.ndarray, list[dict]]
             log.warning("demo: skipping %s: %s", rec.name, e)
             continue
         label = rec.name.split("/")[0] if "/" in rec.name else ""
-        records.append({"name": rec.name, "sha256": hashlib.sha256(rec.data).hexdigest(),
-                        "size": len(rec.data), "metadata": {"label": label, "source": "demo"}})
+        records.append(
+            {
+                "name": rec.name,
+                "sha256": hashlib.sha256(rec.data).hexdigest(),
+                "size": len(rec.data),
+                "metadata": {"label": label, "source": "demo"},
+            }
+        )
         if len(arrays) == CHUNK:
             chunks.append((np.stack(arrays), records))
             arrays, records = [], []

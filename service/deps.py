@@ -41,19 +41,26 @@ def key_is_valid(given: str, keys: list[str]) -> bool:
 def _check_key(request: Request, creds: HTTPAuthorizationCredentials | None) -> None:
     keys: list[str] = request.app.state.api_keys
     if creds is None or not key_is_valid(creds.credentials, keys):
-        raise APIError(401, "unauthorized",
-                       "missing or invalid API key: send `Authorization: Bearer <key>`",
-                       headers={"WWW-Authenticate": "Bearer"})
+        raise APIError(
+            401,
+            "unauthorized",
+            "missing or invalid API key: send `Authorization: Bearer <key>`",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
 
 
-def require_write_key(request: Request,
-                      creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+def require_write_key(
+    request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> None:
     """Write endpoints: always need a key."""
     _check_key(request, creds)
 
 
-def require_read_key(request: Request, settings: Annotated[Settings, Depends(app_settings)],
-                     creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+def require_read_key(
+    request: Request,
+    settings: Annotated[Settings, Depends(app_settings)],
+    creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
     """Read endpoints: need a key only when `AFV_AUTH_READS` is set."""
     if settings.auth_reads:
         _check_key(request, creds)

@@ -39,9 +39,12 @@ class Engine:
 
     def __init__(self, extractor: Embedder, index: AFVIndex, settings: Settings, metrics: Metrics):
         self.extractor, self.index, self.settings, self.metrics = extractor, index, settings, metrics
-        self.batcher = MicroBatcher({"afv": self._afv_batch, "embed": self._embed_batch},
-                                    max_batch=settings.batch_max_size,
-                                    max_wait_s=settings.batch_max_wait_ms / 1000, observer=metrics)
+        self.batcher = MicroBatcher(
+            {"afv": self._afv_batch, "embed": self._embed_batch},
+            max_batch=settings.batch_max_size,
+            max_wait_s=settings.batch_max_wait_ms / 1000,
+            observer=metrics,
+        )
         self.jnd: JNDThreshold | None = None
         metrics.track_index_size(lambda: index.count)
 
@@ -50,13 +53,22 @@ class Engine:
         """Load the model and open (or create) the index. Blocking: call from a thread."""
         if settings.torch_threads is not None:
             torch.set_num_threads(settings.torch_threads)
-        extractor = load_embedder(settings.model, device=settings.device, embedding=settings.embedding,
-                                  readout=settings.readout)
+        extractor = load_embedder(
+            settings.model, device=settings.device, embedding=settings.embedding, readout=settings.readout
+        )
         index_dir = settings.resolved_index_dir
         index_dir.mkdir(parents=True, exist_ok=True)
         index = AFVIndex.open_or_create(index_dir, extractor)
-        log.info("model %s (%s %s, dim %d) on %s; index %s with %d images", extractor.name, extractor.kind,
-                 extractor.model_hash[:12], extractor.dim, extractor.device, index_dir, index.count)
+        log.info(
+            "model %s (%s %s, dim %d) on %s; index %s with %d images",
+            extractor.name,
+            extractor.kind,
+            extractor.model_hash[:12],
+            extractor.dim,
+            extractor.device,
+            index_dir,
+            index.count,
+        )
         return cls(extractor, index, settings, metrics)
 
     async def start(self) -> None:
@@ -95,8 +107,11 @@ class Engine:
         xa, xb, same = jnd.synthetic_pairs(self.extractor.resolution)
         d = np.linalg.norm(self._afv_batch(xa).astype(np.float64) - self._afv_batch(xb), axis=1)
         t, acc = jnd.fit_threshold(d, same)
-        log.warning("JND threshold %.4g fitted on synthetic noise pairs (not human judgments); "
-                    "calibrate it with POST /v1/jnd/calibrate", t)
+        log.warning(
+            "JND threshold %.4g fitted on synthetic noise pairs (not human judgments); "
+            "calibrate it with POST /v1/jnd/calibrate",
+            t,
+        )
         return JNDThreshold(threshold=t, source="synthetic", n_pairs=len(d), accuracy=acc)
 
     async def calibrate_jnd(self, distances: np.ndarray, same: np.ndarray, save: bool) -> JNDThreshold:
@@ -124,8 +139,7 @@ class Engine:
         with self.metrics.stage("index_search"):
             return await self._index_call(self.index.search, vectors, k=k, where=where, rerank=rerank)
 
-    async def search_images(self, x: np.ndarray, k: int, where: dict | None, rerank: bool,
-                            mirror: bool) -> list[Hit]:
+    async def search_images(self, x: np.ndarray, k: int, where: dict | None, rerank: bool, mirror: bool) -> list[Hit]:
         """Nearest indexed images to one preprocessed query image (1×3×R×R), and to its mirror image."""
         if mirror:
             x = np.concatenate([x, x[..., ::-1]])
@@ -156,6 +170,7 @@ class Engine:
     async def seed_demo(self, folder: Path) -> None:
         """Index a demo collection into an empty index, once (runs in the background at start-up)."""
         from service.demo_seed import seed
+
         try:
             await seed(self, folder)
         except asyncio.CancelledError:
@@ -177,5 +192,4 @@ def parse_id(raw: str) -> int:
 
 def split_record(rec: dict) -> tuple[dict, dict]:
     """Index record → (record fields, user metadata)."""
-    return ({k: rec.get(k) for k in RECORD_FIELDS},
-            {k: v for k, v in rec.items() if k not in RECORD_FIELDS})
+    return ({k: rec.get(k) for k in RECORD_FIELDS}, {k: v for k, v in rec.items() if k not in RECORD_FIELDS})

@@ -21,27 +21,34 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger(__name__)
 
-_STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-                 405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type",
-                 422: "validation_error", 503: "not_ready"}
+_STATUS_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    503: "not_ready",
+}
 
 
 class APIError(Exception):
     """An error with a status, a stable machine-readable code and a human message."""
 
-    def __init__(self, status: int, code: str, message: str, detail: Any = None,
-                 headers: dict[str, str] | None = None):
+    def __init__(self, status: int, code: str, message: str, detail: Any = None, headers: dict[str, str] | None = None):
         super().__init__(message)
-        self.status, self.code, self.message, self.detail, self.headers = (
-            status, code, message, detail, headers)
+        self.status, self.code, self.message, self.detail, self.headers = (status, code, message, detail, headers)
 
 
 def not_found(what: str) -> APIError:
     return APIError(404, "not_found", f"{what} not found")
 
 
-def error_response(status: int, code: str, message: str, detail: Any = None,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(
+    status: int, code: str, message: str, detail: Any = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
     body: dict[str, Any] = {"code": code, "message": message}
     if detail is not None:
         body["detail"] = jsonable_encoder(detail)
@@ -58,8 +65,7 @@ async def _http_error(_: Request, e: StarletteHTTPException) -> JSONResponse:
 
 
 async def _validation_error(_: Request, e: RequestValidationError) -> JSONResponse:
-    return error_response(422, "validation_error", validation_message(e.errors()),
-                          detail=_clean(e.errors()))
+    return error_response(422, "validation_error", validation_message(e.errors()), detail=_clean(e.errors()))
 
 
 async def _unexpected(_: Request, e: Exception) -> JSONResponse:
@@ -118,8 +124,9 @@ class BodySizeLimitMiddleware:
         if length is not None and length.isdigit() and int(length) > self.limit:
             if int(length) <= 4 * self.limit:
                 await _drain(receive)  # else the unread body makes the kernel reset the connection
-            await error_response(413, "payload_too_large", f"request body exceeds {self.limit} bytes",
-                                 headers={"Connection": "close"})(scope, receive, send)
+            await error_response(
+                413, "payload_too_large", f"request body exceeds {self.limit} bytes", headers={"Connection": "close"}
+            )(scope, receive, send)
             return
         received = 0
 

@@ -72,14 +72,21 @@ async def parse_body(request: Request, model: type[M], settings: Settings) -> M:
     elif ctype == JSON or ctype.endswith("+json"):
         data = await _read_json(request)
     else:
-        raise APIError(415, "unsupported_media_type",
-                       f"send {MULTIPART} (file uploads) or {JSON} (base64 images), not {ctype or 'no content type'}")
+        raise APIError(
+            415,
+            "unsupported_media_type",
+            f"send {MULTIPART} (file uploads) or {JSON} (base64 images), not {ctype or 'no content type'}",
+        )
     try:
         return model.model_validate(data)
     except ValidationError as e:
         errors = e.errors(include_input=False, include_url=False)
-        raise APIError(422, "validation_error", validation_message(errors),
-                       detail=[{k: err[k] for k in ("loc", "msg", "type")} for err in errors]) from None
+        raise APIError(
+            422,
+            "validation_error",
+            validation_message(errors),
+            detail=[{k: err[k] for k in ("loc", "msg", "type")} for err in errors],
+        ) from None
 
 
 async def _read_json(request: Request) -> Any:
@@ -92,8 +99,9 @@ async def _read_json(request: Request) -> Any:
 
 async def _read_form(request: Request, model: type[BaseModel], settings: Settings) -> dict:
     try:
-        form = await request.form(max_files=settings.max_images_per_request * 2 + 2,
-                                  max_fields=64, max_part_size=settings.max_image_bytes)
+        form = await request.form(
+            max_files=settings.max_images_per_request * 2 + 2, max_fields=64, max_part_size=settings.max_image_bytes
+        )
     except BodyTooLarge:
         raise
     except (HTTPException, MultiPartException, ValueError) as e:  # malformed multipart
@@ -144,6 +152,8 @@ def decode_one(data: bytes, field: str, settings: Settings, preprocess) -> np.nd
 
 async def decode_images(items: list[tuple[str, bytes]], settings: Settings, preprocess) -> np.ndarray:
     """[(field, bytes)] → n×3×R×R uint8, decoded off the event loop."""
+
     def work() -> np.ndarray:
         return np.stack([decode_one(data, field, settings, preprocess) for field, data in items])
+
     return await run_in_threadpool(work)

@@ -60,8 +60,12 @@ def load(path: Path, model_hash: str) -> JNDThreshold | None:
     if saved.get("model_hash") != model_hash:
         log.warning("ignoring JND calibration %s: it belongs to other model weights", path)
         return None
-    return JNDThreshold(threshold=saved["threshold"], source="calibrated",
-                        n_pairs=saved.get("n_pairs", 0), accuracy=saved.get("accuracy"))
+    return JNDThreshold(
+        threshold=saved["threshold"],
+        source="calibrated",
+        n_pairs=saved.get("n_pairs", 0),
+        accuracy=saved.get("accuracy"),
+    )
 
 
 def save(path: Path, t: JNDThreshold, model_hash: str) -> None:

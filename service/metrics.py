@@ -31,22 +31,45 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("afv_http_requests_total", "HTTP requests by route, method and status.",
-                                ["route", "method", "status"], registry=r)
-        self.latency = Histogram("afv_http_request_duration_seconds", "HTTP request latency by route.",
-                                 ["route", "method"], buckets=LATENCY_BUCKETS, registry=r)
-        self.images_embedded = Counter("afv_images_embedded_total",
-                                       "Images run through the model, by kind (afv, embed).", ["kind"],
-                                       registry=r)
-        self.batch_size = Histogram("afv_model_batch_size", "Images per batched model pass.", ["kind"],
-                                    buckets=BATCH_BUCKETS, registry=r)
-        self.batch_seconds = Histogram("afv_model_batch_seconds", "Duration of one batched model pass.",
-                                       ["kind"], buckets=LATENCY_BUCKETS, registry=r)
-        self.queue_seconds = Histogram("afv_batch_queue_wait_seconds",
-                                       "Time a request waited for its model batch.",
-                                       buckets=LATENCY_BUCKETS, registry=r)
-        self.stage_seconds = Histogram("afv_stage_seconds", "Time per stage (decode, index search, …).",
-                                       ["stage"], buckets=LATENCY_BUCKETS, registry=r)
+        self.requests = Counter(
+            "afv_http_requests_total",
+            "HTTP requests by route, method and status.",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "afv_http_request_duration_seconds",
+            "HTTP request latency by route.",
+            ["route", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.images_embedded = Counter(
+            "afv_images_embedded_total", "Images run through the model, by kind (afv, embed).", ["kind"], registry=r
+        )
+        self.batch_size = Histogram(
+            "afv_model_batch_size", "Images per batched model pass.", ["kind"], buckets=BATCH_BUCKETS, registry=r
+        )
+        self.batch_seconds = Histogram(
+            "afv_model_batch_seconds",
+            "Duration of one batched model pass.",
+            ["kind"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_seconds = Histogram(
+            "afv_batch_queue_wait_seconds",
+            "Time a request waited for its model batch.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.stage_seconds = Histogram(
+            "afv_stage_seconds",
+            "Time per stage (decode, index search, …).",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.index_size = Gauge("afv_index_images", "Images in the index.", registry=r)
 
     def track_index_size(self, count: Callable[[], int]) -> None:

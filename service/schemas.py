@@ -46,13 +46,23 @@ def _json_object(v: Any) -> Any:
     return v
 
 
-ImageBytes = Annotated[bytes, BeforeValidator(_b64_or_bytes),
-                       WithJsonSchema({"type": "string", "format": "binary"})]
-Metadata = Annotated[dict[str, Any] | None, BeforeValidator(_json_object),
-                     WithJsonSchema({"type": "object", "additionalProperties": True})]
-Where = Annotated[dict[str, Any] | None, BeforeValidator(_json_object),
-                  WithJsonSchema({"type": "object", "additionalProperties": True,
-                                  "description": "Metadata filter: every key must equal the value."})]
+ImageBytes = Annotated[bytes, BeforeValidator(_b64_or_bytes), WithJsonSchema({"type": "string", "format": "binary"})]
+Metadata = Annotated[
+    dict[str, Any] | None,
+    BeforeValidator(_json_object),
+    WithJsonSchema({"type": "object", "additionalProperties": True}),
+]
+Where = Annotated[
+    dict[str, Any] | None,
+    BeforeValidator(_json_object),
+    WithJsonSchema(
+        {
+            "type": "object",
+            "additionalProperties": True,
+            "description": "Metadata filter: every key must equal the value.",
+        }
+    ),
+]
 ImageId = Annotated[str, Field(min_length=1, max_length=200)]
 
 
@@ -61,6 +71,7 @@ class _Strict(BaseModel):
 
 
 # ---- requests (multipart or JSON) --------------------------------------------------------------
+
 
 class DistanceRequest(_Strict):
     image_a: ImageBytes
@@ -92,8 +103,11 @@ class SearchRequest(_Strict):
     k: int = Field(10, ge=1, le=1000)
     where: Where = None
     rerank: bool = Field(False, description="Re-rank candidates with exact distances.")
-    mirror: bool = Field(True, description="Image queries: also search the query's mirror image (horizontal "
-                         "flip) and keep each item's nearer distance, so mirrored copies are found.")
+    mirror: bool = Field(
+        True,
+        description="Image queries: also search the query's mirror image (horizontal "
+        "flip) and keep each item's nearer distance, so mirrored copies are found.",
+    )
 
     @model_validator(mode="after")
     def _one_query(self) -> SearchRequest:
@@ -124,6 +138,7 @@ class BatchAddRequest(_Strict):
 
 # ---- JSON-only requests -----------------------------------------------------------------------
 
+
 class LabelledPair(_Strict):
     """One judged pair: either a precomputed `distance` or the two images (base64)."""
 
@@ -147,12 +162,15 @@ class JNDCalibrateRequest(_Strict):
 
 # ---- responses ----------------------------------------------------------------------------------
 
+
 class DistanceResponse(BaseModel):
     distance: float
     layers: dict[str, float] = Field(description="Each block's share of the squared distance.")
     regions: dict[str, list[list[float]]] | None = Field(
-        None, description="Spatial read-outs: each image cell's share of the squared distance, per pyramid "
-        "level ('2x2': rows of shares); absent for whole-image read-outs.")
+        None,
+        description="Spatial read-outs: each image cell's share of the squared distance, per pyramid "
+        "level ('2x2': rows of shares); absent for whole-image read-outs.",
+    )
 
 
 class TwoAFCResponse(BaseModel):

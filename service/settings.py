@@ -21,21 +21,27 @@ class Settings(BaseSettings):
     # What to serve.
     model: Path | None = Field(None, description="Run directory; None = the bundled default model.")
     embedding: str | None = Field(
-        None, description="bigan/bigbigan models: z | hidden | z+hidden (default z); others: unset.")
+        None, description="bigan/bigbigan models: z | hidden | z+hidden (default z); others: unset."
+    )
     readout: str | None = Field(
-        None, description="AFV models: global | pyramid-1-2-4 (spatial pyramid); None = the model's own.")
+        None, description="AFV models: global | pyramid-1-2-4 (spatial pyramid); None = the model's own."
+    )
     device: str = Field("auto", description="auto | cpu | cuda")
     data_dir: Path = Field(Path("./data"), description="Server state: index, JND calibration.")
     index_dir: Path | None = Field(
-        None, description="Default: DATA_DIR/index-NAME for the model folder NAME (the bundled default's or "
+        None,
+        description="Default: DATA_DIR/index-NAME for the model folder NAME (the bundled default's or "
         "--model runs/NAME), so a new default model gets a new index (created on first start; an index only "
-        "opens with the model it was built with).")
+        "opens with the model it was built with).",
+    )
     demo_collection: Path | None = Field(
-        DEMO_COLLECTION, description="Indexed once into an empty default index; None = never.")
+        DEMO_COLLECTION, description="Indexed once into an empty default index; None = never."
+    )
 
     # Auth: write endpoints always need a key; read endpoints only if `auth_reads`.
     api_keys: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="Comma-separated; empty = generate one at start-up and log it.")
+        default_factory=list, description="Comma-separated; empty = generate one at start-up and log it."
+    )
     auth_reads: bool = False
 
     # Input limits.
@@ -48,8 +54,11 @@ class Settings(BaseSettings):
     batch_max_size: int = Field(32, gt=0)
     batch_max_wait_ms: float = Field(5.0, ge=0, le=5.0)
     torch_threads: int | None = Field(
-        None, ge=1, description="PyTorch intra-op threads for model work; None = PyTorch's default. "
-        "1 leaves the other cores to HTTP and decoding on small machines.")
+        None,
+        ge=1,
+        description="PyTorch intra-op threads for model work; None = PyTorch's default. "
+        "1 leaves the other cores to HTTP and decoding on small machines.",
+    )
 
     # JND: distances at or below the threshold are judged "same". None = calibrated file, else synthetic.
     jnd_threshold: float | None = Field(None, ge=0)

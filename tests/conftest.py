@@ -34,16 +34,40 @@ def tiny_run(tmp_path_factory) -> Path:
     from model.train import TrainConfig, train
 
     out = tmp_path_factory.mktemp("tiny_run")
-    train(TrainConfig(data=str(CIFAR), out=str(out), preset="tiny", steps=30, ckpt_every=15,
-                      device="cpu", monitor_samples=64, holdout=32), progress=False)
+    train(
+        TrainConfig(
+            data=str(CIFAR),
+            out=str(out),
+            preset="tiny",
+            steps=30,
+            ckpt_every=15,
+            device="cpu",
+            monitor_samples=64,
+            holdout=32,
+        ),
+        progress=False,
+    )
     return out
 
 
 def _train_tiny(out: Path, method: str, **kw) -> Path:
     from model.train import TrainConfig, train
 
-    train(TrainConfig(data=str(CIFAR), out=str(out), preset="tiny", method=method, steps=20, ckpt_every=10,
-                      device="cpu", monitor_samples=64, holdout=32, **kw), progress=False)
+    train(
+        TrainConfig(
+            data=str(CIFAR),
+            out=str(out),
+            preset="tiny",
+            method=method,
+            steps=20,
+            ckpt_every=10,
+            device="cpu",
+            monitor_samples=64,
+            holdout=32,
+            **kw,
+        ),
+        progress=False,
+    )
     return out
 
 
@@ -51,7 +75,9 @@ def _train_tiny(out: Path, method: str, **kw) -> Path:
 def method_runs(tmp_path_factory, tiny_run) -> dict[str, Path]:
     """Tiny run directories of every other training method (BiGAN, BigBiGAN, GFMN on tiny_run's D)."""
     root = tmp_path_factory.mktemp("method_runs")
-    return {"afv": tiny_run,
-            "bigan": _train_tiny(root / "bigan", "bigan"),
-            "bigbigan": _train_tiny(root / "bigbigan", "bigbigan", truncation=1.0),
-            "gfmn": _train_tiny(root / "gfmn", "gfmn", features=str(tiny_run))}
+    return {
+        "afv": tiny_run,
+        "bigan": _train_tiny(root / "bigan", "bigan"),
+        "bigbigan": _train_tiny(root / "bigbigan", "bigbigan", truncation=1.0),
+        "gfmn": _train_tiny(root / "gfmn", "gfmn", features=str(tiny_run)),
+    }

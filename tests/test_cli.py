@@ -20,8 +20,19 @@ def test_distance_of_an_image_to_itself_is_zero(tiny_run, cifar_dir):
 
 
 def test_set_distance_prints_json(tiny_run, cifar_dir):
-    res = runner.invoke(app, ["set-distance", str(cifar_dir / "cat"), str(cifar_dir / "ship"),
-                              "--model", str(tiny_run), "--device", "cpu", "--json"])
+    res = runner.invoke(
+        app,
+        [
+            "set-distance",
+            str(cifar_dir / "cat"),
+            str(cifar_dir / "ship"),
+            "--model",
+            str(tiny_run),
+            "--device",
+            "cpu",
+            "--json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out["distance"] > 0 and out["n_a"] == out["n_b"] == 30
@@ -38,16 +49,33 @@ def test_a_missing_model_gives_a_clear_error_not_a_traceback(tmp_path, cifar_dir
 def test_a_non_image_gives_a_clear_error(tiny_run, tmp_path, cifar_dir):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not an image")
-    res = runner.invoke(app, ["distance", str(bad), str(cifar_dir / "cat" / "0000.jpg"),
-                              "--model", str(tiny_run), "--device", "cpu"])
+    res = runner.invoke(
+        app, ["distance", str(bad), str(cifar_dir / "cat" / "0000.jpg"), "--model", str(tiny_run), "--device", "cpu"]
+    )
     assert res.exit_code == 2 and "not a readable image" in res.output
 
 
 def test_bench_extract_reports_all_three_methods(tmp_path):
-    res = runner.invoke(app, ["bench", "extract", "--preset", "tiny", "--batch-size", "4",
-                              "--loop-images", "4", "--repeats", "1", "--device", "cpu", "--json"])
+    res = runner.invoke(
+        app,
+        [
+            "bench",
+            "extract",
+            "--preset",
+            "tiny",
+            "--batch-size",
+            "4",
+            "--loop-images",
+            "4",
+            "--repeats",
+            "1",
+            "--device",
+            "cpu",
+            "--json",
+        ],
+    )
     assert res.exit_code == 0, res.output
-    row = json.loads(res.stdout[res.stdout.index("["):])[0]
+    row = json.loads(res.stdout[res.stdout.index("[") :])[0]
     assert row["loop_img_s"] > 0 and row["ours_img_s"] > 0 and row["floor_img_s"] > 0
 
 
@@ -58,7 +86,9 @@ def test_export_writes_a_small_loadable_model_folder(tiny_run, tmp_path, cifar_d
     assert {"model.pt", "fisher.pt", "metrics.csv", "samples.png"} <= {p.name for p in out.iterdir()}
     img = str(cifar_dir / "cat" / "0000.jpg")
     other = str(cifar_dir / "dog" / "0000.jpg")
-    runs = [runner.invoke(app, ["distance", img, other, "--model", str(m), "--device", "cpu", "--json"])
-            for m in (tiny_run, out)]
+    runs = [
+        runner.invoke(app, ["distance", img, other, "--model", str(m), "--device", "cpu", "--json"])
+        for m in (tiny_run, out)
+    ]
     a, b = (json.loads(r.stdout.strip().splitlines()[-1])["distance"] for r in runs)
     assert a == b > 0

@@ -45,8 +45,9 @@ def test_each_method_builds_an_index_that_finds_its_own_images(method_runs, cifa
     idx = AFVIndex.create(tmp_path / "idx", emb, dim=64)
     try:
         x = cifar_images[::25][:12]
-        added = idx.add_embedded(idx.embed(x), [{"name": f"img{i}", "sha256": f"{i:064x}", "size": 1}
-                                                for i in range(len(x))])
+        added = idx.add_embedded(
+            idx.embed(x), [{"name": f"img{i}", "sha256": f"{i:064x}", "size": 1} for i in range(len(x))]
+        )
         hits = idx.search(idx.embed(x), k=1)
         assert [h[0].id for h in hits] == [a.id for a in added]
         assert all(h[0].distance == pytest.approx(0.0, abs=1e-3) for h in hits)
@@ -85,8 +86,9 @@ def test_service_serves_each_method_without_special_cases(method_runs, tmp_path,
     assert index_dir.is_dir() and index_dir.name == f"index-{method_runs[method].name}-global"
 
 
-@pytest.mark.parametrize("metric,method", [("bigan", "bigan"), ("bigbigan", "bigbigan"),
-                                           ("gfmn-moments", "afv"), ("gfmn-moments", "bigan")])
+@pytest.mark.parametrize(
+    "metric,method", [("bigan", "bigan"), ("bigbigan", "bigbigan"), ("gfmn-moments", "afv"), ("gfmn-moments", "bigan")]
+)
 def test_eval_metrics_for_the_other_representations(method_runs, cifar_images, metric, method):
     m = get_metric(metric, method_runs[method], device="cpu")
     d = m.distance(cifar_images[:4], cifar_images[4:8])
@@ -105,13 +107,25 @@ def test_metric_on_the_wrong_kind_of_model_says_which_to_use(method_runs):
 def test_cli_distance_and_moment_set_distance_on_each_method(method_runs, cifar_dir):
     runner = CliRunner()
     a, b = cifar_dir / "cat" / "0000.jpg", cifar_dir / "dog" / "0000.jpg"
-    r = runner.invoke(app, ["distance", str(a), str(b), "--model", str(method_runs["bigbigan"]),
-                            "--embedding", "z+hidden", "--json"])
+    r = runner.invoke(
+        app, ["distance", str(a), str(b), "--model", str(method_runs["bigbigan"]), "--embedding", "z+hidden", "--json"]
+    )
     assert r.exit_code == 0, r.output
     out = json.loads(r.output)
     assert out["method"] == "bigbigan" and set(out["layers"]) == {"z", "hidden"}
-    r = runner.invoke(app, ["set-distance", str(cifar_dir / "cat"), str(cifar_dir / "dog"), "--model",
-                            str(method_runs["gfmn"]), "--metric", "gfmn-moments", "--json"])
+    r = runner.invoke(
+        app,
+        [
+            "set-distance",
+            str(cifar_dir / "cat"),
+            str(cifar_dir / "dog"),
+            "--model",
+            str(method_runs["gfmn"]),
+            "--metric",
+            "gfmn-moments",
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["distance"] > 0
     r = runner.invoke(app, ["distance", str(a), str(b), "--model", str(method_runs["afv"]), "--embedding", "z"])
@@ -120,8 +134,9 @@ def test_cli_distance_and_moment_set_distance_on_each_method(method_runs, cifar_
 
 def test_cli_sample_writes_a_truncated_grid(method_runs, tmp_path):
     out = tmp_path / "grid.png"
-    r = CliRunner().invoke(app, ["sample", "--model", str(method_runs["bigbigan"]), "--out", str(out), "--n", "8",
-                                 "--truncation", "0.5"])
+    r = CliRunner().invoke(
+        app, ["sample", "--model", str(method_runs["bigbigan"]), "--out", str(out), "--n", "8", "--truncation", "0.5"]
+    )
     assert r.exit_code == 0, r.output
     assert out.stat().st_size > 0
     folder = tmp_path / "samples"
@@ -133,8 +148,9 @@ def test_cli_sample_writes_a_truncated_grid(method_runs, tmp_path):
 def test_resuming_a_run_with_another_method_is_refused(method_runs, cifar_dir):
     from model.train import TrainConfig, train
 
-    cfg = TrainConfig(data=str(cifar_dir), out=str(method_runs["bigan"]), preset="tiny", method="bigbigan",
-                      steps=30, device="cpu")
+    cfg = TrainConfig(
+        data=str(cifar_dir), out=str(method_runs["bigan"]), preset="tiny", method="bigbigan", steps=30, device="cpu"
+    )
     with pytest.raises(ValueError, match="'bigan' run"):
         train(cfg, progress=False)
 
@@ -143,9 +159,25 @@ def test_eval_2afc_scores_each_encoder_output_on_the_fixture(method_runs):
     from pathlib import Path
 
     fixture = Path(__file__).parent / "fixtures" / "bapps" / "2afc"
-    r = CliRunner().invoke(app, ["eval", "2afc", str(fixture), "--metric", "bigbigan", "--embedding", "z",
-                                 "--embedding", "hidden", "--model", str(method_runs["bigbigan"]),
-                                 "--device", "cpu", "--json"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            "2afc",
+            str(fixture),
+            "--metric",
+            "bigbigan",
+            "--embedding",
+            "z",
+            "--embedding",
+            "hidden",
+            "--model",
+            str(method_runs["bigbigan"]),
+            "--device",
+            "cpu",
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.output
     rows = json.loads(r.output)["results"]
     names = {row["metric"] for row in rows}
@@ -165,8 +197,10 @@ def test_export_keeps_what_each_method_needs(method_runs, cifar_images, tmp_path
 
 def test_cli_reconstruct_draws_images_over_their_reconstructions(method_runs, cifar_dir, tmp_path):
     out = tmp_path / "rec.png"
-    r = CliRunner().invoke(app, ["reconstruct", str(cifar_dir / "cat"), "--model", str(method_runs["bigan"]),
-                                 "--out", str(out), "--n", "8"])
+    r = CliRunner().invoke(
+        app,
+        ["reconstruct", str(cifar_dir / "cat"), "--model", str(method_runs["bigan"]), "--out", str(out), "--n", "8"],
+    )
     assert r.exit_code == 0, r.output
     assert "mean squared error" in r.output and out.stat().st_size > 0
     r = CliRunner().invoke(app, ["reconstruct", str(cifar_dir / "cat"), "--model", str(method_runs["afv"])])

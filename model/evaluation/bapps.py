@@ -65,8 +65,11 @@ class JNDSet:
 def _by_stem(folder: Path, suffixes: set[str]) -> dict[str, Path]:
     if not folder.is_dir():
         raise BAPPSLayoutError(f"missing folder {folder}")
-    files = {p.stem: p for p in sorted(folder.iterdir())
-             if p.is_file() and p.suffix.lower() in suffixes and not p.name.startswith(".")}
+    files = {
+        p.stem: p
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.suffix.lower() in suffixes and not p.name.startswith(".")
+    }
     if not files:
         raise BAPPSLayoutError(f"no {'/'.join(sorted(suffixes))} files in {folder}")
     return files
@@ -80,8 +83,9 @@ def _matched(root: Path, image_dirs: tuple[str, ...], label_dir: str) -> tuple[l
     for name, files in folders.items():
         extra = sorted(set(files) - stems)
         if extra:
-            raise BAPPSLayoutError(f"{root / name} has {len(extra)} file(s) without a match in the "
-                                   f"other folders, e.g. {extra[0]!r}")
+            raise BAPPSLayoutError(
+                f"{root / name} has {len(extra)} file(s) without a match in the other folders, e.g. {extra[0]!r}"
+            )
     return sorted(stems), folders
 
 
@@ -164,9 +168,13 @@ def evaluate_2afc(metric, data: TwoAFCSet, chunk: int = 512) -> dict:
         d0.append(metric.distance(ref, p0))
         d1.append(metric.distance(ref, p1))
     d0a, d1a = np.concatenate(d0), np.concatenate(d1)
-    return {"dir": str(data.root), "metric": metric.name, "n": len(data),
-            "score": score_2afc(d0a, d1a, data.judge),
-            "human": float(np.mean(data.judge ** 2 + (1 - data.judge) ** 2))}
+    return {
+        "dir": str(data.root),
+        "metric": metric.name,
+        "n": len(data),
+        "score": score_2afc(d0a, d1a, data.judge),
+        "human": float(np.mean(data.judge**2 + (1 - data.judge) ** 2)),
+    }
 
 
 def evaluate_jnd(metric, data: JNDSet, chunk: int = 512) -> dict:
@@ -174,7 +182,12 @@ def evaluate_jnd(metric, data: JNDSet, chunk: int = 512) -> dict:
     ds = []
     for i in range(0, len(data), chunk):
         s = slice(i, i + chunk)
-        ds.append(metric.distance(read_images(data.p0[s], metric.resolution),
-                                  read_images(data.p1[s], metric.resolution)))
-    return {"dir": str(data.root), "metric": metric.name, "n": len(data),
-            "map": score_jnd(np.concatenate(ds), data.same)}
+        ds.append(
+            metric.distance(read_images(data.p0[s], metric.resolution), read_images(data.p1[s], metric.resolution))
+        )
+    return {
+        "dir": str(data.root),
+        "metric": metric.name,
+        "n": len(data),
+        "map": score_jnd(np.concatenate(ds), data.same),
+    }

@@ -64,12 +64,14 @@ def sq_distances(q: np.ndarray, db: np.ndarray, chunk: int = 8192) -> np.ndarray
 
 def edited_queries(images: Images, idx: np.ndarray, edit: Edit, resolution: int, seed: int) -> torch.Tensor:
     """The edited copies of images `idx`, preprocessed as the collection: Q×3×R×R uint8."""
-    return torch.from_numpy(np.stack([image_to_uint8(edit(images.decode(int(i)), seed, int(i)), resolution)
-                                      for i in idx]))
+    return torch.from_numpy(
+        np.stack([image_to_uint8(edit(images.decode(int(i)), seed, int(i)), resolution) for i in idx])
+    )
 
 
-def embed_collection(metric: Metric, images: Images, resolution: int, dim: int, seed: int,
-                     progress: bool = False) -> np.ndarray:
+def embed_collection(
+    metric: Metric, images: Images, resolution: int, dim: int, seed: int, progress: bool = False
+) -> np.ndarray:
     """N×F embeddings of the whole collection (sketched to `dim` if wider), decoded and embedded in blocks."""
     bar = tqdm(total=len(images), desc=f"{metric.name}: embedding collection", unit="img", disable=not progress)
     parts = []
@@ -81,14 +83,25 @@ def embed_collection(metric: Metric, images: Images, resolution: int, dim: int, 
 
 
 def _summary(recalls: dict[str, dict[int, np.ndarray]]) -> tuple[dict, dict]:
-    per_edit = {e: {f"recall@{k}": float(r.mean()) for k, r in rk.items()} | {"n": int(len(rk[KS[0]]))}
-                for e, rk in recalls.items()}
+    per_edit = {
+        e: {f"recall@{k}": float(r.mean()) for k, r in rk.items()} | {"n": int(len(rk[KS[0]]))}
+        for e, rk in recalls.items()
+    }
     mean = {f"recall@{k}": float(np.mean([v[f"recall@{k}"] for v in per_edit.values()])) for k in KS}
     return per_edit, mean
 
 
-def _embedding_recalls(metric: Metric, images: Images, edits: list[Edit], idx: np.ndarray, resolution: int,
-                       dim: int, seed: int, progress: bool, mirror: bool) -> tuple[dict, int]:
+def _embedding_recalls(
+    metric: Metric,
+    images: Images,
+    edits: list[Edit],
+    idx: np.ndarray,
+    resolution: int,
+    dim: int,
+    seed: int,
+    progress: bool,
+    mirror: bool,
+) -> tuple[dict, int]:
     db = embed_collection(metric, images, resolution, dim, seed, progress)
     out = {}
     for edit in tqdm(edits, desc=f"{metric.name}: queries", unit="edit", disable=not progress):
@@ -100,8 +113,9 @@ def _embedding_recalls(metric: Metric, images: Images, edits: list[Edit], idx: n
     return out, int(db.shape[1])
 
 
-def _ssim_recalls(images: Images, edits: list[Edit], idx: np.ndarray, resolution: int, seed: int,
-                  progress: bool, mirror: bool) -> dict:
+def _ssim_recalls(
+    images: Images, edits: list[Edit], idx: np.ndarray, resolution: int, seed: int, progress: bool, mirror: bool
+) -> dict:
     queries = {e.name: edited_queries(images, idx, e, resolution, seed) for e in edits}
     sims = {name: [] for name in queries}
     bar = tqdm(total=len(images), desc="ssim: brute force", unit="img", disable=not progress)
@@ -117,9 +131,19 @@ def _ssim_recalls(images: Images, edits: list[Edit], idx: np.ndarray, resolution
     return {name: recall_at(1.0 - np.concatenate(s, axis=1), idx) for name, s in sims.items()}
 
 
-def run_copies(metric: Metric, images: Images, edits: list[Edit], idx: np.ndarray, *, pixel: int,
-               dim: int = 4096, seed: int = 0, ssim_queries: int = SSIM_QUERIES, progress: bool = False,
-               mirror: bool = False) -> dict:
+def run_copies(
+    metric: Metric,
+    images: Images,
+    edits: list[Edit],
+    idx: np.ndarray,
+    *,
+    pixel: int,
+    dim: int = 4096,
+    seed: int = 0,
+    ssim_queries: int = SSIM_QUERIES,
+    progress: bool = False,
+    mirror: bool = False,
+) -> dict:
     """One metric's copy-detection row: recall@1/@10 per edit and their mean over edits."""
     t0 = time.perf_counter()
     res = resolution_of(metric, pixel)
@@ -131,5 +155,13 @@ def run_copies(metric: Metric, images: Images, edits: list[Edit], idx: np.ndarra
         idx, width = idx[:ssim_queries], None
         recalls = _ssim_recalls(images, edits, idx, res, seed, progress, mirror)
     per_edit, mean = _summary(recalls)
-    return {"metric": metric.name, "resolution": res, "dim": width, "n_queries": int(len(idx)), "mirror": mirror,
-            "edits": per_edit, "mean": mean, "seconds": round(time.perf_counter() - t0, 1)}
+    return {
+        "metric": metric.name,
+        "resolution": res,
+        "dim": width,
+        "n_queries": int(len(idx)),
+        "mirror": mirror,
+        "edits": per_edit,
+        "mean": mean,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }

@@ -158,8 +158,14 @@ def _text(img: Image.Image, frac: float, rng: np.random.Generator) -> Image.Imag
     left, top, right, bottom = draw.textbbox((0, 0), word, font=font)
     x = round(max(0, img.width - (right - left)) * fx) - left  # text wider than the image runs off its right
     y = round(max(0, img.height - (bottom - top)) * fy) - top
-    draw.text((x, y), word, fill=colour, font=font, stroke_width=max(1, round(frac * _short(img) / 12)),
-              stroke_fill=(255 - colour[0], 255 - colour[1], 255 - colour[2]))
+    draw.text(
+        (x, y),
+        word,
+        fill=colour,
+        font=font,
+        stroke_width=max(1, round(frac * _short(img) / 12)),
+        stroke_fill=(255 - colour[0], 255 - colour[1], 255 - colour[2]),
+    )
     return out
 
 
@@ -177,10 +183,21 @@ def _logo(img: Image.Image, frac: float, rng: np.random.Generator) -> Image.Imag
 
 
 OPS: dict[str, OpFn] = {
-    "jpeg": _jpeg, "upscale": _rescale, "downscale": _rescale, "crop": _crop, "crop-offset": _crop_offset,
-    "hflip": _hflip, "brightness": _enhance(ImageEnhance.Brightness), "contrast": _enhance(ImageEnhance.Contrast),
-    "desaturate": _desaturate, "blur": _blur, "noise": _noise, "rotate": _rotate, "translate": _translate,
-    "text": _text, "logo": _logo,
+    "jpeg": _jpeg,
+    "upscale": _rescale,
+    "downscale": _rescale,
+    "crop": _crop,
+    "crop-offset": _crop_offset,
+    "hflip": _hflip,
+    "brightness": _enhance(ImageEnhance.Brightness),
+    "contrast": _enhance(ImageEnhance.Contrast),
+    "desaturate": _desaturate,
+    "blur": _blur,
+    "noise": _noise,
+    "rotate": _rotate,
+    "translate": _translate,
+    "text": _text,
+    "logo": _logo,
 }
 
 
@@ -243,16 +260,27 @@ _JPEG30, _CROP90 = Op("jpeg", 30, "jpeg-q30"), Op("crop-offset", 0.9, "crop-offc
 _BRIGHT30, _BLUR2 = Op("brightness", 0.3, "brightness+30"), Op("blur", 2, "blur-2x")
 
 EDITS: dict[str, Edit] = _registry(
-    Op("jpeg", 40, "jpeg-q40"), Op("jpeg", 20, "jpeg-q20"),
-    Op("upscale", 2, "upscale-x2"), Op("upscale", 4, "upscale-x4"), Op("downscale", 0.5, "downscale-x0.5"),
-    Op("crop", 0.9, "crop-center-90"), Op("crop-offset", 0.8, "crop-offcenter-80"),
+    Op("jpeg", 40, "jpeg-q40"),
+    Op("jpeg", 20, "jpeg-q20"),
+    Op("upscale", 2, "upscale-x2"),
+    Op("upscale", 4, "upscale-x4"),
+    Op("downscale", 0.5, "downscale-x0.5"),
+    Op("crop", 0.9, "crop-center-90"),
+    Op("crop-offset", 0.8, "crop-offcenter-80"),
     Op("hflip", 0, "hflip"),
-    _BRIGHT30, Op("brightness", -0.3, "brightness-30"),
-    Op("contrast", 0.3, "contrast+30"), Op("contrast", -0.3, "contrast-30"),
-    Op("desaturate", 1.0, "grayscale"), _BLUR2, Op("noise", 10, "noise-10"),
-    Op("rotate", 10, "rotate-10"), Op("translate", 3, "translate-3px"),
-    Op("text", 0.3, "text"), Op("logo", 0.3, "logo"),
-    Combined(_JPEG30, _CROP90), Combined(_BRIGHT30, _BLUR2),
+    _BRIGHT30,
+    Op("brightness", -0.3, "brightness-30"),
+    Op("contrast", 0.3, "contrast+30"),
+    Op("contrast", -0.3, "contrast-30"),
+    Op("desaturate", 1.0, "grayscale"),
+    _BLUR2,
+    Op("noise", 10, "noise-10"),
+    Op("rotate", 10, "rotate-10"),
+    Op("translate", 3, "translate-3px"),
+    Op("text", 0.3, "text"),
+    Op("logo", 0.3, "logo"),
+    Combined(_JPEG30, _CROP90),
+    Combined(_BRIGHT30, _BLUR2),
 )
 
 FAMILY_STRENGTHS: dict[str, tuple[float, ...]] = {  # weak → strong

@@ -55,10 +55,13 @@ class Metric:
     def distance(self, a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
         """N×3×R×R uint8 pairs (a[i], b[i]) → N float64 distances, in batches."""
         if a.shape != b.shape or a.dim() != 4:
-            raise ValueError(f"{self.name}: need two N×3×H×W batches of one shape, "
-                             f"got {tuple(a.shape)} and {tuple(b.shape)}")
-        parts = [self.pair_fn(a[i : i + self.batch_size], b[i : i + self.batch_size]).double().cpu()
-                 for i in range(0, a.shape[0], self.batch_size)]
+            raise ValueError(
+                f"{self.name}: need two N×3×H×W batches of one shape, got {tuple(a.shape)} and {tuple(b.shape)}"
+            )
+        parts = [
+            self.pair_fn(a[i : i + self.batch_size], b[i : i + self.batch_size]).double().cpu()
+            for i in range(0, a.shape[0], self.batch_size)
+        ]
         return torch.cat(parts).numpy() if parts else np.zeros(0)
 
     @property
@@ -100,9 +103,10 @@ def _hamming(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def _feature_distance(embed: EmbedFn) -> DistanceFn:
     """‖f(a) − f(b)‖ of a feature map f, with a and b embedded in one batch."""
+
     def pair(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         f = embed(torch.cat([a, b])).double()
-        return (f[: a.shape[0]] - f[a.shape[0]:]).norm(dim=1)
+        return (f[: a.shape[0]] - f[a.shape[0] :]).norm(dim=1)
 
     return pair
 
@@ -117,8 +121,14 @@ def _extractor_metric(name: str, ext, batch_size: int, pooled: bool = False) -> 
     return Metric(name, ext.resolution, _feature_distance(embed), embed, batch_size=batch_size, extractor=ext)
 
 
-def load_extractors(metric: str, model: str | Path | None, device: str = "auto",
-                    normalization: str | None = None, seed: int = 0, embedding: str | None = None):
+def load_extractors(
+    metric: str,
+    model: str | Path | None,
+    device: str = "auto",
+    normalization: str | None = None,
+    seed: int = 0,
+    embedding: str | None = None,
+):
     """The embedder a model metric needs: the trained one, or a random AFV model of the same preset."""
     from model.extract import AFVExtractor, default_run_dir, resolve_device
     from model.loading import load_embedder
@@ -132,22 +142,32 @@ def load_extractors(metric: str, model: str | Path | None, device: str = "auto",
         return MomentEmbedder.from_run(run, resolve_device(device))
     if metric in ENCODER_METRICS and model is None:
         raise ValueError(f"metric {metric!r} needs --model RUN_DIR of a '{metric}' run (afv train --method {metric})")
-    trained = load_embedder(model, device=device, normalization=normalization,
-                            embedding=embedding if metric in ENCODER_METRICS else None)
+    trained = load_embedder(
+        model, device=device, normalization=normalization, embedding=embedding if metric in ENCODER_METRICS else None
+    )
     want = metric if metric in ENCODER_METRICS else "afv"
     if trained.kind != want:
         hint = f"--metric {trained.kind}" if trained.kind in METRICS else "another --model"
-        raise ValueError(f"metric {metric!r} needs a '{want}' model but {model} is a '{trained.kind}' "
-                         f"model: use {hint}")
+        raise ValueError(
+            f"metric {metric!r} needs a '{want}' model but {model} is a '{trained.kind}' model: use {hint}"
+        )
     if metric != "afv-random":
         return trained
-    return AFVExtractor.untrained(trained.preset.name, resolve_device(device),
-                                  normalization=trained.normalization, seed=seed)
+    return AFVExtractor.untrained(
+        trained.preset.name, resolve_device(device), normalization=trained.normalization, seed=seed
+    )
 
 
-def get_metric(name: str, model: str | Path | None = None, *, device: str = "auto",
-               normalization: str | None = None, batch_size: int = 64, seed: int = 0,
-               extractor=None) -> Metric:
+def get_metric(
+    name: str,
+    model: str | Path | None = None,
+    *,
+    device: str = "auto",
+    normalization: str | None = None,
+    batch_size: int = 64,
+    seed: int = 0,
+    extractor=None,
+) -> Metric:
     """Build metric `name` (see `METRICS`); model metrics load `model` (or use `extractor`)."""
     if name not in METRICS:
         raise ValueError(f"unknown metric {name!r}; choose one of {', '.join(METRICS)}")

@@ -59,8 +59,9 @@ def _records_by_class(path, split: str) -> dict[str, list]:
     return by_class
 
 
-def load_labelled(path, split: str, resolution: int, limit: int | None = None, seed: int = 0,
-                  classes: list[str] | None = None) -> LabelledSet:
+def load_labelled(
+    path, split: str, resolution: int, limit: int | None = None, seed: int = 0, classes: list[str] | None = None
+) -> LabelledSet:
     """Load `split` of a split/class/* collection; `limit` → a seeded class-stratified subset."""
     by_class = _records_by_class(path, split)
     classes = classes or sorted(by_class)
@@ -115,11 +116,14 @@ class Variant:
         return f"{self.normalization}, eps_rel={self.eps_rel:g}"
 
 
-def afv_variants(ext, x: torch.Tensor, variants: list[Variant], dim: int = 4096,
-                 seed: int = 0) -> dict[Variant, np.ndarray]:
+def afv_variants(
+    ext, x: torch.Tensor, variants: list[Variant], dim: int = 4096, seed: int = 0
+) -> dict[Variant, np.ndarray]:
     """Sketched AFVs of `x` for several (normalisation, eps_rel) at the price of one gradient pass."""
-    inv_std = {e: fisher.FisherStats(ext.stats.mean, ext.stats.var, ext.stats.n_samples, e).inv_std()
-               for e in {v.eps_rel for v in variants}}
+    inv_std = {
+        e: fisher.FisherStats(ext.stats.mean, ext.stats.var, ext.stats.n_samples, e).inv_std()
+        for e in {v.eps_rel for v in variants}
+    }
     sketch = _sketch(ext.dim, dim, seed)
     width = ext.dim if sketch is None else dim
     out = {v: np.empty((x.shape[0], width), np.float32) for v in variants}
@@ -140,8 +144,9 @@ def _grad_batches(ext, x: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
 # -- probes -------------------------------------------------------------------------------------
 
 
-def fit_logistic(x: torch.Tensor, y: torch.Tensor, n_classes: int, c: float,
-                 max_iter: int = 150) -> tuple[torch.Tensor, torch.Tensor]:
+def fit_logistic(
+    x: torch.Tensor, y: torch.Tensor, n_classes: int, c: float, max_iter: int = 150
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Multinomial logistic regression by full-batch L-BFGS (float32, torch).
 
     Minimises mean cross-entropy + ‖W‖² / (2·C·n): the same optimum as scikit-learn's
@@ -150,8 +155,9 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, n_classes: int, c: float,
     """
     w = torch.zeros(x.shape[1], n_classes, requires_grad=True)
     b = torch.zeros(n_classes, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, history_size=20,
-                            tolerance_grad=1e-6, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        [w, b], lr=1.0, max_iter=max_iter, history_size=20, tolerance_grad=1e-6, line_search_fn="strong_wolfe"
+    )
     reg = 1.0 / (2.0 * c * x.shape[0])
 
     def closure() -> torch.Tensor:
@@ -169,15 +175,23 @@ def _standardise(xtr: np.ndarray, *others: np.ndarray) -> list[torch.Tensor]:
     return [torch.from_numpy(((a - mu) / sd).astype(np.float32)) for a in (xtr, *others)]
 
 
-def _accuracy(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, yte: np.ndarray, c: float,
-              max_iter: int = MAX_ITER) -> float:
+def _accuracy(
+    xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, yte: np.ndarray, c: float, max_iter: int = MAX_ITER
+) -> float:
     a, b = _standardise(xtr, xte)
     w, bias = fit_logistic(a, torch.from_numpy(ytr), int(ytr.max()) + 1, c, max_iter)
     return float(((b @ w + bias).argmax(1).numpy() == yte).mean())
 
 
-def linear_probe(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, yte: np.ndarray,
-                 c_grid: tuple[float, ...] = C_GRID, seed: int = 0, max_iter: int = MAX_ITER) -> dict:
+def linear_probe(
+    xtr: np.ndarray,
+    ytr: np.ndarray,
+    xte: np.ndarray,
+    yte: np.ndarray,
+    c_grid: tuple[float, ...] = C_GRID,
+    seed: int = 0,
+    max_iter: int = MAX_ITER,
+) -> dict:
     """Logistic-regression test accuracy; C chosen on a seeded, stratified 10 % hold-out of train."""
     c = c_grid[0]
     if len(c_grid) > 1:
@@ -190,8 +204,9 @@ def linear_probe(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, yte: np.ndar
 def _holdout(y: np.ndarray, seed: int, frac: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
     """Stratified split of indices: (fit, validation)."""
     rng = np.random.default_rng(seed)
-    val = np.concatenate([rng.permutation(np.flatnonzero(y == c))[: max(1, round(frac * np.sum(y == c)))]
-                          for c in np.unique(y)])
+    val = np.concatenate(
+        [rng.permutation(np.flatnonzero(y == c))[: max(1, round(frac * np.sum(y == c)))] for c in np.unique(y)]
+    )
     return np.setdiff1d(np.arange(len(y)), val), np.sort(val)
 
 
@@ -216,12 +231,12 @@ def knn_probe(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, yte: np.ndarray
     index.add(xtr, np.arange(n, dtype=np.int64))
     _, ids = index.search(xte, k)
     labels = np.where(ids >= 0, ytr[np.clip(ids, 0, None)], -1)
-    return {"accuracy": float(np.mean(majority_vote(labels, int(ytr.max()) + 1) == yte)),
-            "k": k, "index": plan.factory}
+    return {"accuracy": float(np.mean(majority_vote(labels, int(ytr.max()) + 1) == yte)), "k": k, "index": plan.factory}
 
 
-def knn_probe_ssim(train: LabelledSet, test: LabelledSet, k: int = 10, max_queries: int | None = None,
-                   seed: int = 0) -> dict:
+def knn_probe_ssim(
+    train: LabelledSet, test: LabelledSet, k: int = 10, max_queries: int | None = None, seed: int = 0
+) -> dict:
     """k-NN majority-vote accuracy under SSIM: brute force, every query against every train image.
 
     SSIM has no embedding, so this costs |queries|·|train| SSIM evaluations (≈ 12k pairs/s on one
@@ -238,29 +253,50 @@ def knn_probe_ssim(train: LabelledSet, test: LabelledSet, k: int = 10, max_queri
     return {"accuracy": acc, "k": k, "index": "brute-force SSIM", "n_queries": len(q)}
 
 
-def probe_features(name: str, ftr: np.ndarray, fte: np.ndarray, train: LabelledSet,
-                   test: LabelledSet, k: int = 10, seed: int = 0,
-                   c_grid: tuple[float, ...] = C_GRID, max_iter: int = MAX_ITER) -> dict:
+def probe_features(
+    name: str,
+    ftr: np.ndarray,
+    fte: np.ndarray,
+    train: LabelledSet,
+    test: LabelledSet,
+    k: int = 10,
+    seed: int = 0,
+    c_grid: tuple[float, ...] = C_GRID,
+    max_iter: int = MAX_ITER,
+) -> dict:
     """Both probes on precomputed features."""
     t0 = time.perf_counter()
     lin = linear_probe(ftr, train.y, fte, test.y, c_grid, seed, max_iter)
-    row = {"metric": name, "dim": int(ftr.shape[1]), "linear": lin["accuracy"], "C": lin["C"],
-           "knn": knn_probe(ftr, train.y, fte, test.y, k)["accuracy"]}
+    row = {
+        "metric": name,
+        "dim": int(ftr.shape[1]),
+        "linear": lin["accuracy"],
+        "C": lin["C"],
+        "knn": knn_probe(ftr, train.y, fte, test.y, k)["accuracy"],
+    }
     row["probe_s"] = round(time.perf_counter() - t0, 1)
     log.info("%s: linear %.4f (C=%g), %d-NN %.4f", name, row["linear"], row["C"], k, row["knn"])
     return row
 
 
-def run_probe(metric: Metric, train: LabelledSet, test: LabelledSet, *, k: int = 10, dim: int = 4096,
-              seed: int = 0, variants: list[Variant] | None = None,
-              ssim_queries: int | None = None, c_grid: tuple[float, ...] = C_GRID,
-              max_iter: int = MAX_ITER) -> list[dict]:
+def run_probe(
+    metric: Metric,
+    train: LabelledSet,
+    test: LabelledSet,
+    *,
+    k: int = 10,
+    dim: int = 4096,
+    seed: int = 0,
+    variants: list[Variant] | None = None,
+    ssim_queries: int | None = None,
+    c_grid: tuple[float, ...] = C_GRID,
+    max_iter: int = MAX_ITER,
+) -> list[dict]:
     """Probe rows of one metric (one row per AFV variant for the AFV metrics)."""
     t0 = time.perf_counter()
     if metric.name == "ssim":
         res = knn_probe_ssim(train, test, k, ssim_queries, seed)
-        row = {"metric": "ssim", "dim": None, "linear": None, "knn": res["accuracy"],
-               "knn_queries": res["n_queries"]}
+        row = {"metric": "ssim", "dim": None, "linear": None, "knn": res["accuracy"], "knn_queries": res["n_queries"]}
         return [{**row, "features_s": 0.0, "probe_s": round(time.perf_counter() - t0, 1)}]
     if metric.name in ("afv", "afv-random") and getattr(metric.extractor, "readout", "global") == "global":
         ext = metric.extractor
@@ -268,9 +304,15 @@ def run_probe(metric: Metric, train: LabelledSet, test: LabelledSet, *, k: int =
         ftr = afv_variants(ext, train.x, variants, dim, seed)
         fte = afv_variants(ext, test.x, variants, dim, seed)
         feat_s = round(time.perf_counter() - t0, 1)
-        return [{**probe_features(metric.name, ftr[v], fte[v], train, test, k, seed, c_grid, max_iter),
-                 "normalization": v.normalization, "eps_rel": v.eps_rel, "features_s": feat_s}
-                for v in variants]
+        return [
+            {
+                **probe_features(metric.name, ftr[v], fte[v], train, test, k, seed, c_grid, max_iter),
+                "normalization": v.normalization,
+                "eps_rel": v.eps_rel,
+                "features_s": feat_s,
+            }
+            for v in variants
+        ]
     ftr, fte = embed(metric, train.x, dim, seed), embed(metric, test.x, dim, seed)
     feat_s = round(time.perf_counter() - t0, 1)
     return [{**probe_features(metric.name, ftr, fte, train, test, k, seed, c_grid, max_iter), "features_s": feat_s}]

@@ -64,8 +64,15 @@ def write_heatmap(path: Path, names: list[str], d: np.ndarray, title: str) -> No
     hi = float(d.max()) or 1.0
     for i in range(len(names)) if step == 1 else ():
         for j in range(len(names)):
-            ax.text(j, i, f"{d[i, j]:.3g}", ha="center", va="center", fontsize=7,
-                    color="white" if d[i, j] > 0.5 * hi else "black")
+            ax.text(
+                j,
+                i,
+                f"{d[i, j]:.3g}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if d[i, j] > 0.5 * hi else "black",
+            )
     fig.colorbar(im, ax=ax, label="Fisher set distance")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()

@@ -78,6 +78,5 @@ def ssim_cross(xq: torch.Tensor, xb: torch.Tensor, chunk_pairs: int = 16384) -> 
     step = max(1, chunk_pairs // max(1, xb.shape[0]))
     for i in range(0, xq.shape[0], step):
         s = slice(i, i + step)
-        out[s] = ssim_from_stats(xq[s, None], xb[None], (mu_q[s, None], var_q[s, None]),
-                                 (mu_b[None], var_b[None]))
+        out[s] = ssim_from_stats(xq[s, None], xb[None], (mu_q[s, None], var_q[s, None]), (mu_b[None], var_b[None]))
     return out

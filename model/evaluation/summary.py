@@ -20,8 +20,10 @@ PIXEL_METRICS = ("l2", "ssim", "phash")  # the baselines: the same whatever mode
 def _columns(report: dict, label: str | None) -> dict[str, dict[str, float | None]]:
     """{column title: {row name: value}} of one report; model metrics named 'MODEL metric' if it names one."""
     model = report.get("model")
-    return {title: {(f"{model} {m}" if model and m not in PIXEL_METRICS else m): v for m, v in values.items()}
-            for title, values in _task_columns(report, label).items()}
+    return {
+        title: {(f"{model} {m}" if model and m not in PIXEL_METRICS else m): v for m, v in values.items()}
+        for title, values in _task_columns(report, label).items()
+    }
 
 
 def _task_columns(report: dict, label: str | None) -> dict[str, dict[str, float | None]]:
@@ -29,17 +31,22 @@ def _task_columns(report: dict, label: str | None) -> dict[str, dict[str, float 
     task = report.get("task") or ("probe" if "n_train" in report else None)
     if task == "copies":
         name = label or _short(report["collection"])
-        return {f"copies r@1 {name}": {r["metric"]: r["mean"]["recall@1"] for r in report["rows"]},
-                f"worst edit r@1 {name}": {r["metric"]: min(e["recall@1"] for e in r["edits"].values())
-                                           for r in report["rows"]}}
+        return {
+            f"copies r@1 {name}": {r["metric"]: r["mean"]["recall@1"] for r in report["rows"]},
+            f"worst edit r@1 {name}": {
+                r["metric"]: min(e["recall@1"] for e in r["edits"].values()) for r in report["rows"]
+            },
+        }
     if task == "ranking":
         name = label or _short(report["data"])
         return {f"ranking {name}": {r["metric"]: r["mean"] for r in report["rows"]}}
     if task == "probe":
         name = label or _short(report.get("test_data", report["data"]))
         rows = report["rows"]
-        return {f"linear {name}": {_probe_name(r): r["linear"] for r in rows},
-                f"10-NN {name}": {_probe_name(r): r["knn"] for r in rows}}
+        return {
+            f"linear {name}": {_probe_name(r): r["linear"] for r in rows},
+            f"10-NN {name}": {_probe_name(r): r["knn"] for r in rows},
+        }
     if task in ("2afc", "jnd"):
         name = label or ",".join(sorted({_short(r["dir"]) for r in report["results"]}))
         return {f"{task} {name}": dict(report["mean"])}

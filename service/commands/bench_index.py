@@ -54,25 +54,40 @@ def bench_one(n: int, d: int, n_queries: int, budget: int, k: int = 10) -> dict:
         qps_rr = n_queries / (time.perf_counter() - t0)
     finally:
         faiss.omp_set_num_threads(threads)
-    return {"n": n, "kind": plan.factory, "bytes_per_vector": plan.bytes_per_vector,
-            "compression": 4 * d / plan.bytes_per_vector, "build_s": build_s,
-            "recall@10": _recall(I, I_gt, k), "qps": qps,
-            "recall@10_rerank": _recall(I_rr, I_gt, k), "qps_rerank": qps_rr}
+    return {
+        "n": n,
+        "kind": plan.factory,
+        "bytes_per_vector": plan.bytes_per_vector,
+        "compression": 4 * d / plan.bytes_per_vector,
+        "build_s": build_s,
+        "recall@10": _recall(I, I_gt, k),
+        "qps": qps,
+        "recall@10_rerank": _recall(I_rr, I_gt, k),
+        "qps_rerank": qps_rr,
+    }
 
 
-def bench_index(sizes: str = typer.Option("10000,100000,1000000", help="Comma-separated collection sizes."),
-                dim: int = typer.Option(1024, "--dim", help="Sketch dimension."),
-                queries: int = typer.Option(1000, help="Number of queries."),
-                memory_budget: str = typer.Option("256MB", "--memory-budget")) -> None:
+def bench_index(
+    sizes: str = typer.Option("10000,100000,1000000", help="Comma-separated collection sizes."),
+    dim: int = typer.Option(1024, "--dim", help="Sketch dimension."),
+    queries: int = typer.Option(1000, help="Number of queries."),
+    memory_budget: str = typer.Option("256MB", "--memory-budget"),
+) -> None:
     """Benchmark the compressed index on synthetic clustered sketches and print a table."""
     budget = parse_size(memory_budget)
-    typer.echo(f"d={dim}, {queries} queries, memory budget {budget / 2**20:.0f} MiB; "
-               "qps single-threaded; rerank = exact re-rank of 10·k PQ candidates")
-    head = (f"{'n':>9} {'index':>22} {'B/vec':>6} {'×':>5} {'build s':>8} {'R@10':>6} {'qps':>8} "
-            f"{'R@10 rr':>8} {'qps rr':>7}")
+    typer.echo(
+        f"d={dim}, {queries} queries, memory budget {budget / 2**20:.0f} MiB; "
+        "qps single-threaded; rerank = exact re-rank of 10·k PQ candidates"
+    )
+    head = (
+        f"{'n':>9} {'index':>22} {'B/vec':>6} {'×':>5} {'build s':>8} {'R@10':>6} {'qps':>8} "
+        f"{'R@10 rr':>8} {'qps rr':>7}"
+    )
     typer.echo(head)
     for n in (int(s) for s in sizes.split(",")):
         r = bench_one(n, dim, queries, budget)
-        typer.echo(f"{r['n']:>9} {r['kind']:>22} {r['bytes_per_vector']:>6} {r['compression']:>5.0f} "
-                   f"{r['build_s']:>8.1f} {r['recall@10']:>6.3f} {r['qps']:>8.0f} "
-                   f"{r['recall@10_rerank']:>8.3f} {r['qps_rerank']:>7.0f}")
+        typer.echo(
+            f"{r['n']:>9} {r['kind']:>22} {r['bytes_per_vector']:>6} {r['compression']:>5.0f} "
+            f"{r['build_s']:>8.1f} {r['recall@10']:>6.3f} {r['qps']:>8.0f} "
+            f"{r['recall@10_rerank']:>8.3f} {r['qps_rerank']:>7.0f}"
+        )

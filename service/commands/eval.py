@@ -23,32 +23,55 @@ from model.evaluation.metrics import DEFAULT_METRICS, METRICS
 
 log = logging.getLogger(__name__)
 
-eval_app = typer.Typer(help="Evaluate the metric: BAPPS 2AFC / JND, probes, class distances, copy detection, "
-                            "distortion ranking.",
-                       no_args_is_help=True)
+eval_app = typer.Typer(
+    help="Evaluate the metric: BAPPS 2AFC / JND, probes, class distances, copy detection, distortion ranking.",
+    no_args_is_help=True,
+)
 
 ModelOpt = Annotated[Path | None, typer.Option("--model", help="Run directory (default: the bundled model).")]
-MetricOpt = Annotated[list[str] | None, typer.Option(
-    "--metric", help=f"Metric(s) to score, repeatable: {' | '.join(METRICS)} (default: "
-    f"{', '.join(DEFAULT_METRICS)}; bigan/bigbigan need --model of such a run).")]
+MetricOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--metric",
+        help=f"Metric(s) to score, repeatable: {' | '.join(METRICS)} (default: "
+        f"{', '.join(DEFAULT_METRICS)}; bigan/bigbigan need --model of such a run).",
+    ),
+]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
-EmbeddingOpt = Annotated[list[str] | None, typer.Option(
-    "--embedding", help="bigan/bigbigan encoder output(s) to score, repeatable: z | hidden | z+hidden (default z).")]
-NormOpt = Annotated[str | None, typer.Option(
-    "--normalization", help="AFV normalisation none | l2 | power (default: the model's).")]
-ReadoutsOpt = Annotated[list[str] | None, typer.Option(
-    "--readout", help="AFV read-out(s) to compare, repeatable: global | pyramid-1-2-4 | …, optionally with a "
-    "normalisation, e.g. pyramid-1-2-4:power (default: the model's own). Each is scored as metric afv:READOUT.")]
+EmbeddingOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--embedding", help="bigan/bigbigan encoder output(s) to score, repeatable: z | hidden | z+hidden (default z)."
+    ),
+]
+NormOpt = Annotated[
+    str | None, typer.Option("--normalization", help="AFV normalisation none | l2 | power (default: the model's).")
+]
+ReadoutsOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--readout",
+        help="AFV read-out(s) to compare, repeatable: global | pyramid-1-2-4 | …, optionally with a "
+        "normalisation, e.g. pyramid-1-2-4:power (default: the model's own). Each is scored as metric afv:READOUT.",
+    ),
+]
 OutOpt = Annotated[Path | None, typer.Option("--out", help="Also write the report as JSON here.")]
 PlotOpt = Annotated[Path | None, typer.Option("--plot", help="Write a figure (PNG) here.")]
 SplitOpt = Annotated[str | None, typer.Option("--split", help="Only images under this top-level folder.")]
 LimitOpt = Annotated[int | None, typer.Option("--limit", min=1, help="Seeded random subset of this many images.")]
-PixelOpt = Annotated[int | None, typer.Option(
-    "--pixel-size", help="Common size of the pixel metrics l2/ssim/phash (default: the images' own size "
-    "if they are all one square size ≤ 64 px, else 64).")]
-ProgressOpt = Annotated[bool | None, typer.Option(
-    "--progress/--no-progress", help="Progress bars on stderr (default: when stderr is a terminal).")]
+PixelOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--pixel-size",
+        help="Common size of the pixel metrics l2/ssim/phash (default: the images' own size "
+        "if they are all one square size ≤ 64 px, else 64).",
+    ),
+]
+ProgressOpt = Annotated[
+    bool | None,
+    typer.Option("--progress/--no-progress", help="Progress bars on stderr (default: when stderr is a terminal)."),
+]
 
 
 def _fail(message: str) -> None:
@@ -56,8 +79,14 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-def _metrics(names: list[str] | None, model: Path | None, device: str, normalization: str | None,
-             embeddings: list[str] | None = None, readouts: list[str] | None = None) -> list:
+def _metrics(
+    names: list[str] | None,
+    model: Path | None,
+    device: str,
+    normalization: str | None,
+    embeddings: list[str] | None = None,
+    readouts: list[str] | None = None,
+) -> list:
     """Build the requested metrics, loading the trained model once (afv and dpool share it)."""
     metrics = _base_metrics(names, model, device, normalization, embeddings)
     if not readouts:
@@ -95,8 +124,13 @@ def _readout_variants(afv, model: Path | None, readouts: list[str]) -> list:
     return variants
 
 
-def _base_metrics(names: list[str] | None, model: Path | None, device: str, normalization: str | None,
-                  embeddings: list[str] | None = None) -> list:
+def _base_metrics(
+    names: list[str] | None,
+    model: Path | None,
+    device: str,
+    normalization: str | None,
+    embeddings: list[str] | None = None,
+) -> list:
     from model.checkpoint import CheckpointError
     from model.evaluation.metrics import get_metric, load_extractors
 
@@ -105,15 +139,17 @@ def _base_metrics(names: list[str] | None, model: Path | None, device: str, norm
     if bad:
         _fail(f"unknown metric {bad[0]!r}; choose from {', '.join(METRICS)}")
     try:
-        trained = (load_extractors("afv", model, device, normalization)
-                   if {"afv", "dpool", "afv-random"} & set(names) else None)
+        trained = (
+            load_extractors("afv", model, device, normalization)
+            if {"afv", "dpool", "afv-random"} & set(names)
+            else None
+        )
         out = []
         for n in names:
             ext = trained if n in ("afv", "dpool") else None
             if n in ("bigan", "bigbigan"):
                 for emb in embeddings or [None]:
-                    out.append(get_metric(n, extractor=load_extractors(n, model, device, normalization,
-                                                                       embedding=emb)))
+                    out.append(get_metric(n, extractor=load_extractors(n, model, device, normalization, embedding=emb)))
                 continue
             if n == "gfmn-moments":
                 ext = load_extractors(n, model, device, normalization)
@@ -139,12 +175,24 @@ def _table(rows: list[dict], dirs: list[str], key: str) -> str:
     return "\n".join(lines)
 
 
-def _bapps(kind: str, dirs: list[Path], metric: list[str] | None, model, device, normalization,
-           json_out: bool, embedding: list[str] | None = None, readout: list[str] | None = None) -> None:
+def _bapps(
+    kind: str,
+    dirs: list[Path],
+    metric: list[str] | None,
+    model,
+    device,
+    normalization,
+    json_out: bool,
+    embedding: list[str] | None = None,
+    readout: list[str] | None = None,
+) -> None:
     from model.evaluation import bapps
 
-    load, run, key = ((bapps.load_2afc, bapps.evaluate_2afc, "score") if kind == "2afc"
-                      else (bapps.load_jnd, bapps.evaluate_jnd, "map"))
+    load, run, key = (
+        (bapps.load_2afc, bapps.evaluate_2afc, "score")
+        if kind == "2afc"
+        else (bapps.load_jnd, bapps.evaluate_jnd, "map")
+    )
     try:
         sets = [load(d) for d in dirs]
     except (bapps.BAPPSLayoutError, ValueError) as e:
@@ -159,24 +207,37 @@ def _bapps(kind: str, dirs: list[Path], metric: list[str] | None, model, device,
     typer.echo(f"BAPPS {'2AFC score' if kind == '2afc' else 'JND mAP'} ({counts})")
     typer.echo(_table(rows, [str(s.root) for s in sets], key))
     if kind == "2afc":
-        typer.echo("human agreement (p²+(1−p)²): "
-                   + ", ".join(f"{r['human']:.4f}" for r in rows if r["metric"] == names[0]))
+        typer.echo(
+            "human agreement (p²+(1−p)²): " + ", ".join(f"{r['human']:.4f}" for r in rows if r["metric"] == names[0])
+        )
 
 
 @eval_app.command("2afc")
-def two_afc(dirs: Annotated[list[Path], typer.Argument(help="BAPPS 2AFC folder(s): ref/ p0/ p1/ judge/.")],
-            model: ModelOpt = None, metric: MetricOpt = None, device: DeviceOpt = "auto",
-            normalization: NormOpt = None, embedding: EmbeddingOpt = None, readout: ReadoutsOpt = None,
-            json_out: JsonOpt = False) -> None:
+def two_afc(
+    dirs: Annotated[list[Path], typer.Argument(help="BAPPS 2AFC folder(s): ref/ p0/ p1/ judge/.")],
+    model: ModelOpt = None,
+    metric: MetricOpt = None,
+    device: DeviceOpt = "auto",
+    normalization: NormOpt = None,
+    embedding: EmbeddingOpt = None,
+    readout: ReadoutsOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
     """BAPPS 2AFC score of each metric on each folder, and their mean."""
     _bapps("2afc", dirs, metric, model, device, normalization, json_out, embedding, readout)
 
 
 @eval_app.command("jnd")
-def jnd(dirs: Annotated[list[Path], typer.Argument(help="BAPPS JND folder(s): p0/ p1/ same/.")],
-        model: ModelOpt = None, metric: MetricOpt = None, device: DeviceOpt = "auto",
-        normalization: NormOpt = None, embedding: EmbeddingOpt = None, readout: ReadoutsOpt = None,
-        json_out: JsonOpt = False) -> None:
+def jnd(
+    dirs: Annotated[list[Path], typer.Argument(help="BAPPS JND folder(s): p0/ p1/ same/.")],
+    model: ModelOpt = None,
+    metric: MetricOpt = None,
+    device: DeviceOpt = "auto",
+    normalization: NormOpt = None,
+    embedding: EmbeddingOpt = None,
+    readout: ReadoutsOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
     """BAPPS JND mAP of each metric's distance as a same/different detector."""
     _bapps("jnd", dirs, metric, model, device, normalization, json_out, embedding, readout)
 
@@ -190,9 +251,16 @@ def _variants(ext, norms: list[str] | None, eps: list[float] | None):
 @eval_app.command("probe")
 def probe(
     data: Annotated[Path, typer.Option(help="Folder or .tar(.gz) with SPLIT/CLASS/* images.")],
-    test_data: Annotated[Path | None, typer.Option(
-        help="Folder or .tar(.gz) holding the test split, if not --data (e.g. Tiny ImageNet's val archive).")] = None,
-    model: ModelOpt = None, metric: MetricOpt = None, device: DeviceOpt = "auto", embedding: EmbeddingOpt = None,
+    test_data: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder or .tar(.gz) holding the test split, if not --data (e.g. Tiny ImageNet's val archive)."
+        ),
+    ] = None,
+    model: ModelOpt = None,
+    metric: MetricOpt = None,
+    device: DeviceOpt = "auto",
+    embedding: EmbeddingOpt = None,
     readout: ReadoutsOpt = None,
     train_split: Annotated[str, typer.Option(help="Training split folder.")] = "train",
     test_split: Annotated[str, typer.Option(help="Test split folder.")] = "test",
@@ -200,16 +268,23 @@ def probe(
     test_limit: Annotated[int | None, typer.Option(help="Class-stratified subset of test.")] = None,
     k: Annotated[int, typer.Option(help="Neighbours in the k-NN vote.")] = 10,
     dim: Annotated[int, typer.Option(help="Sketch wider features (AFVs) to this many values.")] = 4096,
-    normalization: Annotated[list[str] | None, typer.Option(
-        help="AFV normalisation(s) to compare, repeatable (default: the model's).")] = None,
-    eps_rel: Annotated[list[float] | None, typer.Option(
-        help="Fisher floor(s) FisherStats.eps_rel to compare, repeatable (default: the stored one).")] = None,
-    c: Annotated[list[float] | None, typer.Option(
-        "--C", help="Logistic-regression C (repeatable: picked on a 10% train hold-out).")] = None,
+    normalization: Annotated[
+        list[str] | None, typer.Option(help="AFV normalisation(s) to compare, repeatable (default: the model's).")
+    ] = None,
+    eps_rel: Annotated[
+        list[float] | None,
+        typer.Option(help="Fisher floor(s) FisherStats.eps_rel to compare, repeatable (default: the stored one)."),
+    ] = None,
+    c: Annotated[
+        list[float] | None,
+        typer.Option("--C", help="Logistic-regression C (repeatable: picked on a 10% train hold-out)."),
+    ] = None,
     max_iter: Annotated[int, typer.Option(help="L-BFGS iterations of the linear probe.")] = 150,
-    ssim_queries: Annotated[int | None, typer.Option(
-        help="SSIM k-NN is brute force: score it on this many (stratified) test images.")] = 500,
-    seed: int = 0, json_out: JsonOpt = False,
+    ssim_queries: Annotated[
+        int | None, typer.Option(help="SSIM k-NN is brute force: score it on this many (stratified) test images.")
+    ] = 500,
+    seed: int = 0,
+    json_out: JsonOpt = False,
     out: Annotated[Path | None, typer.Option(help="Also write the rows as JSON here.")] = None,
 ) -> None:
     """Linear-probe and k-NN accuracy (train split → test split) of each metric's embedding."""
@@ -226,12 +301,27 @@ def probe(
     rows = []
     for m in metrics:
         vs = _variants(m.extractor, normalization, eps_rel) if m.name.startswith("afv") else None
-        rows += run_probe(m, train, test, k=k, dim=dim, seed=seed, variants=vs,
-                          ssim_queries=ssim_queries, c_grid=tuple(c or C_GRID),
-                          max_iter=max_iter)
-    report = {"data": str(data), "test_data": str(test_data or data), "model": _model_label(model),
-              "n_train": len(train.y),
-              "n_test": len(test.y), "k": k, "rows": rows}
+        rows += run_probe(
+            m,
+            train,
+            test,
+            k=k,
+            dim=dim,
+            seed=seed,
+            variants=vs,
+            ssim_queries=ssim_queries,
+            c_grid=tuple(c or C_GRID),
+            max_iter=max_iter,
+        )
+    report = {
+        "data": str(data),
+        "test_data": str(test_data or data),
+        "model": _model_label(model),
+        "n_train": len(train.y),
+        "n_test": len(test.y),
+        "k": k,
+        "rows": rows,
+    }
     _write_json(out, report)
     if json_out:
         typer.echo(json.dumps(report))
@@ -250,10 +340,13 @@ def probe(
 def class_distances(
     data: Annotated[Path, typer.Option(help="Folder or .tar(.gz) with [SPLIT/]CLASS/* images.")],
     out: Annotated[Path, typer.Option(help="Output path prefix: writes OUT.csv and OUT.png.")],
-    model: ModelOpt = None, device: DeviceOpt = "auto", normalization: NormOpt = None,
+    model: ModelOpt = None,
+    device: DeviceOpt = "auto",
+    normalization: NormOpt = None,
     split: Annotated[str, typer.Option(help="Split folder ('' = classes at the top level).")] = "test",
     limit: Annotated[int | None, typer.Option(help="Class-stratified subset size.")] = None,
-    seed: int = 0, json_out: JsonOpt = False,
+    seed: int = 0,
+    json_out: JsonOpt = False,
 ) -> None:
     """Class-by-class Fisher set-distance matrix (CSV + heat map), e.g. over CIFAR-10's test classes."""
     from model.evaluation import setdist
@@ -261,20 +354,26 @@ def class_distances(
 
     ext = _metrics(["afv"], model, device, normalization)[0].extractor
     try:
-        data_set = (load_labelled(data, split, ext.resolution, limit, seed) if split
-                    else _top_level_classes(data, ext.resolution, limit, seed))
+        data_set = (
+            load_labelled(data, split, ext.resolution, limit, seed)
+            if split
+            else _top_level_classes(data, ext.resolution, limit, seed)
+        )
     except (ValueError, FileNotFoundError) as e:
         _fail(str(e))
     per_class = {c: data_set.x[data_set.y == i] for i, c in enumerate(data_set.classes)}
     names, d = setdist.distance_matrix(setdist.class_means(ext, per_class))
     prefix = out.with_suffix("") if out.suffix in (".csv", ".png") else out
     setdist.write_csv(prefix.with_name(prefix.name + ".csv"), names, d)
-    setdist.write_heatmap(prefix.with_name(prefix.name + ".png"), names, d,
-                          f"Fisher distance between class means ({ext.name}, {len(data_set.y)} images)")
+    setdist.write_heatmap(
+        prefix.with_name(prefix.name + ".png"),
+        names,
+        d,
+        f"Fisher distance between class means ({ext.name}, {len(data_set.y)} images)",
+    )
     pairs = setdist.nearest_pairs(names, d)
     if json_out:
-        typer.echo(json.dumps({"classes": names, "distances": d.tolist(),
-                               "nearest": [list(p) for p in pairs]}))
+        typer.echo(json.dumps({"classes": names, "distances": d.tolist(), "nearest": [list(p) for p in pairs]}))
         return
     typer.echo(f"wrote {prefix}.csv and {prefix}.png")
     for a, b, v in pairs:
@@ -335,21 +434,42 @@ def _grid(labels: list[str], rows: list[dict], value) -> str:
 @eval_app.command("copies")
 def copies(
     collection: Annotated[Path, typer.Argument(help="Folder or .tar(.gz) of images to search in.")],
-    model: ModelOpt = None, metric: MetricOpt = None, device: DeviceOpt = "auto", normalization: NormOpt = None,
+    model: ModelOpt = None,
+    metric: MetricOpt = None,
+    device: DeviceOpt = "auto",
+    normalization: NormOpt = None,
     readout: ReadoutsOpt = None,
-    edit: Annotated[list[str] | None, typer.Option(
-        "--edit", help=f"Edit(s) to apply to the queries, repeatable (default: all): {', '.join(EDITS)}.")
+    edit: Annotated[
+        list[str] | None,
+        typer.Option("--edit", help=f"Edit(s) to apply to the queries, repeatable (default: all): {', '.join(EDITS)}."),
     ] = None,
     queries: Annotated[int, typer.Option(min=1, help="Seeded query images (the same ones for every edit).")] = 200,
-    ssim_queries: Annotated[int, typer.Option(
-        min=1, help="SSIM search is brute force: only this many of the queries per edit.")] = 50,
-    split: SplitOpt = None, limit: LimitOpt = None, pixel_size: PixelOpt = None,
-    dim: Annotated[int, typer.Option(min=1, help="Embeddings wider than this (AFVs) are projected to this many "
-                                     "values by the index's seeded sparse JL sketch.")] = 4096,
-    mirror: Annotated[bool, typer.Option(
-        "--mirror/--no-mirror", help="Also search each copy's mirror image and keep the nearer distance, as "
-        "/v1/search does by default (for every metric alike).")] = False,
-    seed: int = 0, json_out: JsonOpt = False, out: OutOpt = None, plot: PlotOpt = None,
+    ssim_queries: Annotated[
+        int, typer.Option(min=1, help="SSIM search is brute force: only this many of the queries per edit.")
+    ] = 50,
+    split: SplitOpt = None,
+    limit: LimitOpt = None,
+    pixel_size: PixelOpt = None,
+    dim: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Embeddings wider than this (AFVs) are projected to this many "
+            "values by the index's seeded sparse JL sketch.",
+        ),
+    ] = 4096,
+    mirror: Annotated[
+        bool,
+        typer.Option(
+            "--mirror/--no-mirror",
+            help="Also search each copy's mirror image and keep the nearer distance, as "
+            "/v1/search does by default (for every metric alike).",
+        ),
+    ] = False,
+    seed: int = 0,
+    json_out: JsonOpt = False,
+    out: OutOpt = None,
+    plot: PlotOpt = None,
     progress: ProgressOpt = None,
 ) -> None:
     """Copy detection: recall@1/@10 of finding each query's original from an edited copy, per edit and metric."""
@@ -362,11 +482,32 @@ def copies(
     images = _read_images(collection, split, limit, seed)
     pixel = common_size(images.sizes, pixel_size)
     idx = sample(len(images), queries, seed)
-    rows = [run_copies(m, images, edits, idx, pixel=pixel, dim=dim, seed=seed, ssim_queries=ssim_queries,
-                       progress=_progress(progress), mirror=mirror) for m in metrics]
-    report = {"task": "copies", "collection": str(collection), "model": _model_label(model),
-              "n_collection": len(images), "mirror": mirror,
-              "n_queries": int(len(idx)), "pixel_size": pixel, "seed": seed, "rows": rows}
+    rows = [
+        run_copies(
+            m,
+            images,
+            edits,
+            idx,
+            pixel=pixel,
+            dim=dim,
+            seed=seed,
+            ssim_queries=ssim_queries,
+            progress=_progress(progress),
+            mirror=mirror,
+        )
+        for m in metrics
+    ]
+    report = {
+        "task": "copies",
+        "collection": str(collection),
+        "model": _model_label(model),
+        "n_collection": len(images),
+        "mirror": mirror,
+        "n_queries": int(len(idx)),
+        "pixel_size": pixel,
+        "seed": seed,
+        "rows": rows,
+    }
     _write_json(out, report)
     if plot:
         from model.evaluation.editplots import copies_bars
@@ -376,29 +517,40 @@ def copies(
     if json_out:
         typer.echo(json.dumps(report))
         return
-    typer.echo(f"copy detection in {collection} ({len(images)} images, {len(idx)} queries per edit, "
-               f"pixel metrics at {pixel} px)")
+    typer.echo(
+        f"copy detection in {collection} ({len(images)} images, {len(idx)} queries per edit, "
+        f"pixel metrics at {pixel} px)"
+    )
     labels = [e.name for e in edits] + ["mean"]
     for key in ("recall@1", "recall@10"):
         typer.echo(f"\n{key}")
         typer.echo(_grid(labels, rows, lambda r, lab, key=key: (r["mean"] if lab == "mean" else r["edits"][lab])[key]))
     for r in rows:
-        notes = [f"{r['seconds']} s"] + ([f"brute force on {r['n_queries']} queries per edit"]
-                                         if r["dim"] is None else [f"{r['dim']}-d embedding"])
+        notes = [f"{r['seconds']} s"] + (
+            [f"brute force on {r['n_queries']} queries per edit"] if r["dim"] is None else [f"{r['dim']}-d embedding"]
+        )
         typer.echo(f"{r['metric']}: {', '.join(notes)}")
 
 
 @eval_app.command("ranking")
 def ranking(
     data: Annotated[Path, typer.Argument(help="Folder or .tar(.gz) of images.")],
-    model: ModelOpt = None, metric: MetricOpt = None, device: DeviceOpt = "auto", normalization: NormOpt = None,
+    model: ModelOpt = None,
+    metric: MetricOpt = None,
+    device: DeviceOpt = "auto",
+    normalization: NormOpt = None,
     readout: ReadoutsOpt = None,
-    family: Annotated[list[str] | None, typer.Option(
-        "--family", help=f"Edit famil(ies) to rank, repeatable (default: all): {', '.join(FAMILIES)}.")
+    family: Annotated[
+        list[str] | None,
+        typer.Option("--family", help=f"Edit famil(ies) to rank, repeatable (default: all): {', '.join(FAMILIES)}."),
     ] = None,
     images: Annotated[int, typer.Option("--images", min=1, help="Seeded images to edit.")] = 200,
-    split: SplitOpt = None, pixel_size: PixelOpt = None,
-    seed: int = 0, json_out: JsonOpt = False, out: OutOpt = None, plot: PlotOpt = None,
+    split: SplitOpt = None,
+    pixel_size: PixelOpt = None,
+    seed: int = 0,
+    json_out: JsonOpt = False,
+    out: OutOpt = None,
+    plot: PlotOpt = None,
     progress: ProgressOpt = None,
 ) -> None:
     """Distortion ranking: fraction of images where a weaker edit is nearer than a stronger one, per family."""
@@ -412,9 +564,15 @@ def ranking(
     idx = sample(len(coll), images, seed)
     pixel = common_size([coll.sizes[i] for i in idx], pixel_size)
     rows = [run_ranking(m, coll, fams, idx, pixel=pixel, seed=seed, progress=_progress(progress)) for m in metrics]
-    report = {"task": "ranking", "data": str(data), "model": _model_label(model), "n_images": int(len(idx)),
-              "pixel_size": pixel, "seed": seed,
-              "rows": rows}
+    report = {
+        "task": "ranking",
+        "data": str(data),
+        "model": _model_label(model),
+        "n_images": int(len(idx)),
+        "pixel_size": pixel,
+        "seed": seed,
+        "rows": rows,
+    }
     _write_json(out, report)
     if plot:
         from model.evaluation.editplots import ranking_heatmap
@@ -423,19 +581,23 @@ def ranking(
     if json_out:
         typer.echo(json.dumps(report))
         return
-    typer.echo(f"distortion ranking on {data} ({len(idx)} images, pixel metrics at {pixel} px): "
-               "fraction of (weak, strong) pairs with d(x, weak) < d(x, strong)")
-    typer.echo(_grid(list(fams) + ["mean"], rows,
-                     lambda r, lab: r["mean"] if lab == "mean" else r["families"][lab]["mean"]))
+    typer.echo(
+        f"distortion ranking on {data} ({len(idx)} images, pixel metrics at {pixel} px): "
+        "fraction of (weak, strong) pairs with d(x, weak) < d(x, strong)"
+    )
+    typer.echo(
+        _grid(list(fams) + ["mean"], rows, lambda r, lab: r["mean"] if lab == "mean" else r["families"][lab]["mean"])
+    )
     typer.echo("time: " + ", ".join(f"{r['metric']} {r['seconds']} s" for r in rows))
-
 
 
 @eval_app.command("summary")
 def summary(
     reports: Annotated[list[Path], typer.Argument(help="JSON reports written by afv eval … --out.")],
-    label: Annotated[list[str] | None, typer.Option(
-        "--label", help="Column label of each report, in order (default: its data folder's name).")] = None,
+    label: Annotated[
+        list[str] | None,
+        typer.Option("--label", help="Column label of each report, in order (default: its data folder's name)."),
+    ] = None,
 ) -> None:
     """One markdown table of several benchmark reports: a row per metric variant, columns per benchmark."""
     from model.evaluation.summary import markdown, summarise

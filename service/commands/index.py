@@ -18,8 +18,19 @@ from model.data import IMAGE_SUFFIXES, ImageDecodeError, ImageRecord, decode_ima
 
 index_app = typer.Typer(help="Build and maintain a compressed AFV index.", no_args_is_help=True)
 
-_UNITS = {"": 1, "B": 1, "K": 2**10, "KB": 2**10, "KIB": 2**10, "M": 2**20, "MB": 2**20, "MIB": 2**20,
-          "G": 2**30, "GB": 2**30, "GIB": 2**30}
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "K": 2**10,
+    "KB": 2**10,
+    "KIB": 2**10,
+    "M": 2**20,
+    "MB": 2**20,
+    "MIB": 2**20,
+    "G": 2**30,
+    "GB": 2**30,
+    "GIB": 2**30,
+}
 
 
 def parse_size(text: str) -> int:
@@ -85,23 +96,28 @@ def _add_batch(idx: AFVIndex, batch: list[ImageRecord], root: Path, skipped: lis
 
 
 @index_app.command("build")
-def build(images: Path = typer.Argument(..., help="Folder of images or .tar/.tar.gz archive."),
-          index: Path = typer.Option(..., "--index", help="Index folder (created, or resumed)."),
-          model: Path | None = typer.Option(None, "--model", help="Run directory of a trained model."),
-          memory_budget: str = typer.Option("256MB", "--memory-budget", help="RAM for the vectors."),
-          mode: str = typer.Option("auto", "--mode", help="Projection: auto (= exact; identity for small "
-                                   "embeddings) | exact | fast (Kronecker, opt-in)."),
-          dim: int = typer.Option(1024, "--dim", help="Sketch dimension."),
-          kind: str = typer.Option("auto", "--kind", help="auto | flat | ivfpq | opq-ivfpq.")) -> None:
+def build(
+    images: Path = typer.Argument(..., help="Folder of images or .tar/.tar.gz archive."),
+    index: Path = typer.Option(..., "--index", help="Index folder (created, or resumed)."),
+    model: Path | None = typer.Option(None, "--model", help="Run directory of a trained model."),
+    memory_budget: str = typer.Option("256MB", "--memory-budget", help="RAM for the vectors."),
+    mode: str = typer.Option(
+        "auto",
+        "--mode",
+        help="Projection: auto (= exact; identity for small embeddings) | exact | fast (Kronecker, opt-in).",
+    ),
+    dim: int = typer.Option(1024, "--dim", help="Sketch dimension."),
+    kind: str = typer.Option("auto", "--kind", help="auto | flat | ivfpq | opq-ivfpq."),
+) -> None:
     """Embed a collection into an index; resumable (images whose content is indexed are skipped)."""
     try:
-        idx = AFVIndex.open_or_create(index, _load_model(model), dim=dim, mode=mode, kind=kind,
-                                      memory_budget=parse_size(memory_budget))
+        idx = AFVIndex.open_or_create(
+            index, _load_model(model), dim=dim, mode=mode, kind=kind, memory_budget=parse_size(memory_budget)
+        )
         added, present, skipped = _build(idx, images)
     except (AFVIndexError, FileNotFoundError, ValueError) as e:
         _fail(e)
-    typer.echo(f"added {added}, already indexed {present}, unreadable {len(skipped)}; "
-               f"index holds {idx.count} images")
+    typer.echo(f"added {added}, already indexed {present}, unreadable {len(skipped)}; index holds {idx.count} images")
     for name, why in skipped:
         typer.echo(f"  skipped {name}: {why}", err=True)
     idx.close()
@@ -121,9 +137,11 @@ def _build(idx: AFVIndex, images: Path) -> tuple[int, int, list]:
 
 
 @index_app.command("add")
-def add(images: list[Path] = typer.Argument(..., help="Image files (or folders/archives) to add."),
-        index: Path = typer.Option(..., "--index"),
-        model: Path | None = typer.Option(None, "--model")) -> None:
+def add(
+    images: list[Path] = typer.Argument(..., help="Image files (or folders/archives) to add."),
+    index: Path = typer.Option(..., "--index"),
+    model: Path | None = typer.Option(None, "--model"),
+) -> None:
     """Add images to an existing index; prints the id of each."""
     try:
         idx = AFVIndex.open(index, _load_model(model))
@@ -137,8 +155,9 @@ def add(images: list[Path] = typer.Argument(..., help="Image files (or folders/a
 
 
 @index_app.command("remove")
-def remove(id: int = typer.Argument(..., help="Id of the image to remove."),
-           index: Path = typer.Option(..., "--index")) -> None:
+def remove(
+    id: int = typer.Argument(..., help="Id of the image to remove."), index: Path = typer.Option(..., "--index")
+) -> None:
     """Remove one image by id."""
     try:
         with AFVIndex.open(index, None) as idx:
@@ -159,12 +178,14 @@ def stats(index: Path = typer.Option(..., "--index")) -> None:
         _fail(e)
 
 
-def search_command(image: Path = typer.Argument(..., help="Query image file."),
-                   index: Path = typer.Option(..., "--index"),
-                   k: int = typer.Option(10, "--k", min=1),
-                   model: Path | None = typer.Option(None, "--model"),
-                   rerank: bool = typer.Option(False, "--rerank", help="Exact re-rank of candidates."),
-                   as_json: bool = typer.Option(False, "--json", help="Print JSON results.")) -> None:
+def search_command(
+    image: Path = typer.Argument(..., help="Query image file."),
+    index: Path = typer.Option(..., "--index"),
+    k: int = typer.Option(10, "--k", min=1),
+    model: Path | None = typer.Option(None, "--model"),
+    rerank: bool = typer.Option(False, "--rerank", help="Exact re-rank of candidates."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON results."),
+) -> None:
     """Find the k indexed images nearest to IMAGE in AFV space."""
     try:
         ex = _load_model(model)

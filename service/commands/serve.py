@@ -17,10 +17,12 @@ def serve_command(
     model: Annotated[Path | None, typer.Option("--model", help="Run directory (default: the bundled model).")] = None,
     index: Annotated[Path | None, typer.Option("--index", help="Index folder (default: DATA_DIR/index-MODEL).")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
-    embedding: Annotated[str | None, typer.Option(
-        help="bigan/bigbigan models: z | hidden | z+hidden (default z).")] = None,
-    readout: Annotated[str | None, typer.Option(
-        help="AFV models: global | pyramid-1-2-4 (spatial pyramid); default: the model's own.")] = None,
+    embedding: Annotated[
+        str | None, typer.Option(help="bigan/bigbigan models: z | hidden | z+hidden (default z).")
+    ] = None,
+    readout: Annotated[
+        str | None, typer.Option(help="AFV models: global | pyramid-1-2-4 (spatial pyramid); default: the model's own.")
+    ] = None,
 ) -> None:
     """Serve similarity, 2AFC/JND judgments and reverse image search over HTTP (OpenAPI docs at /docs)."""
     import uvicorn

@@ -24,9 +24,15 @@ async def readyz(request: Request):
     if engine is None:
         return error_response(503, "not_ready", "the model and index are still loading")
     ext = engine.extractor
-    return Ready(ready=True, model=ext.name, model_hash=ext.model_hash, method=ext.kind, dim=ext.dim,
-                 device=str(ext.device),
-                 index_images=await run_in_threadpool(lambda: engine.index.count))
+    return Ready(
+        ready=True,
+        model=ext.name,
+        model_hash=ext.model_hash,
+        method=ext.kind,
+        dim=ext.dim,
+        device=str(ext.device),
+        index_images=await run_in_threadpool(lambda: engine.index.count),
+    )
 
 
 @router.get("/metrics", response_class=Response)

@@ -28,12 +28,17 @@ router = APIRouter(prefix="/v1", tags=["images"])
 
 
 def _record(data: bytes, name: str | None, metadata: dict | None) -> dict:
-    return {"name": name, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data),
-            "metadata": metadata or {}}
+    return {"name": name, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "metadata": metadata or {}}
 
 
-@router.post("/images", response_model=ImageAdded, status_code=201, dependencies=[WriteAuth],
-             responses={**AUTH_ERRORS, **IMAGE_ERRORS}, openapi_extra=openapi_body(AddImageRequest))
+@router.post(
+    "/images",
+    response_model=ImageAdded,
+    status_code=201,
+    dependencies=[WriteAuth],
+    responses={**AUTH_ERRORS, **IMAGE_ERRORS},
+    openapi_extra=openapi_body(AddImageRequest),
+)
 async def add_image(request: Request, engine: EngineDep, settings: SettingsDep) -> ImageAdded:
     """Index one image with optional `name` and `metadata`; the same bytes again return the same id."""
     body = await parse_body(request, AddImageRequest, settings)
@@ -42,8 +47,13 @@ async def add_image(request: Request, engine: EngineDep, settings: SettingsDep) 
     return ImageAdded(id=str(result.id), duplicate=result.duplicate)
 
 
-@router.post("/images:batch", response_model=BatchAddResponse, dependencies=[WriteAuth],
-             responses={**AUTH_ERRORS, **IMAGE_ERRORS}, openapi_extra=openapi_body(BatchAddRequest))
+@router.post(
+    "/images:batch",
+    response_model=BatchAddResponse,
+    dependencies=[WriteAuth],
+    responses={**AUTH_ERRORS, **IMAGE_ERRORS},
+    openapi_extra=openapi_body(BatchAddRequest),
+)
 async def add_images(request: Request, engine: EngineDep, settings: SettingsDep) -> BatchAddResponse:
     """Index many images; each gets its own result (an unreadable image fails alone)."""
     body = await parse_body(request, BatchAddRequest, settings)
@@ -54,16 +64,16 @@ async def add_images(request: Request, engine: EngineDep, settings: SettingsDep)
     ok = await _decode_each(engine, settings, body.images, results)
     if ok:
         x = np.stack([a for _, a in ok])
-        added = await engine.add(await engine.embed(x),
-                                 [_record(body.images[i], names[i], metas[i]) for i, _ in ok])
+        added = await engine.add(await engine.embed(x), [_record(body.images[i], names[i], metas[i]) for i, _ in ok])
         for (i, _), r in zip(ok, added):
             results[i].id, results[i].duplicate = str(r.id), r.duplicate
     failed = sum(r.error is not None for r in results)
     return BatchAddResponse(results=results, added=len(results) - failed, failed=failed)
 
 
-async def _decode_each(engine: Engine, settings: Settings, images: list[bytes],
-                       results: list[BatchItem]) -> list[tuple[int, np.ndarray]]:
+async def _decode_each(
+    engine: Engine, settings: Settings, images: list[bytes], results: list[BatchItem]
+) -> list[tuple[int, np.ndarray]]:
     """Decode every image alone; failures are recorded in `results`."""
     ok = []
     for i, data in enumerate(images):
@@ -81,8 +91,9 @@ async def get_image(image_id: str, engine: EngineDep) -> ImageInfo:
     return ImageInfo(**{**rec, "id": str(rec["id"])}, metadata=meta)
 
 
-@router.delete("/images/{image_id}", response_model=Deleted, dependencies=[WriteAuth],
-               responses={**AUTH_ERRORS, **NOT_FOUND})
+@router.delete(
+    "/images/{image_id}", response_model=Deleted, dependencies=[WriteAuth], responses={**AUTH_ERRORS, **NOT_FOUND}
+)
 async def delete_image(image_id: str, engine: EngineDep) -> Deleted:
     """Remove an image from the index."""
     iid = parse_id(image_id)

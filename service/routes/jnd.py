@@ -19,13 +19,17 @@ from service.schemas import JNDCalibrateRequest, JNDRequest, JNDResponse, JNDThr
 router = APIRouter(prefix="/v1/jnd", tags=["jnd"])
 
 
-@router.post("", response_model=JNDResponse, dependencies=[ReadAuth], responses=IMAGE_ERRORS,
-             openapi_extra=openapi_body(JNDRequest))
+@router.post(
+    "",
+    response_model=JNDResponse,
+    dependencies=[ReadAuth],
+    responses=IMAGE_ERRORS,
+    openapi_extra=openapi_body(JNDRequest),
+)
 async def jnd(request: Request, engine: EngineDep, settings: SettingsDep) -> JNDResponse:
     """Distance between two images and whether it is below the just-noticeable threshold."""
     body = await parse_body(request, JNDRequest, settings)
-    v = await engine.afv(await load_images(engine, settings,
-                                           [("image_a", body.image_a), ("image_b", body.image_b)]))
+    v = await engine.afv(await load_images(engine, settings, [("image_a", body.image_a), ("image_b", body.image_b)]))
     d, t = pair_distance(v[0], v[1]), engine.jnd
     return JNDResponse(distance=d, same=d <= t.threshold, threshold=t.threshold, threshold_source=t.source)
 
@@ -36,16 +40,16 @@ async def threshold(engine: EngineDep) -> JNDThreshold:
     return engine.jnd
 
 
-@router.post("/calibrate", response_model=JNDThreshold, dependencies=[WriteAuth],
-             responses={**AUTH_ERRORS, **IMAGE_ERRORS})
+@router.post(
+    "/calibrate", response_model=JNDThreshold, dependencies=[WriteAuth], responses={**AUTH_ERRORS, **IMAGE_ERRORS}
+)
 async def calibrate(body: JNDCalibrateRequest, engine: EngineDep, settings: SettingsDep) -> JNDThreshold:
     """Fit the threshold to judged pairs (distances or base64 image pairs; `same` ∈ [0, 1])."""
     with_images = [i for i, p in enumerate(body.pairs) if p.distance is None]
     limit_images(2 * len(with_images), settings.max_images_per_request)
     d = np.array([p.distance or 0.0 for p in body.pairs], dtype=np.float64)
     if with_images:
-        items = [(f"pairs[{i}].{f}", getattr(body.pairs[i], f)) for i in with_images
-                 for f in ("image_a", "image_b")]
+        items = [(f"pairs[{i}].{f}", getattr(body.pairs[i], f)) for i in with_images for f in ("image_a", "image_b")]
         v = await engine.afv(await load_images(engine, settings, items))
         d[with_images] = [pair_distance(v[2 * j], v[2 * j + 1]) for j in range(len(with_images))]
     same = np.array([p.same for p in body.pairs], dtype=np.float64)

@@ -13,8 +13,12 @@ from service.schemas import SearchHit, SearchRequest, SearchResponse
 router = APIRouter(prefix="/v1", tags=["search"], dependencies=[ReadAuth])
 
 
-@router.post("/search", response_model=SearchResponse, responses={**IMAGE_ERRORS, **NOT_FOUND},
-             openapi_extra=openapi_body(SearchRequest))
+@router.post(
+    "/search",
+    response_model=SearchResponse,
+    responses={**IMAGE_ERRORS, **NOT_FOUND},
+    openapi_extra=openapi_body(SearchRequest),
+)
 async def search(request: Request, engine: EngineDep, settings: SettingsDep) -> SearchResponse:
     """The `k` nearest indexed images, nearest first (optionally filtered by metadata `where`)."""
     body = await parse_body(request, SearchRequest, settings)

@@ -47,8 +47,7 @@ async def two_afc(request: Request, engine: EngineDep, settings: SettingsDep) ->
     return TwoAFCResponse(d0=d0, d1=d1, choice=0 if d0 <= d1 else 1)
 
 
-@router.post("/set-distance", response_model=SetDistanceResponse,
-             openapi_extra=openapi_body(SetDistanceRequest))
+@router.post("/set-distance", response_model=SetDistanceResponse, openapi_extra=openapi_body(SetDistanceRequest))
 async def set_distance(request: Request, engine: EngineDep, settings: SettingsDep) -> SetDistanceResponse:
     """Fisher distance between two image sets: the distance between their mean AFVs."""
     body = await parse_body(request, SetDistanceRequest, settings)
@@ -56,7 +55,7 @@ async def set_distance(request: Request, engine: EngineDep, settings: SettingsDe
     xa = await load_images(engine, settings, [(f"images_a[{i}]", b) for i, b in enumerate(body.images_a)])
     xb = await load_images(engine, settings, [(f"images_b[{i}]", b) for i, b in enumerate(body.images_b)])
     v = (await engine.afv(np.concatenate([xa, xb]))).astype(np.float64)
-    d = np.linalg.norm(v[: len(xa)].mean(0) - v[len(xa):].mean(0))
+    d = np.linalg.norm(v[: len(xa)].mean(0) - v[len(xa) :].mean(0))
     return SetDistanceResponse(distance=float(d), n_a=len(xa), n_b=len(xb))
 
 
@@ -66,4 +65,3 @@ async def embed(request: Request, engine: EngineDep, settings: SettingsDep) -> E
     body = await parse_body(request, EmbedRequest, settings)
     v = (await engine.embed(await load_images(engine, settings, [("image", body.image)])))[0]
     return EmbedResponse(vector=v.tolist(), norm=float(np.linalg.norm(v.astype(np.float64))), dim=len(v))
-

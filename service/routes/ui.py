@@ -21,8 +21,11 @@ async def page() -> HTMLResponse:
     return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))
 
 
-@router.get("/v1/images/{image_id}/file", dependencies=[ReadAuth],
-            responses={404: {"description": "unknown id, or the image's bytes are not kept"}})
+@router.get(
+    "/v1/images/{image_id}/file",
+    dependencies=[ReadAuth],
+    responses={404: {"description": "unknown id, or the image's bytes are not kept"}},
+)
 async def image_file(image_id: str, engine: EngineDep, settings: SettingsDep) -> FileResponse:
     """The image file itself, for images of the demo collection (the index keeps no pixels)."""
     rec = await engine.get(parse_id(image_id))

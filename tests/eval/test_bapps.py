@@ -42,7 +42,7 @@ def test_loaders_read_the_fixture(bapps_dir):
     jnd = bapps.load_jnd(bapps_dir / "jnd")
     assert len(two) == 30 and len(jnd) == 30
     assert [p.stem for p in two.ref] == [p.stem for p in two.p1] == [p.stem for p in two.p0]
-    assert ((two.judge >= 0) & (two.judge <= 1)).all() and set(np.unique(jnd.same)) <= {0, .1, .2, .8, .9, 1}
+    assert ((two.judge >= 0) & (two.judge <= 1)).all() and set(np.unique(jnd.same)) <= {0, 0.1, 0.2, 0.8, 0.9, 1}
     x = bapps.read_images(two.ref[:3], 32)
     assert tuple(x.shape) == (3, 3, 32, 32)
     assert tuple(bapps.read_images(two.ref[:2], None).shape) == (2, 3, 64, 64)

@@ -17,9 +17,13 @@ def images60(cifar_dir):
 
 
 def test_recall_counts_nearer_images_and_splits_ties():
-    d = np.array([[0.0, 1.0, 2.0, 3.0],    # original (0) nearest
-                  [0.6, 0.1, 0.5, 0.9],    # original (2) second: recall@1 0, @2 1
-                  [1.0, 1.0, 1.0, 0.0]])   # original (1) tied with 2 others behind 1 nearer
+    d = np.array(
+        [
+            [0.0, 1.0, 2.0, 3.0],  # original (0) nearest
+            [0.6, 0.1, 0.5, 0.9],  # original (2) second: recall@1 0, @2 1
+            [1.0, 1.0, 1.0, 0.0],
+        ]
+    )  # original (1) tied with 2 others behind 1 nearer
     r = copies.recall_at(d, np.array([0, 2, 1]), ks=(1, 2, 3))
     assert r[1].tolist() == [1.0, 0.0, 0.0]
     assert r[2].tolist() == pytest.approx([1.0, 1.0, 1 / 3])
@@ -79,7 +83,8 @@ def test_mirror_search_finds_flipped_copies_for_every_metric(images60):
     idx = sample(len(images60), 20, 0)
     for name in ("l2", "ssim"):
         plain = copies.run_copies(get_metric(name), images60, [EDITS["hflip"]], idx, pixel=32, ssim_queries=20)
-        mirrored = copies.run_copies(get_metric(name), images60, [EDITS["hflip"]], idx, pixel=32, ssim_queries=20,
-                                     mirror=True)
+        mirrored = copies.run_copies(
+            get_metric(name), images60, [EDITS["hflip"]], idx, pixel=32, ssim_queries=20, mirror=True
+        )
         assert mirrored["edits"]["hflip"]["recall@1"] == 1.0 and mirrored["mirror"] is True, name
         assert plain["edits"]["hflip"]["recall@1"] < 0.9, name

@@ -67,9 +67,9 @@ def test_class_distance_matrix_is_symmetric_with_zero_diagonal(tiny_run, cifar_i
     from model.extract import AFVExtractor
 
     ext = AFVExtractor.load(tiny_run, device="cpu")
-    names, d = setdist.distance_matrix(setdist.class_means(ext, {"a": cifar_images[:8],
-                                                                 "b": cifar_images[30:38],
-                                                                 "c": cifar_images[60:68]}))
+    names, d = setdist.distance_matrix(
+        setdist.class_means(ext, {"a": cifar_images[:8], "b": cifar_images[30:38], "c": cifar_images[60:68]})
+    )
     assert names == ["a", "b", "c"] and np.allclose(d, d.T) and np.allclose(np.diag(d), 0)
     assert d[0, 1] == pytest.approx(ext.set_distance(cifar_images[:8], cifar_images[30:38]), rel=1e-5)
     setdist.write_csv(tmp_path / "m.csv", names, d)

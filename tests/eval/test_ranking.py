@@ -12,9 +12,7 @@ from model.evaluation.metrics import get_metric
 
 
 def test_pair_fractions_count_ties_as_half():
-    d = np.array([[1.0, 2.0, 3.0, 4.0],
-                  [2.0, 2.0, 1.0, 5.0],
-                  [3.0, 3.0, 3.0, 3.0]])
+    d = np.array([[1.0, 2.0, 3.0, 4.0], [2.0, 2.0, 1.0, 5.0], [3.0, 3.0, 3.0, 3.0]])
     fr = {(i, j): f for i, j, f in ranking.pair_fractions(d)}
     assert fr[(0, 1)] == pytest.approx((1 + 0.5 + 0 + 1) / 4)
     assert fr[(0, 2)] == pytest.approx((1 + 1 + 0.5 + 0) / 4)

@@ -6,19 +6,29 @@ import pytest
 
 from model.evaluation.summary import markdown, summarise
 
-COPIES = {"task": "copies", "collection": "/x/demo", "rows": [
-    {"metric": "afv", "mean": {"recall@1": 0.9}, "edits": {"blur": {"recall@1": 0.7}, "jpeg": {"recall@1": 1.0}}},
-    {"metric": "l2", "mean": {"recall@1": 0.8}, "edits": {"blur": {"recall@1": 1.0}, "jpeg": {"recall@1": 0.6}}}]}
-PROBE = {"data": "a.tar.gz", "test_data": "/d/val.tar.gz", "n_train": 10, "rows": [
-    {"metric": "afv", "normalization": "none", "linear": 0.5, "knn": 0.4},
-    {"metric": "ssim", "linear": None, "knn": 0.2}]}
+COPIES = {
+    "task": "copies",
+    "collection": "/x/demo",
+    "rows": [
+        {"metric": "afv", "mean": {"recall@1": 0.9}, "edits": {"blur": {"recall@1": 0.7}, "jpeg": {"recall@1": 1.0}}},
+        {"metric": "l2", "mean": {"recall@1": 0.8}, "edits": {"blur": {"recall@1": 1.0}, "jpeg": {"recall@1": 0.6}}},
+    ],
+}
+PROBE = {
+    "data": "a.tar.gz",
+    "test_data": "/d/val.tar.gz",
+    "n_train": 10,
+    "rows": [
+        {"metric": "afv", "normalization": "none", "linear": 0.5, "knn": 0.4},
+        {"metric": "ssim", "linear": None, "knn": 0.2},
+    ],
+}
 TWO_AFC = {"task": "2afc", "results": [{"metric": "afv", "dir": "/b/2afc"}], "mean": {"afv": 0.7, "ssim": 0.73}}
 
 
 def test_rows_line_up_by_metric_with_worst_edit_and_blanks():
     columns, table = summarise([COPIES, PROBE, TWO_AFC])
-    assert columns == ["copies r@1 demo", "worst edit r@1 demo", "linear val.tar.gz", "10-NN val.tar.gz",
-                       "2afc 2afc"]
+    assert columns == ["copies r@1 demo", "worst edit r@1 demo", "linear val.tar.gz", "10-NN val.tar.gz", "2afc 2afc"]
     assert table["afv"]["worst edit r@1 demo"] == 0.7 and table["l2"]["worst edit r@1 demo"] == 0.6
     assert table["afv:none"]["linear val.tar.gz"] == 0.5 and table["ssim"]["2afc 2afc"] == 0.73
     text = markdown(columns, table)

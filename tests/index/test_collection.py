@@ -111,13 +111,15 @@ def test_create_twice_and_open_missing(tmp_path, extractor, built):
 
 def test_other_model_or_statistics_are_refused(tmp_path, extractor, built):
     built[0].close()
-    other_weights = AFVExtractor(extractor.d, extractor.g, extractor.stats, device=extractor.device,
-                                 model_hash="f" * 64)
+    other_weights = AFVExtractor(
+        extractor.d, extractor.g, extractor.stats, device=extractor.device, model_hash="f" * 64
+    )
     with pytest.raises(IndexMismatchError, match="model weights"):
         AFVIndex.open(tmp_path / "idx", other_weights)
     stats = FisherStats(extractor.stats.mean, extractor.stats.var * 2, extractor.stats.n_samples)
-    other_stats = AFVExtractor(extractor.d, extractor.g, stats, device=extractor.device,
-                               model_hash=extractor.model_hash)
+    other_stats = AFVExtractor(
+        extractor.d, extractor.g, stats, device=extractor.device, model_hash=extractor.model_hash
+    )
     with pytest.raises(IndexMismatchError, match="Fisher statistics"):
         AFVIndex.open(tmp_path / "idx", other_stats)
 

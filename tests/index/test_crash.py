@@ -35,8 +35,7 @@ for b in range(10_000):
 
 def _run_writer_and_kill(index_dir: Path, min_batches: int) -> dict[int, list[int]]:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(index_dir)], stdout=subprocess.PIPE,
-                            text=True, env=env)
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(index_dir)], stdout=subprocess.PIPE, text=True, env=env)
     acked: dict[int, list[int]] = {}
     deadline = time.monotonic() + 60
     try:

@@ -26,14 +26,17 @@ def test_kronecker_fit_recovers_an_exact_kronecker_product():
     torch.testing.assert_close(a[:, None, None] * b[None, :, None] * c[None, None, :], sigma)
 
 
-@pytest.mark.parametrize("mode,kwargs,floor", [
-    # JL at d=1024 of a 17k-dim vector: distance std ≈ 1/√d ≈ 3 %, so Pearson ≫ 0.98.
-    ("exact", {}, 0.98),
-    # Kronecker sketch with every conv layer factorised (r≈0.7 of each side). On the untrained tiny
-    # model the Kronecker-factored Fisher alone gives Pearson ≈ 0.99 on CIFAR images (≈ 0.96 on
-    # noise), so 0.95 leaves room for the sketch's own variance.
-    ("fast", {"exact_below": 0, "inner_factor": 8}, 0.95),
-])
+@pytest.mark.parametrize(
+    "mode,kwargs,floor",
+    [
+        # JL at d=1024 of a 17k-dim vector: distance std ≈ 1/√d ≈ 3 %, so Pearson ≫ 0.98.
+        ("exact", {}, 0.98),
+        # Kronecker sketch with every conv layer factorised (r≈0.7 of each side). On the untrained tiny
+        # model the Kronecker-factored Fisher alone gives Pearson ≈ 0.99 on CIFAR images (≈ 0.96 on
+        # noise), so 0.95 leaves room for the sketch's own variance.
+        ("fast", {"exact_below": 0, "inner_factor": 8}, 0.95),
+    ],
+)
 def test_sketch_distances_track_exact_afv_distances(extractor, image_batch, mode, kwargs, floor):
     x = image_batch[:40]
     ref = pairwise_distances(extractor.afv(x))
@@ -54,8 +57,7 @@ def test_seeded_and_reproducible_through_to_dict(extractor, image_batch, mode):
 
 
 def test_fast_mode_refuses_power_normalisation(extractor):
-    ex = AFVExtractor(extractor.d, extractor.g, extractor.stats, device=extractor.device,
-                      normalization="power")
+    ex = AFVExtractor(extractor.d, extractor.g, extractor.stats, device=extractor.device, normalization="power")
     with pytest.raises(ProjectionError, match="power"):
         Projector(ex, mode="fast")
     Projector(ex, mode="exact", d=32)
@@ -63,8 +65,7 @@ def test_fast_mode_refuses_power_normalisation(extractor):
 
 def test_stored_projection_refuses_other_normalisation(extractor):
     spec = Projector(extractor, d=32, mode="exact").to_dict()
-    ex = AFVExtractor(extractor.d, extractor.g, extractor.stats, device=extractor.device,
-                      normalization="l2")
+    ex = AFVExtractor(extractor.d, extractor.g, extractor.stats, device=extractor.device, normalization="l2")
     with pytest.raises(ProjectionError, match="normalisation"):
         Projector.from_dict(spec, ex)
 

@@ -33,8 +33,12 @@ def test_translate_shifts_content_by_at_most_the_maximum():
     for i in range(16):
         src = torch.stack([x[i], x[i].flip(2)])
         inner = y[i, :, m:-m, m:-m]
-        assert any(torch.equal(inner, s[:, m + dy : 32 - m + dy, m + dx : 32 - m + dx])
-                   for s in src for dy in range(-m, m + 1) for dx in range(-m, m + 1))
+        assert any(
+            torch.equal(inner, s[:, m + dy : 32 - m + dy, m + dx : 32 - m + dx])
+            for s in src
+            for dy in range(-m, m + 1)
+            for dx in range(-m, m + 1)
+        )
 
 
 def test_the_same_rng_state_gives_the_same_batch():

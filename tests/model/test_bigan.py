@@ -14,8 +14,9 @@ from model.train import TrainConfig
 
 
 def _cfg(method: str = "bigan", **kw) -> TrainConfig:
-    return TrainConfig(data="", out="", preset="tiny", method=method, device="cpu", monitor_samples=32,
-                       holdout=32, **kw)
+    return TrainConfig(
+        data="", out="", preset="tiny", method=method, device="cpu", monitor_samples=32, holdout=32, **kw
+    )
 
 
 def _mlp(i: int, o: int, h: int = 64) -> nn.Sequential:
@@ -71,8 +72,10 @@ def test_a_few_bigan_steps_decrease_the_joint_discriminator_loss(cifar_images):
 
 def test_bigan_updates_d_g_and_e_from_one_forward_pass(cifar_images):
     trainer = BiGANTrainer(_cfg(), PRESETS["tiny"], cifar_images, torch.device("cpu"))
-    before = {n: [p.detach().clone() for p in m.parameters()] for n, m in
-              (("D", trainer.d), ("G", trainer.g), ("E", trainer.e))}
+    before = {
+        n: [p.detach().clone() for p in m.parameters()]
+        for n, m in (("D", trainer.d), ("G", trainer.g), ("E", trainer.e))
+    }
     trainer.train_step()
     for name, mod in (("D", trainer.d), ("G", trainer.g), ("E", trainer.e)):
         moved = sum(not torch.equal(a, b) for a, b in zip(before[name], mod.parameters()))

@@ -12,8 +12,9 @@ from model.train import TrainConfig
 
 
 def _trainer(cifar_images, **kw) -> BigBiGANTrainer:
-    cfg = TrainConfig(data="", out="", preset="tiny", method="bigbigan", device="cpu", monitor_samples=32,
-                      holdout=32, **kw)
+    cfg = TrainConfig(
+        data="", out="", preset="tiny", method="bigbigan", device="cpu", monitor_samples=32, holdout=32, **kw
+    )
     return BigBiGANTrainer(cfg, PRESETS["tiny"], cifar_images, torch.device("cpu"))
 
 

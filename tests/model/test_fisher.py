@@ -43,8 +43,7 @@ def test_per_sample_grads_sum_to_the_batched_gradient():
     torch.manual_seed(1)
     d = fold_spectral_norm(Discriminator(PRESETS["tiny"]))
     x = torch.rand(8, 3, 32, 32) * 2 - 1
-    torch.testing.assert_close(fisher.per_sample_grads(d, x).sum(0), fisher.summed_grad(d, x),
-                               rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(fisher.per_sample_grads(d, x).sum(0), fisher.summed_grad(d, x), rtol=1e-4, atol=1e-5)
 
 
 def test_folded_discriminator_computes_what_the_spectral_norm_one_does():
@@ -70,8 +69,9 @@ def test_fisher_score_has_zero_mean_and_unit_variance_over_fresh_generator_sampl
 
 def test_fisher_vectors_use_the_given_statistics():
     g = torch.tensor([[1.0, 2.0, 3.0]])
-    stats = fisher.FisherStats(mean=torch.tensor([1.0, 0.0, 1.0]), var=torch.tensor([4.0, 1.0, 0.25]),
-                               n_samples=10, eps_rel=0.0)
+    stats = fisher.FisherStats(
+        mean=torch.tensor([1.0, 0.0, 1.0]), var=torch.tensor([4.0, 1.0, 0.25]), n_samples=10, eps_rel=0.0
+    )
     torch.testing.assert_close(fisher.fisher_vectors(g, stats), torch.tensor([[0.0, 2.0, 4.0]]))
 
 

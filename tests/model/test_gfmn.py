@@ -21,8 +21,18 @@ from model.train import TrainConfig
 
 
 def _trainer(features, cifar_images, **kw) -> GFMNTrainer:
-    cfg = TrainConfig(data="", out="", preset="tiny", method="gfmn", device="cpu", features=str(features),
-                      holdout=32, batch_size=64, seed=1, **kw)
+    cfg = TrainConfig(
+        data="",
+        out="",
+        preset="tiny",
+        method="gfmn",
+        device="cpu",
+        features=str(features),
+        holdout=32,
+        batch_size=64,
+        seed=1,
+        **kw,
+    )
     return GFMNTrainer(cfg, PRESETS["tiny"], cifar_images, torch.device("cpu"))
 
 

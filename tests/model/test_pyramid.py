@@ -142,7 +142,7 @@ def test_lowres_vectors_give_both_views_equal_weight_and_explain_per_cell(tiny_r
     v = ext.embed(cifar_images[:2])
     assert ext.dim == 10 * ext.param_dim
     views = v.reshape(2, 2, -1).norm(dim=2)
-    torch.testing.assert_close(views, torch.full((2, 2), 0.5 ** 0.5), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(views, torch.full((2, 2), 0.5**0.5), rtol=1e-4, atol=1e-6)
     assert pyramid.stats_path(tiny_run, "pyramid-1-2+lowres").is_file()
     report = ext.distance(cifar_images[0], cifar_images[100])
     assert [len(report.regions[k]) for k in ("1x1", "2x2")] == [1, 2]

@@ -15,8 +15,9 @@ from model.train import TrainConfig, Trainer, train
 
 
 def _cfg(data, out, steps, **kw) -> TrainConfig:
-    return TrainConfig(data=str(data), out=str(out), preset="tiny", steps=steps, device="cpu",
-                       monitor_samples=32, holdout=32, **kw)
+    return TrainConfig(
+        data=str(data), out=str(out), preset="tiny", steps=steps, device="cpu", monitor_samples=32, holdout=32, **kw
+    )
 
 
 def test_a_few_steps_decrease_the_discriminator_loss(cifar_images):
@@ -110,8 +111,16 @@ def test_the_64px_cpu_preset_trains_with_augmentation_and_resumes(tmp_path):
     from tests.conftest import FIXTURES
 
     data = FIXTURES / "tinyimagenet64"
-    cfg = dict(preset="cpu64", device="cpu", monitor_samples=8, holdout=8, batch_size=4, ckpt_every=2,
-               augment="flip+translate", fisher_samples=16)
+    cfg = dict(
+        preset="cpu64",
+        device="cpu",
+        monitor_samples=8,
+        holdout=8,
+        batch_size=4,
+        ckpt_every=2,
+        augment="flip+translate",
+        fisher_samples=16,
+    )
     train(TrainConfig(data=str(data), out=str(tmp_path), steps=2, **cfg), progress=False)
     train(TrainConfig(data=str(data), out=str(tmp_path), steps=3, **cfg), progress=False)
     ckpt = read_checkpoint(tmp_path / "last.pt")

@@ -44,10 +44,17 @@ def test_settings(data_dir: Path, **overrides) -> Settings:
     app start-ups (each fits the synthetic JND threshold) cheap; the pyramid default itself is tested
     in tests/model/test_bundled.py and tests/model/test_pyramid.py.
     """
-    base = {"data_dir": data_dir, "demo_collection": None, "api_keys": [API_KEY], "device": "cpu",
-            "readout": "global",
-            "max_request_bytes": 3_000_000, "max_image_bytes": 1_000_000, "max_pixels": 4_000_000,
-            "max_images_per_request": 32}
+    base = {
+        "data_dir": data_dir,
+        "demo_collection": None,
+        "api_keys": [API_KEY],
+        "device": "cpu",
+        "readout": "global",
+        "max_request_bytes": 3_000_000,
+        "max_image_bytes": 1_000_000,
+        "max_pixels": 4_000_000,
+        "max_images_per_request": 32,
+    }
     return Settings(**{**base, **overrides})
 
 
@@ -91,6 +98,7 @@ def live(tmp_path_factory) -> Iterator[LiveServer]:
 
 
 # ---- images ------------------------------------------------------------------------------------
+
 
 def encode(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
     buf = io.BytesIO()

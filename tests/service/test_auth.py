@@ -17,8 +17,14 @@ WRITES = [
     ("DELETE", "/v1/images/1", {}),
     ("POST", "/v1/jnd/calibrate", {"json": {"pairs": [{"distance": 1, "same": 1}, {"distance": 2, "same": 0}]}}),
 ]
-BAD_HEADERS = [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {API_KEY}"},
-               {"Authorization": API_KEY}, {"Authorization": "Bearer"}, {"Authorization": f"Bearer {API_KEY}x"}]
+BAD_HEADERS = [
+    {},
+    {"Authorization": "Bearer wrong"},
+    {"Authorization": f"Basic {API_KEY}"},
+    {"Authorization": API_KEY},
+    {"Authorization": "Bearer"},
+    {"Authorization": f"Bearer {API_KEY}x"},
+]
 
 
 @pytest.mark.parametrize("method,path,kw", WRITES)

@@ -18,8 +18,10 @@ from tests.service.conftest import cifar, encode, png
 
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG that *declares* width×height (a decompression bomb's header) with a tiny body."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
 
@@ -71,8 +73,9 @@ def test_modes_are_converted(live, case):
 def test_bad_images_rejected(live, case, route):
     make, status, code = REJECTED[case]
     data = make()
-    files = ({"image_a": ("a.png", png(0)), "image_b": ("b", data)} if route == "/v1/distance"
-             else {"image": ("x", data)})
+    files = (
+        {"image_a": ("a.png", png(0)), "image_b": ("b", data)} if route == "/v1/distance" else {"image": ("x", data)}
+    )
     with live.client(headers=live.auth) as c:
         r = c.post(route, files=files)
     assert r.status_code == status, r.text
@@ -97,18 +100,21 @@ def test_oversize_image_and_request(live):
         assert (r.status_code, r.json()["error"]["code"]) == (413, "payload_too_large")
 
 
-@pytest.mark.parametrize("body,ctype,status,code", [
-    (b"{not json", "application/json", 422, "validation_error"),
-    (b"[1, 2, 3]", "application/json", 422, "validation_error"),
-    (b'{"image": "@@@not base64@@@"}', "application/json", 422, "validation_error"),
-    (b'{"image": 12}', "application/json", 422, "validation_error"),
-    (b"{}", "application/json", 422, "validation_error"),
-    (b'{"image": "aGk=", "extra": 1}', "application/json", 422, "validation_error"),
-    (b"image=abc", "application/x-www-form-urlencoded", 415, "unsupported_media_type"),
-    (b"raw bytes", "", 415, "unsupported_media_type"),
-    (b"--x\r\nbroken", "multipart/form-data; boundary=x", 422, "validation_error"),  # no parts
-    (b"--x\r\nbroken", "multipart/form-data", 400, "bad_request"),
-])
+@pytest.mark.parametrize(
+    "body,ctype,status,code",
+    [
+        (b"{not json", "application/json", 422, "validation_error"),
+        (b"[1, 2, 3]", "application/json", 422, "validation_error"),
+        (b'{"image": "@@@not base64@@@"}', "application/json", 422, "validation_error"),
+        (b'{"image": 12}', "application/json", 422, "validation_error"),
+        (b"{}", "application/json", 422, "validation_error"),
+        (b'{"image": "aGk=", "extra": 1}', "application/json", 422, "validation_error"),
+        (b"image=abc", "application/x-www-form-urlencoded", 415, "unsupported_media_type"),
+        (b"raw bytes", "", 415, "unsupported_media_type"),
+        (b"--x\r\nbroken", "multipart/form-data; boundary=x", 422, "validation_error"),  # no parts
+        (b"--x\r\nbroken", "multipart/form-data", 400, "bad_request"),
+    ],
+)
 def test_malformed_bodies(live, body, ctype, status, code):
     with live.client() as c:
         r = c.post("/v1/embed", content=body, headers={"Content-Type": ctype} if ctype else {})
@@ -116,13 +122,22 @@ def test_malformed_bodies(live, body, ctype, status, code):
     assert r.json()["error"]["code"] == code
 
 
-@pytest.mark.parametrize("payload,status", [
-    ({"id": "987654"}, 404), ({"id": "not-an-id"}, 404), ({"id": "-1"}, 404),
-    ({"id": "99999999999999999999999"}, 404),
-    ({}, 422), ({"id": "1", "image": "aGk="}, 422), ({"id": "1", "k": 0}, 422),
-    ({"id": "1", "k": 10**6}, 422), ({"id": "1", "where": ["x"]}, 422),
-    ({"id": "1", "where": {"bad key!": 1}}, 422), ({"id": "1", "where": {"a": {"nested": 1}}}, 422),
-])
+@pytest.mark.parametrize(
+    "payload,status",
+    [
+        ({"id": "987654"}, 404),
+        ({"id": "not-an-id"}, 404),
+        ({"id": "-1"}, 404),
+        ({"id": "99999999999999999999999"}, 404),
+        ({}, 422),
+        ({"id": "1", "image": "aGk="}, 422),
+        ({"id": "1", "k": 0}, 422),
+        ({"id": "1", "k": 10**6}, 422),
+        ({"id": "1", "where": ["x"]}, 422),
+        ({"id": "1", "where": {"bad key!": 1}}, 422),
+        ({"id": "1", "where": {"a": {"nested": 1}}}, 422),
+    ],
+)
 def test_search_bad_requests(live, payload, status):
     with live.client(headers=live.auth) as c:
         if payload.get("id") == "1":  # make sure id 1 exists so the error is about the other field

@@ -90,8 +90,9 @@ def test_kinds_are_run_separately_and_errors_propagate():
     b = MicroBatcher({"ok": rec, "bad": boom}, max_batch=8, max_wait_s=0.005)
 
     async def mixed():
-        return await asyncio.gather(b.submit("ok", np.ones((2, 1))), b.submit("bad", np.ones((1, 1))),
-                                    return_exceptions=True)
+        return await asyncio.gather(
+            b.submit("ok", np.ones((2, 1))), b.submit("bad", np.ones((1, 1))), return_exceptions=True
+        )
 
     ok, bad = run(_with(b, mixed))
     assert ok.tolist() == [[2.0], [2.0]] and isinstance(bad, RuntimeError) and rec.sizes == [2]

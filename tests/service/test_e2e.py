@@ -62,10 +62,13 @@ def test_jnd_reports_threshold(live):
 
 def test_set_distance_and_embed(live):
     with live.client() as c:
-        r = c.post("/v1/set-distance", files=[("images_a", png(i)) for i in range(3)]
-                   + [("images_b", png(i)) for i in range(3, 7)]).json()
-        same = c.post("/v1/set-distance", json={"images_a": [b64(png(1)), b64(png(2))],
-                                                "images_b": [b64(png(2)), b64(png(1))]}).json()
+        r = c.post(
+            "/v1/set-distance",
+            files=[("images_a", png(i)) for i in range(3)] + [("images_b", png(i)) for i in range(3, 7)],
+        ).json()
+        same = c.post(
+            "/v1/set-distance", json={"images_a": [b64(png(1)), b64(png(2))], "images_b": [b64(png(2)), b64(png(1))]}
+        ).json()
         e = c.post("/v1/embed", files={"image": png(0)}).json()
     assert r["n_a"] == 3 and r["n_b"] == 4 and r["distance"] > 0
     assert same["distance"] == pytest.approx(0, abs=1e-3)
@@ -76,8 +79,11 @@ def test_add_search_get_delete(live):
     with live.client(headers=live.auth) as c:
         ids = []
         for i in range(6):
-            r = c.post("/v1/images", files={"image": (f"img{i}.png", png(i))},
-                       data={"name": f"img{i}", "metadata": json.dumps({"label": "even" if i % 2 == 0 else "odd"})})
+            r = c.post(
+                "/v1/images",
+                files={"image": (f"img{i}.png", png(i))},
+                data={"name": f"img{i}", "metadata": json.dumps({"label": "even" if i % 2 == 0 else "odd"})},
+            )
             assert r.status_code == 201, r.text
             ids.append(r.json()["id"])
         again = c.post("/v1/images", files={"image": png(0)}).json()
@@ -114,8 +120,7 @@ def test_search_finds_mirror_image_copies_unless_told_not_to(live):
 def test_batch_add_reports_each_item(live):
     images = [("images", (f"b{i}.png", png(20 + i))) for i in range(4)] + [("images", ("bad.png", b"nope"))]
     with live.client(headers=live.auth) as c:
-        r = c.post("/v1/images:batch", files=images,
-                   data={"metadata": [json.dumps({"batch": i}) for i in range(5)]})
+        r = c.post("/v1/images:batch", files=images, data={"metadata": [json.dumps({"batch": i}) for i in range(5)]})
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["added"] == 4 and body["failed"] == 1
@@ -129,8 +134,9 @@ def test_batch_add_reports_each_item(live):
 def test_concurrent_requests_share_model_batches(live):
     async def run():
         async with httpx.AsyncClient(base_url=live.url, timeout=60) as c:
-            rs = await asyncio.gather(*(c.post("/v1/distance", files={"image_a": png(i), "image_b": png(i + 1)})
-                                        for i in range(24)))
+            rs = await asyncio.gather(
+                *(c.post("/v1/distance", files={"image_a": png(i), "image_b": png(i + 1)}) for i in range(24))
+            )
             return [r.status_code for r in rs], (await c.get("/metrics")).text
 
     codes, metrics = asyncio.run(run())

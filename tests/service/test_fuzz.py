@@ -25,11 +25,16 @@ schema = schemathesis.openapi.from_dict(create_app(test_settings(Path("unused"))
 
 
 @schema.parametrize()
-@settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
-          suppress_health_check=list(HealthCheck))
+@settings(
+    max_examples=EXAMPLES, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck)
+)
 def test_no_server_errors(case, live):
-    case.call_and_validate(base_url=live.url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30,
-                           checks=[not_a_server_error, response_schema_conformance])
+    case.call_and_validate(
+        base_url=live.url,
+        headers={"Authorization": f"Bearer {API_KEY}"},
+        timeout=30,
+        checks=[not_a_server_error, response_schema_conformance],
+    )
 
 
 def test_server_still_ready_after_fuzzing(live):

@@ -32,9 +32,14 @@ def test_fit_threshold_soft_labels_and_edges():
 def test_calibrate_persists_and_is_pinned_to_the_model(tmp_path):
     settings = test_settings(tmp_path)
     ref = cifar(4)
-    pairs = [{"image_a": base64.b64encode(encode(ref)).decode(),
-              "image_b": base64.b64encode(encode(noisy(ref, s, seed=s))).decode(), "same": float(s < 5)}
-             for s in (1, 2, 3, 40, 60, 80)]
+    pairs = [
+        {
+            "image_a": base64.b64encode(encode(ref)).decode(),
+            "image_b": base64.b64encode(encode(noisy(ref, s, seed=s))).decode(),
+            "same": float(s < 5),
+        }
+        for s in (1, 2, 3, 40, 60, 80)
+    ]
     with TestClient(create_app(settings)) as c:
         r = c.post("/v1/jnd/calibrate", json={"pairs": pairs}, headers=AUTH)
         assert r.status_code == 200, r.text
@@ -51,5 +56,9 @@ def test_calibrate_persists_and_is_pinned_to_the_model(tmp_path):
 
 def test_threshold_from_settings(tmp_path):
     with TestClient(create_app(test_settings(tmp_path, jnd_threshold=12.5))) as c:
-        assert c.get("/v1/jnd/threshold").json() == {"threshold": 12.5, "source": "settings",
-                                                     "n_pairs": 0, "accuracy": None}
+        assert c.get("/v1/jnd/threshold").json() == {
+            "threshold": 12.5,
+            "source": "settings",
+            "n_pairs": 0,
+            "accuracy": None,
+        }

@@ -15,8 +15,8 @@ CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 ARTIFACTS = Path(__file__).parents[1] / "artifacts"
 
 pytestmark = pytest.mark.skipif(
-    not (CHROMIUM and DRIVER),
-    reason="needs Debian's chromium and chromium-driver (.ci/run installs them)")
+    not (CHROMIUM and DRIVER), reason="needs Debian's chromium and chromium-driver (.ci/run installs them)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +38,18 @@ def browser(tmp_path):
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--no-first-run", f"--user-data-dir={tmp_path / 'chrome'}", "--window-size=1200,900"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'chrome'}",
+        "--window-size=1200,900",
+    ):
         opts.add_argument(flag)
     driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
     yield driver
@@ -62,8 +71,11 @@ def test_uploading_an_indexed_image_shows_it_first_at_distance_zero(demo_server,
     first, second = (float(h.find_element(By.CLASS_NAME, "d").text) for h in hits[:2])
     assert first < 1e-3 * second
     assert "ship/0003.jpg" in hits[0].text
-    WebDriverWait(browser, 20).until(lambda b: b.execute_script(
-        "return [...document.querySelectorAll('#grid img')].every(i => i.complete && i.naturalWidth > 0)"))
+    WebDriverWait(browser, 20).until(
+        lambda b: b.execute_script(
+            "return [...document.querySelectorAll('#grid img')].every(i => i.complete && i.naturalWidth > 0)"
+        )
+    )
     ARTIFACTS.mkdir(exist_ok=True)
     assert browser.save_screenshot(str(ARTIFACTS / "ui-search.png"))
 
@@ -78,8 +90,11 @@ def test_clicking_a_result_searches_with_it(demo_server, browser):
     second = browser.find_elements(By.CSS_SELECTOR, "#grid .hit")[1]
     clicked_id = second.get_attribute("data-id")
     second.click()
-    WebDriverWait(browser, 60).until(lambda b: b.execute_script(
-        "const h = document.querySelector('#grid .hit'); return h && h.dataset.id") == clicked_id)
+    WebDriverWait(browser, 60).until(
+        lambda b: (
+            b.execute_script("const h = document.querySelector('#grid .hit'); return h && h.dataset.id") == clicked_id
+        )
+    )
     top, nxt = browser.find_elements(By.CSS_SELECTOR, "#grid .hit")[:2]
     assert float(top.find_element(By.CLASS_NAME, "d").text) < 1e-3 * float(nxt.find_element(By.CLASS_NAME, "d").text)
 
