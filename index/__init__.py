@@ -1,4 +1,7 @@
-"""Compressed AFV index: projection, FAISS product quantization and a durable metadata store."""
+"""Vector storage and search: FAISS product quantization, a durable metadata store and a write-ahead log.
+
+No torch, no images: `model/` makes the vectors, `service/` connects the two.
+"""
 
 from index.collection import (
     AddResult,
@@ -6,22 +9,20 @@ from index.collection import (
     AFVIndexError,
     Hit,
     IndexCorruptError,
-    IndexError_,
     IndexExistsError,
     IndexLockedError,
     IndexMismatchError,
     IndexNotFoundError,
     IndexReadOnlyError,
     InvalidInputError,
+    ItemNotFoundError,
 )
-from index.projection import ProjectionError, Projector
 
 __all__ = [
     "AFVIndex",
     "AddResult",
     "Hit",
     "AFVIndexError",
-    "IndexError_",
     "IndexCorruptError",
     "IndexExistsError",
     "IndexLockedError",
@@ -29,6 +30,5 @@ __all__ = [
     "IndexNotFoundError",
     "IndexReadOnlyError",
     "InvalidInputError",
-    "ProjectionError",
-    "Projector",
+    "ItemNotFoundError",
 ]

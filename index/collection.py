@@ -1,4 +1,8 @@
-"""AFVIndex: the one facade the service and CLI use (projection + FAISS + SQLite + write-ahead log).
+"""AFVIndex: a persistent store of vectors and their metadata (FAISS + SQLite + write-ahead log).
+
+It knows nothing of images or models: callers hand it finished vectors (AFV sketches) with records,
+and "pins" (model hash, statistics hash, projection spec) that name what made the vectors. Opening an
+index with a model and sketching images is `service.model_index`; the ingest pipeline is `service.ingest`.
 
 Layout of an index folder: `meta.sqlite` (items, float32 sketches, op log, settings), `manifest.json`
 (which FAISS checkpoint is current, the op sequence it contains, its plan), `vectors-<seq>.faiss`
@@ -8,7 +12,6 @@ and `LOCK` (one writer process at a time). The SQLite log is the truth; FAISS is
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import logging
 import os
 import threading
@@ -17,21 +20,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from index import wal
 from index.faiss_index import FaissIndexError, IndexPlan, VectorIndex, exact_rerank, plan_index
-from index.projection import ProjectionError, Projector
 from index.store import MetadataStore, StoreError, validate_metadata
-from model.data import ImageDecodeError, decode_image
 
 log = logging.getLogger(__name__)
 
 FORMAT = "afv-index/1"
 DB_FILE, MANIFEST_FILE, LOCK_FILE = "meta.sqlite", "manifest.json", "LOCK"
+PIN_KEYS = ("model_hash", "stats_hash", "model_name", "projection")  # what made the vectors
 SAVE_EVERY = 10_000  # logged ops between FAISS checkpoints (replay on open covers the rest)
 RERANK_FACTOR = 10  # candidates fetched per wanted neighbour when re-ranking exactly
 BRUTE_FORCE_MAX = 2_000  # filters matching at most this many items are searched exactly
+DEFAULT_MEMORY_BUDGET = 256 * 2**20
 
 
 class AFVIndexError(Exception):
@@ -55,18 +57,22 @@ class IndexCorruptError(AFVIndexError):
 
 
 class IndexReadOnlyError(AFVIndexError):
-    """A write was attempted on an index opened read-only (or without a model)."""
+    """A write was attempted on an index opened read-only."""
 
 
 class IndexLockedError(AFVIndexError):
     """Another process holds the index open for writing."""
 
 
+class ItemNotFoundError(AFVIndexError, KeyError):
+    """No item with the given id."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else "item not found"
+
+
 class InvalidInputError(AFVIndexError, ValueError):
-    """Bad vectors, records, filters or images passed to the index."""
-
-
-IndexError_ = AFVIndexError  # the name the service was first written against
+    """Bad vectors, records or filters passed to the index (or images to the ingest pipeline)."""
 
 
 @dataclass
@@ -97,27 +103,23 @@ def _lock(index_dir: Path):
 
 
 class AFVIndex:
-    """A persistent, compressed nearest-neighbour index of image AFV sketches with metadata."""
+    """A persistent, compressed nearest-neighbour index of vectors with metadata."""
 
     def __init__(
         self,
         index_dir: Path,
-        extractor,
         store: MetadataStore,
-        projector: Projector | None,
         vindex: VectorIndex,
         base_seq: int,
         read_only: bool,
         lock_fd: int | None,
     ):
-        self.index_dir, self.extractor, self.store = index_dir, extractor, store
-        self.projector, self.vindex, self.base_seq = projector, vindex, base_seq
+        self.index_dir, self.store, self.vindex, self.base_seq = index_dir, store, vindex, base_seq
         self.read_only, self._lock_fd = read_only, lock_fd
         self.dim: int = store.get_meta("dim")
         self.kind_request: str = store.get_meta("kind", "auto")
         self.memory_budget: int = store.get_meta("memory_budget")
         self._lock = threading.RLock()
-        self._model_lock = threading.Lock()  # the extractor's hooks are per module: one batch at a time
         self._closed = False
 
     # -- opening -------------------------------------------------------------------------------
@@ -125,55 +127,38 @@ class AFVIndex:
     @classmethod
     def create(
         cls,
-        index_dir,
-        extractor,
+        index_dir: str | Path,
         *,
-        dim: int = 1024,
-        mode: str = "auto",
-        seed: int = 0,
+        dim: int,
+        pins: dict | None = None,
         kind: str = "auto",
-        memory_budget: int = 256 * 2**20,
+        memory_budget: int = DEFAULT_MEMORY_BUDGET,
     ) -> AFVIndex:
-        """Create an empty index in `index_dir` pinned to `extractor` (model, statistics) and `seed`.
-
-        mode 'auto' = 'exact': on the bundled model 'fast' keeps every layer exact and runs at 0.6x the
-        exact sketch's speed (index.projection.benchmark), so it is opt-in until it beats it.
-        """
+        """Create an empty index of `dim`-d vectors in `index_dir`, recording `pins` (see PIN_KEYS)."""
         index_dir = Path(index_dir)
-        if mode == "auto":
-            mode = "exact"
-        if mode != "fast" and extractor.dim <= dim:  # already small (e.g. a BiGAN z): store it as is
-            mode, dim = "identity", extractor.dim
         if (index_dir / DB_FILE).exists():
             raise IndexExistsError(f"an index already exists in {index_dir}")
+        if dim < 1:
+            raise InvalidInputError(f"the vector dimension must be positive, got {dim}")
         try:
-            projector = Projector(extractor, d=dim, mode=mode, seed=seed)
             plan_index(0, dim, memory_budget, kind)
-        except (ProjectionError, FaissIndexError) as e:
+        except FaissIndexError as e:
             raise InvalidInputError(str(e)) from e
         index_dir.mkdir(parents=True, exist_ok=True)
         lock_fd = _lock(index_dir)
         store = MetadataStore(index_dir / DB_FILE)
+        pinned = {k: (pins or {}).get(k) for k in PIN_KEYS}
         store.set_meta(
-            {
-                "format": FORMAT,
-                "dim": dim,
-                "kind": kind,
-                "memory_budget": memory_budget,
-                "model_hash": extractor.model_hash,
-                "stats_hash": extractor.stats_hash,
-                "model_name": getattr(extractor, "name", None),
-                "projection": projector.to_dict(),
-                "created_at": time.time(),
-            }
+            {"format": FORMAT, "dim": dim, "kind": kind, "memory_budget": memory_budget, **pinned}
+            | {"created_at": time.time()}
         )
-        self = cls(index_dir, extractor, store, projector, VectorIndex.build(IndexPlan("flat", dim)), 0, False, lock_fd)
+        self = cls(index_dir, store, VectorIndex.build(IndexPlan("flat", dim)), 0, False, lock_fd)
         self._checkpoint()
         return self
 
     @classmethod
-    def open(cls, index_dir, extractor, *, read_only: bool = False) -> AFVIndex:
-        """Open an index; check it belongs to `extractor` (None: metadata/search only) and replay the log."""
+    def open(cls, index_dir: str | Path, *, read_only: bool = False) -> AFVIndex:
+        """Open an index and replay the log; read-only opens take no lock and never write."""
         index_dir = Path(index_dir)
         if not (index_dir / DB_FILE).is_file():
             raise IndexNotFoundError(f"no AFV index in {index_dir} (missing {DB_FILE})")
@@ -183,60 +168,50 @@ class AFVIndex:
                 tmp.unlink(missing_ok=True)
         try:
             store = _open_store(index_dir, read_only)
-            projector = _check_pins(store, extractor)
             vindex, base_seq = _load_vectors(index_dir, store, read_only)
         except BaseException:
             if lock_fd is not None:
                 os.close(lock_fd)
             raise
-        return cls(index_dir, extractor, store, projector, vindex, base_seq, read_only, lock_fd)
+        return cls(index_dir, store, vindex, base_seq, read_only, lock_fd)
 
     @classmethod
-    def open_or_create(cls, index_dir, extractor, **create_kwargs) -> AFVIndex:
-        """Open the index in `index_dir` if there is one, else create it."""
-        if (Path(index_dir) / DB_FILE).is_file():
-            read_only = create_kwargs.get("read_only", False)
-            return cls.open(index_dir, extractor, read_only=read_only)
-        create_kwargs.pop("read_only", None)
-        return cls.create(index_dir, extractor, **create_kwargs)
-
-    @classmethod
-    def repair(cls, index_dir, extractor) -> AFVIndex:
+    def repair(cls, index_dir: str | Path) -> AFVIndex:
         """Rebuild the FAISS file from the vectors in SQLite (after IndexCorruptError on the FAISS file)."""
         index_dir = Path(index_dir)
         lock_fd = _lock(index_dir)
-        store = _open_store(index_dir, False)
-        projector = _check_pins(store, extractor)
-        self = cls(
-            index_dir,
-            extractor,
-            store,
-            projector,
-            VectorIndex.build(IndexPlan("flat", store.get_meta("dim"))),
-            0,
-            False,
-            lock_fd,
-        )
+        try:
+            store = _open_store(index_dir, False)
+        except BaseException:
+            os.close(lock_fd)
+            raise
+        self = cls(index_dir, store, VectorIndex.build(IndexPlan("flat", store.get_meta("dim"))), 0, False, lock_fd)
         with self._lock:
             self._rebuild(self._wanted_plan())
         return self
 
-    # -- model work ----------------------------------------------------------------------------
-
-    def embed(self, x_uint8: torch.Tensor) -> np.ndarray:
-        """N×3×R×R uint8 images → N×dim float32 sketches (model work only; never touches the store)."""
-        if self.projector is None:
-            raise IndexReadOnlyError("this index was opened without a model; it cannot embed images")
+    @staticmethod
+    def read_pins(index_dir: str | Path) -> dict:
+        """The pins of the index in `index_dir`, read without opening its vectors (e.g. before a repair)."""
+        index_dir = Path(index_dir)
+        if not (index_dir / DB_FILE).is_file():
+            raise IndexNotFoundError(f"no AFV index in {index_dir} (missing {DB_FILE})")
+        store = _open_store(index_dir, read_only=True)
         try:
-            with self._model_lock:
-                return self.projector.embed(x_uint8)
-        except ProjectionError as e:
-            raise InvalidInputError(str(e)) from e
+            return {k: store.get_meta(k) for k in PIN_KEYS}
+        finally:
+            store.close()
+
+    @property
+    def pins(self) -> dict:
+        """What made the stored vectors: {model_hash, stats_hash, model_name, projection}."""
+        with self._lock:
+            return {k: self.store.get_meta(k) for k in PIN_KEYS}
 
     # -- writes --------------------------------------------------------------------------------
 
     def add_embedded(self, vectors: np.ndarray, records: list[dict]) -> list[AddResult]:
-        """Add sketches with records {name, sha256, size, metadata}; a known sha256 returns its id."""
+        """Add vectors with records {name, sha256, size, metadata}; a known sha256 returns its id."""
         vectors = self._as_queries(vectors)
         records = [_check_record(r) for r in records]
         if len(records) != len(vectors):
@@ -250,37 +225,16 @@ class AFVIndex:
             self._maybe_checkpoint()
         return [AddResult(int(rid), bool(dup)) for rid, dup in results]
 
-    def add_images(self, items: list[tuple[bytes, dict]], name: str | None = None) -> list[AddResult]:
-        """Decode, embed and add raw image files with user metadata; `name` names every item."""
-        shas = [hashlib.sha256(data).hexdigest() for data, _ in items]
-        known = self.store_known(shas)
-        vecs = self._embed_items(items, [i for i, s in enumerate(shas) if s not in known], name)
-        recs = [{"name": name, "sha256": shas[i], "size": len(d), "metadata": m} for i, (d, m) in enumerate(items)]
-        with self._lock:  # an item deleted since the check above must be embedded after all
-            known = self.store.has_sha256(shas)
-            vecs.update(
-                self._embed_items(items, [i for i, s in enumerate(shas) if s not in known and i not in vecs], name)
-            )
-            placeholder = np.zeros(self.dim, np.float32)  # known hashes are answered by id, not stored
-            rows = [vecs.get(i, placeholder) for i in range(len(items))]
-            return self.add_embedded(np.stack(rows) if rows else np.zeros((0, self.dim), np.float32), recs)
-
-    def _embed_items(self, items: list[tuple[bytes, dict]], todo: list[int], name: str | None) -> dict:
-        """{item position: sketch} for the items at positions `todo`."""
-        arrays = []
-        for i in todo:
-            try:
-                arrays.append(self.extractor.preprocess(decode_image(items[i][0])))
-            except ImageDecodeError as e:
-                raise InvalidInputError(f"item {i}{f' ({name})' if name else ''}: {e}") from e
-        if not arrays:
-            return {}
-        return dict(zip(todo, self.embed(torch.from_numpy(np.stack(arrays)))))
-
-    def store_known(self, shas: list[str]) -> set[str]:
-        """Which of these content hashes are already indexed."""
+    def find_sha256(self, shas: list[str]) -> dict[str, int]:
+        """{content hash: id} of the given hashes that are indexed."""
         with self._lock:
-            return self.store.has_sha256(shas)
+            found = {sha: self.store.find_sha256(sha) for sha in set(shas)}
+        return {sha: int(i) for sha, i in found.items() if i is not None}
+
+    def vectors(self, ids: list[int]) -> dict[int, np.ndarray]:
+        """The stored vectors of these ids (unknown ids are left out)."""
+        with self._lock:
+            return self.store.vectors([int(i) for i in ids])
 
     def delete(self, id: int) -> bool:
         """Delete an item by id; False if there is no such item."""
@@ -350,7 +304,7 @@ class AFVIndex:
     def stats(self) -> dict:
         """Size, structure and provenance of the index."""
         with self._lock:
-            plan, spec = self.vindex.plan, self.store.get_meta("projection")
+            plan, spec = self.vindex.plan, self.store.get_meta("projection") or {}
             files = list(self.index_dir.glob("vectors-*.faiss"))
             return {
                 "count": self.store.count(),
@@ -366,10 +320,10 @@ class AFVIndex:
                 "model_hash": self.store.get_meta("model_hash"),
                 "stats_hash": self.store.get_meta("stats_hash"),
                 "model_name": self.store.get_meta("model_name"),
-                "mode": spec["mode"],
-                "seed": spec["seed"],
-                "normalization": spec["normalization"],
-                "param_dim": spec["param_dim"],
+                "mode": spec.get("mode"),
+                "seed": spec.get("seed"),
+                "normalization": spec.get("normalization"),
+                "param_dim": spec.get("param_dim"),
                 "index_file_bytes": sum(f.stat().st_size for f in files),
                 "pending_ops": self.store.last_seq() - self.base_seq,
                 "read_only": self.read_only,
@@ -508,27 +462,6 @@ def _open_store(index_dir: Path, read_only: bool) -> MetadataStore:
     return store
 
 
-def _check_pins(store: MetadataStore, extractor) -> Projector | None:
-    """Refuse a model whose weights, Fisher statistics or projection differ from the index's."""
-    if extractor is None:
-        return None
-    for key, have, what in (
-        ("model_hash", extractor.model_hash, "model weights"),
-        ("stats_hash", extractor.stats_hash, "Fisher statistics"),
-    ):
-        want = store.get_meta(key)
-        if want != have:
-            raise IndexMismatchError(
-                f"this index was built with other {what} ({key} {str(want)[:12]}…, model "
-                f"{store.get_meta('model_name')!r}) than the loaded model ({str(have)[:12]}…, "
-                f"{getattr(extractor, 'name', '?')!r}); load the index's model or build a new index"
-            )
-    try:
-        return Projector.from_dict(store.get_meta("projection"), extractor)
-    except (ProjectionError, KeyError, TypeError) as e:
-        raise IndexMismatchError(f"the index's projection does not fit this model: {e}") from e
-
-
 def _load_vectors(index_dir: Path, store: MetadataStore, read_only: bool) -> tuple[VectorIndex, int]:
     """Read the FAISS checkpoint named by the manifest and replay the log after it."""
     try:
@@ -541,7 +474,7 @@ def _load_vectors(index_dir: Path, store: MetadataStore, read_only: bool) -> tup
         vindex = VectorIndex.load(path, plan, mmap=read_only and not pending)
     except (FaissIndexError, OSError) as e:
         raise IndexCorruptError(
-            f"{e}; AFVIndex.repair(dir, model) (or `afv index build`) rebuilds it from the stored vectors"
+            f"{e}; AFVIndex.repair(dir) (or `afv index build`) rebuilds it from the stored vectors"
         ) from e
     if pending:
         applied = wal.replay(store, vindex, seq)
@@ -549,6 +482,6 @@ def _load_vectors(index_dir: Path, store: MetadataStore, read_only: bool) -> tup
     if vindex.ntotal != store.count():
         raise IndexCorruptError(
             f"{path.name} holds {vindex.ntotal} vectors but the metadata has "
-            f"{store.count()} items; AFVIndex.repair(dir, model) rebuilds it"
+            f"{store.count()} items; AFVIndex.repair(dir) rebuilds it"
         )
     return vindex, seq

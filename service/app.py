@@ -1,4 +1,5 @@
-"""The FastAPI application: `create_app(settings)` loads model and index once, in the lifespan."""
+"""The FastAPI application: `create_app(settings, resources)`; the model and index are loaded once, in the
+lifespan, unless ready-made `Resources` are passed (tests pass a small fake embedder this way)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from service.engine import Engine
+from service.engine import Engine, Resources
 from service.errors import BodySizeLimitMiddleware, install_error_handlers
 from service.metrics import Metrics, MetricsMiddleware
 from service.routes import health, images, index, jnd, search, similarity, ui
@@ -40,11 +41,12 @@ def api_keys(settings: Settings) -> list[str]:
     return [key]
 
 
-def _lifespan(settings: Settings):
+def _lifespan(settings: Settings, resources: Resources | None):
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.api_keys = api_keys(settings)
-        engine = await run_in_threadpool(Engine.load, settings, app.state.metrics)
+        loaded = resources if resources is not None else await run_in_threadpool(Resources.load, settings)
+        engine = Engine(loaded, settings, app.state.metrics)
         await engine.start()
         app.state.engine = engine
         demo = None
@@ -62,10 +64,12 @@ def _lifespan(settings: Settings):
     return lifespan
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the app; the model and index are loaded when it starts (lifespan), not here."""
+def create_app(settings: Settings | None = None, resources: Resources | None = None) -> FastAPI:
+    """Build the app; the model and index (or the given `resources`) are loaded when it starts, not here."""
     settings = settings or get_settings()
-    app = FastAPI(title="AFV similarity service", version="1", description=DESCRIPTION, lifespan=_lifespan(settings))
+    app = FastAPI(
+        title="AFV similarity service", version="1", description=DESCRIPTION, lifespan=_lifespan(settings, resources)
+    )
     app.state.settings, app.state.metrics, app.state.engine = settings, Metrics(), None
     install_error_handlers(app)
     for module in (health, similarity, jnd, search, images, index, ui):

@@ -1,19 +1,19 @@
 """Index the bundled demo collection once into an empty index, so a fresh `make serve` can search.
 
-Runs as a background task after start-up (the server answers meanwhile). A marker file in the index
-folder records that it ran, so deleting every image does not bring the demo back.
+Runs as a background task after start-up (the server answers meanwhile), through the ingest pipeline
+in chunks, so the collection is searchable as it goes. A marker file in the index folder records that
+it ran, so deleting every image does not bring the demo back.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
-import numpy as np
-from starlette.concurrency import run_in_threadpool
+from anyio import to_thread
 
-from model.data import ImageDecodeError, decode_image, iter_records
+from model.data import ImageDecodeError, iter_records
+from service.ingest import Item, batched, model_decoder
 
 log = logging.getLogger(__name__)
 
@@ -21,29 +21,14 @@ MARKER = "demo-seeded"
 CHUNK = 64
 
 
-def _load_chunks(folder: Path, preprocess) -> list[tuple[np.ndarray, list[dict]]]:
-    chunks, arrays, records = [], [], []
-    for rec in iter_records(folder):
-        try:
-            arrays.append(preprocess(decode_image(rec.data)))
-        except ImageDecodeError as e:
-            log.warning("demo: skipping %s: %s", rec.name, e)
-            continue
-        label = rec.name.split("/")[0] if "/" in rec.name else ""
-        records.append(
-            {
-                "name": rec.name,
-                "sha256": hashlib.sha256(rec.data).hexdigest(),
-                "size": len(rec.data),
-                "metadata": {"label": label, "source": "demo"},
-            }
+def demo_items(folder: Path) -> list[Item]:
+    """Every image of the demo folder, labelled by its sub-folder."""
+    return [
+        Item(
+            rec.data, rec.name, {"label": rec.name.split("/")[0] if "/" in rec.name else "", "source": "demo"}, rec.name
         )
-        if len(arrays) == CHUNK:
-            chunks.append((np.stack(arrays), records))
-            arrays, records = [], []
-    if arrays:
-        chunks.append((np.stack(arrays), records))
-    return chunks
+        for rec in iter_records(folder)
+    ]
 
 
 async def seed(engine, folder: Path) -> None:
@@ -52,10 +37,12 @@ async def seed(engine, folder: Path) -> None:
     if marker.exists() or engine.index.count > 0 or not folder.is_dir():
         return
     log.info("indexing the demo collection %s (once; searchable as it goes)", folder)
-    chunks = await run_in_threadpool(_load_chunks, folder, engine.extractor.preprocess)
-    n = 0
-    for x, records in chunks:
-        await engine.add(await engine.embed(x), records)
-        n += len(records)
+    items = await to_thread.run_sync(demo_items, folder)
+    decode, n = model_decoder(engine.extractor), 0
+    for chunk in batched(items, CHUNK):
+        for item, outcome in zip(chunk, await engine.add_images(chunk, decode, (ImageDecodeError,))):
+            if outcome.error is not None:
+                log.warning("demo: skipping %s: %s", item.name, outcome.error)
+            n += outcome.ok
     marker.write_text(f"{n} images from {folder}\n")
     log.info("demo collection indexed: %d images", n)

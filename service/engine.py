@@ -1,75 +1,86 @@
-"""The service's loaded resources: embedder, index, micro-batcher and JND threshold, created once.
+"""The service's loaded resources (embedder + index) and what the routes ask of them, created once.
 
 The embedder is whatever `model.loading.load_embedder` makes of the model folder (AFVs by default;
 BiGAN/BigBiGAN encoders and GFMN runs alike): nothing below depends on the method.
 
-All model work (extractor AFVs, index sketches) goes through one `MicroBatcher` and thus one worker
-thread: the extractor's hooks allow one batch at a time. Index reads and writes run in a threadpool
-(the index has its own lock). Routes call the async methods here and never touch torch or FAISS.
+Model work (AFVs, index sketches) is grouped by one `MicroBatcher`, so concurrent requests share model
+passes; the embedder's own lock is the one lock around the model. Index reads and writes run in
+threads (the index has its own lock). Images enter the index only through `service.ingest`.
+Routes call the async methods here and never touch torch or FAISS. Errors raised here are domain
+errors (index errors, `ItemNotFoundError`); `service.errors` maps them to HTTP in one place.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
-from starlette.concurrency import run_in_threadpool
+from anyio import to_thread
 
-from index import AFVIndex, AFVIndexError, InvalidInputError
-from index.collection import AddResult, Hit
+from index import Hit, ItemNotFoundError
 from model.embedder import Embedder
 from model.loading import load_embedder
 from service import jnd
 from service.batching import MicroBatcher
-from service.errors import APIError, not_found
+from service.ingest import Decode, Item, Outcome, ingest_batch
 from service.metrics import Metrics
+from service.model_index import ModelIndex
 from service.schemas import JNDThreshold
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
-RECORD_FIELDS = ("id", "name", "sha256", "size", "added_at")
+
+@dataclass
+class Resources:
+    """What the service runs on: an embedder and the index it fills (real, or fakes in tests)."""
+
+    embedder: Embedder
+    index: ModelIndex
+
+    @classmethod
+    def load(cls, settings: Settings) -> Resources:
+        """Load the model and open (or create) the index named by `settings`. Blocking: call from a thread."""
+        if settings.torch_threads is not None:
+            torch.set_num_threads(settings.torch_threads)
+        embedder = load_embedder(
+            settings.model, device=settings.device, embedding=settings.embedding, readout=settings.readout
+        )
+        index_dir = settings.resolved_index_dir
+        index_dir.mkdir(parents=True, exist_ok=True)
+        index = ModelIndex.open_or_create(index_dir, embedder)
+        log.info(
+            "model %s (%s %s, dim %d) on %s; index %s with %d images",
+            embedder.name,
+            embedder.kind,
+            embedder.model_hash[:12],
+            embedder.dim,
+            embedder.device,
+            index_dir,
+            index.index.count,
+        )
+        return cls(embedder, index)
 
 
 class Engine:
-    """Extractor + index + batcher, with async entry points for the routes."""
+    """Embedder + index + batcher, with async entry points for the routes."""
 
-    def __init__(self, extractor: Embedder, index: AFVIndex, settings: Settings, metrics: Metrics):
-        self.extractor, self.index, self.settings, self.metrics = extractor, index, settings, metrics
+    def __init__(self, resources: Resources, settings: Settings, metrics: Metrics):
+        self.resources, self.settings, self.metrics = resources, settings, metrics
+        self.extractor, self.index = resources.embedder, resources.index.index
         self.batcher = MicroBatcher(
-            {"afv": self._afv_batch, "embed": self._embed_batch},
+            {"afv": self._afv_batch, "embed": resources.index.sketch},
             max_batch=settings.batch_max_size,
             max_wait_s=settings.batch_max_wait_ms / 1000,
             observer=metrics,
         )
         self.jnd: JNDThreshold | None = None
-        metrics.track_index_size(lambda: index.count)
-
-    @classmethod
-    def load(cls, settings: Settings, metrics: Metrics) -> Engine:
-        """Load the model and open (or create) the index. Blocking: call from a thread."""
-        if settings.torch_threads is not None:
-            torch.set_num_threads(settings.torch_threads)
-        extractor = load_embedder(
-            settings.model, device=settings.device, embedding=settings.embedding, readout=settings.readout
-        )
-        index_dir = settings.resolved_index_dir
-        index_dir.mkdir(parents=True, exist_ok=True)
-        index = AFVIndex.open_or_create(index_dir, extractor)
-        log.info(
-            "model %s (%s %s, dim %d) on %s; index %s with %d images",
-            extractor.name,
-            extractor.kind,
-            extractor.model_hash[:12],
-            extractor.dim,
-            extractor.device,
-            index_dir,
-            index.count,
-        )
-        return cls(extractor, index, settings, metrics)
+        metrics.track_index_size(lambda: self.index.count)
 
     async def start(self) -> None:
         await self.batcher.start()
@@ -77,15 +88,12 @@ class Engine:
 
     async def stop(self) -> None:
         await self.batcher.stop()
-        await run_in_threadpool(self.index.close)
+        await to_thread.run_sync(self.resources.index.close)
 
     # -- model work (worker thread) ------------------------------------------------------------
 
     def _afv_batch(self, x: np.ndarray) -> np.ndarray:
         return self.extractor.embed(torch.from_numpy(x)).detach().float().cpu().numpy()
-
-    def _embed_batch(self, x: np.ndarray) -> np.ndarray:
-        return np.asarray(self.index.embed(torch.from_numpy(x)), dtype=np.float32)
 
     async def afv(self, x: np.ndarray) -> np.ndarray:
         """n×3×R×R uint8 → n×P AFVs (float32), batched with concurrent requests."""
@@ -118,22 +126,26 @@ class Engine:
         t, acc = jnd.fit_threshold(distances, same)
         self.jnd = JNDThreshold(threshold=t, source="calibrated", n_pairs=len(distances), accuracy=acc)
         if save:
-            await run_in_threadpool(jnd.save, self.settings.jnd_file, self.jnd, self.extractor.model_hash)
+            await to_thread.run_sync(jnd.save, self.settings.jnd_file, self.jnd, self.extractor.model_hash)
         return self.jnd
 
     # -- index ---------------------------------------------------------------------------------
 
     async def _index_call(self, fn, *args, **kwargs):
-        try:
-            return await run_in_threadpool(fn, *args, **kwargs)
-        except InvalidInputError as e:
-            raise APIError(422, "invalid_input", str(e)) from None
-        except AFVIndexError as e:
-            log.error("index error: %s", e)
-            raise APIError(503, "index_unavailable", str(e)) from None
+        return await to_thread.run_sync(partial(fn, *args, **kwargs))
 
-    async def add(self, vectors: np.ndarray, records: list[dict]) -> list[AddResult]:
-        return await self._index_call(self.index.add_embedded, vectors, records)
+    async def add_images(
+        self, items: list[Item], decode: Decode, decode_errors: tuple[type[Exception], ...]
+    ) -> list[Outcome]:
+        """Ingest images (one batch; its sketches go through the micro-batcher with other requests)."""
+        loop = asyncio.get_running_loop()
+
+        def embed(x: np.ndarray) -> np.ndarray:  # runs in the ingest thread; the batcher lives on the loop
+            return asyncio.run_coroutine_threadsafe(self.embed(x), loop).result()
+
+        return await self._index_call(
+            ingest_batch, self.index, items, decode=decode, embed=embed, decode_errors=decode_errors
+        )
 
     async def search(self, vectors: np.ndarray, k: int, where: dict | None, rerank: bool) -> list[list[Hit]]:
         with self.metrics.stage("index_search"):
@@ -150,18 +162,18 @@ class Engine:
     async def get(self, image_id: int) -> dict:
         rec = await self._index_call(self.index.get, image_id)
         if rec is None:
-            raise not_found(f"image {image_id}")
+            raise ItemNotFoundError(f"image {image_id}")
         return rec
 
     async def delete(self, image_id: int) -> None:
         if not await self._index_call(self.index.delete, image_id):
-            raise not_found(f"image {image_id}")
+            raise ItemNotFoundError(f"image {image_id}")
 
     async def vector_of(self, image_id: int) -> np.ndarray:
         """The stored sketch of an indexed image (404 if unknown)."""
-        found = await self._index_call(self.index.store.vectors, [image_id])
+        found = await self._index_call(self.index.vectors, [image_id])
         if image_id not in found:
-            raise not_found(f"image {image_id}")
+            raise ItemNotFoundError(f"image {image_id}")
         return found[image_id][None, :]
 
     async def stats(self) -> dict:
@@ -177,19 +189,3 @@ class Engine:
             raise
         except Exception:
             log.exception("indexing the demo collection failed")
-
-
-def parse_id(raw: str) -> int:
-    """Path/JSON id → int; anything else is an unknown id (404), not a validation error."""
-    try:
-        value = int(raw)
-    except (TypeError, ValueError):
-        raise not_found(f"image {raw!r}") from None
-    if value < 0 or value >= 2**63:
-        raise not_found(f"image {raw!r}")
-    return value
-
-
-def split_record(rec: dict) -> tuple[dict, dict]:
-    """Index record → (record fields, user metadata)."""
-    return ({k: rec.get(k) for k in RECORD_FIELDS}, {k: v for k, v in rec.items() if k not in RECORD_FIELDS})

@@ -4,7 +4,10 @@ Documented codes: 400 `invalid_image` (empty, corrupt, truncated, not an image) 
 401 `unauthorized`; 404 `not_found`; 405 `method_not_allowed`; 413 `payload_too_large` (request or
 one image over the byte limit) and `too_many_pixels` (decompression bombs); 415
 `unsupported_media_type`; 422 `validation_error` (malformed JSON, missing/invalid fields);
-503 `not_ready`. A 500 `internal_error` is a bug.
+503 `not_ready` and `index_unavailable`. A 500 `internal_error` is a bug.
+
+Below the routes, code raises domain errors (the index's, the model's); `DOMAIN_ERRORS` maps each to
+its HTTP status and code here, in one place, so the engine and the ingest pipeline stay HTTP-free.
 """
 
 from __future__ import annotations
@@ -18,6 +21,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from index import AFVIndexError, InvalidInputError, ItemNotFoundError
+from model.data import ImageDecodeError
+from service.batching import BatcherClosed
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +75,34 @@ async def _validation_error(_: Request, e: RequestValidationError) -> JSONRespon
     return error_response(422, "validation_error", validation_message(e.errors()), detail=_clean(e.errors()))
 
 
+# most specific first: (error class, status, code); an error's message becomes the response's message
+DOMAIN_ERRORS: list[tuple[type[Exception], int, str]] = [
+    (ItemNotFoundError, 404, "not_found"),
+    (InvalidInputError, 422, "invalid_input"),
+    (ImageDecodeError, 400, "invalid_image"),
+    (BatcherClosed, 503, "not_ready"),
+    (AFVIndexError, 503, "index_unavailable"),
+]
+
+
+def to_api_error(e: Exception) -> APIError | None:
+    """The APIError a domain error stands for (None if it is not one: a bug, answered with 500)."""
+    for cls, status, code in DOMAIN_ERRORS:
+        if isinstance(e, cls):
+            message = f"{e} not found" if cls is ItemNotFoundError else str(e)
+            return APIError(status, code, message)
+    return None
+
+
+async def _domain_error(request: Request, e: Exception) -> JSONResponse:
+    api = to_api_error(e)
+    if api is None:
+        return await _unexpected(request, e)
+    if api.status >= 500:
+        log.error("%s: %s", api.code, e)
+    return await _api_error(request, api)
+
+
 async def _unexpected(_: Request, e: Exception) -> JSONResponse:
     log.exception("unhandled error")
     return error_response(500, "internal_error", f"internal error: {type(e).__name__}")
@@ -89,6 +124,8 @@ def _clean(errors: list) -> list:
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(APIError, _api_error)
+    for cls, _, _ in DOMAIN_ERRORS:
+        app.add_exception_handler(cls, _domain_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _unexpected)

@@ -8,7 +8,7 @@ distance to every collection image is computed exactly:
 * Embedding metrics: squared Euclidean distances of the embeddings (exact, brute force, in chunks).
   Embeddings wider than `dim` (AFVs: 67k values for the `cpu` preset, millions for `paper`) are
   streamed through the index's seeded sparse Johnson–Lindenstrauss sketch
-  (`index.projection.SparseSketch`, as the search index and the probes do), so memory stays
+  (`model.sketch.SparseSketch`, as the search index and the probes do), so memory stays
   O(N × dim); distances are kept to within a few per cent. Pixel L2 at 32 px (3,072 values) is exact.
 * SSIM has no embedding: 1 − SSIM of every copy against every collection image (brute force), on the
   first `ssim_queries` images of the query sample only.

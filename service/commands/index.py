@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
-import torch
 import typer
 from tqdm import tqdm
 
 from index import AFVIndex, AFVIndexError
-from model.data import IMAGE_SUFFIXES, ImageDecodeError, ImageRecord, decode_image, iter_records
+from model.data import IMAGE_SUFFIXES, ImageDecodeError, decode_image, iter_records
+from service.ingest import Item, ingest, model_decoder
+from service.model_index import BuildOptions, ModelIndex
 
 index_app = typer.Typer(help="Build and maintain a compressed AFV index.", no_args_is_help=True)
 
@@ -58,41 +57,20 @@ def _count(path: Path) -> int | None:
     return None
 
 
-def _batches(records: Iterator[ImageRecord], size: int) -> Iterator[list[ImageRecord]]:
-    batch: list[ImageRecord] = []
-    for rec in records:
-        batch.append(rec)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
 def _record_path(root: Path, name: str) -> str:
     return str(root / name) if root.is_dir() else (f"{root}::{name}" if root.name != name else str(root))
 
 
-def _add_batch(idx: AFVIndex, batch: list[ImageRecord], root: Path, skipped: list) -> tuple[int, int]:
-    """Embed and add the batch's new images; returns (added, already present)."""
-    shas = [hashlib.sha256(r.data).hexdigest() for r in batch]
-    known = idx.store_known(shas)
-    present = sum(sha in known for sha in shas)
-    arrays, recs = [], []
-    for rec, sha in zip(batch, shas):
-        if sha in known:
-            continue
-        try:
-            arrays.append(idx.extractor.preprocess(decode_image(rec.data)))
-        except ImageDecodeError as e:
-            skipped.append((rec.name, str(e)))
-            continue
-        known.add(sha)  # a repeat inside the batch is a duplicate, not a second embedding
-        path = _record_path(root, rec.name)
-        recs.append({"name": rec.name, "sha256": sha, "size": len(rec.data), "metadata": {"path": path}})
-    if arrays:
-        idx.add_embedded(idx.embed(torch.from_numpy(np.stack(arrays))), recs)
-    return len(recs), present
+def _items(path: Path) -> Iterator[Item]:
+    """The images of a file, folder or archive as ingest items, with their path as metadata."""
+    for rec in iter_records(path):
+        yield Item(rec.data, rec.name, {"path": _record_path(path, rec.name)}, source=_record_path(path, rec.name))
+
+
+def _ingest(mi: ModelIndex, items: Iterator[Item]):
+    """The pipeline with the model called directly (no service micro-batcher)."""
+    decode = model_decoder(mi.embedder)
+    return ingest(mi.index, items, decode=decode, embed=mi.sketch, batch_size=mi.embedder.batch_size)
 
 
 @index_app.command("build")
@@ -100,39 +78,45 @@ def build(
     images: Path = typer.Argument(..., help="Folder of images or .tar/.tar.gz archive."),
     index: Path = typer.Option(..., "--index", help="Index folder (created, or resumed)."),
     model: Path | None = typer.Option(None, "--model", help="Run directory of a trained model."),
-    memory_budget: str = typer.Option("256MB", "--memory-budget", help="RAM for the vectors."),
-    mode: str = typer.Option(
-        "auto",
+    memory_budget: str | None = typer.Option(None, "--memory-budget", help="RAM for the vectors (default 256MB)."),
+    mode: str | None = typer.Option(
+        None,
         "--mode",
         help="Projection: auto (= exact; identity for small embeddings) | exact | fast (Kronecker, opt-in).",
     ),
-    dim: int = typer.Option(1024, "--dim", help="Sketch dimension."),
-    kind: str = typer.Option("auto", "--kind", help="auto | flat | ivfpq | opq-ivfpq."),
+    dim: int | None = typer.Option(None, "--dim", help="Sketch dimension (default 1024)."),
+    kind: str | None = typer.Option(None, "--kind", help="auto | flat | ivfpq | opq-ivfpq (default auto)."),
 ) -> None:
-    """Embed a collection into an index; resumable (images whose content is indexed are skipped)."""
+    """Embed a collection into an index; resumable (images whose content is indexed are skipped).
+
+    Options apply when the index is created; for an existing index they must match it (or be left out)."""
+    budget = parse_size(memory_budget) if memory_budget is not None else None
+    options = BuildOptions(dim=dim, mode=mode, kind=kind, memory_budget=budget)
     try:
-        idx = AFVIndex.open_or_create(
-            index, _load_model(model), dim=dim, mode=mode, kind=kind, memory_budget=parse_size(memory_budget)
-        )
-        added, present, skipped = _build(idx, images)
+        with ModelIndex.open_or_create(index, _load_model(model), options) as mi:
+            added, present, skipped = _build(mi, images)
+            count = mi.index.count
     except (AFVIndexError, FileNotFoundError, ValueError) as e:
         _fail(e)
-    typer.echo(f"added {added}, already indexed {present}, unreadable {len(skipped)}; index holds {idx.count} images")
+    typer.echo(f"added {added}, already indexed {present}, unreadable {len(skipped)}; index holds {count} images")
     for name, why in skipped:
         typer.echo(f"  skipped {name}: {why}", err=True)
-    idx.close()
 
 
-def _build(idx: AFVIndex, images: Path) -> tuple[int, int, list]:
+def _build(mi: ModelIndex, images: Path) -> tuple[int, int, list]:
     added = present = 0
     skipped: list[tuple[str, str]] = []
     with tqdm(total=_count(images), desc="indexing", unit="img") as bar:
-        for batch in _batches(iter_records(images), idx.extractor.batch_size):
-            a, p = _add_batch(idx, batch, images, skipped)
-            added, present = added + a, present + p
-            bar.update(len(batch))
-            bar.set_postfix(added=added, skipped=len(skipped))
-    idx.save()  # retrains IVF-PQ if the collection outgrew a flat index
+        for item, outcome in _ingest(mi, _items(images)):
+            if outcome.error is not None:
+                skipped.append((item.name, str(outcome.error)))
+            elif outcome.duplicate:
+                present += 1
+            else:
+                added += 1
+            bar.update(1)
+            bar.set_postfix(added=added, skipped=len(skipped), refresh=False)
+    mi.index.save()  # retrains IVF-PQ if the collection outgrew a flat index
     return added, present, skipped
 
 
@@ -142,16 +126,20 @@ def add(
     index: Path = typer.Option(..., "--index"),
     model: Path | None = typer.Option(None, "--model"),
 ) -> None:
-    """Add images to an existing index; prints the id of each."""
+    """Add images to an existing index (in batches); prints the id of each. Exit 1 if any was unreadable."""
+    failed = 0
     try:
-        idx = AFVIndex.open(index, _load_model(model))
-        for path in images:
-            for rec in iter_records(path):
-                res = idx.add_images([(rec.data, {"path": _record_path(path, rec.name)})], name=rec.name)[0]
-                typer.echo(f"{res.id}\t{'duplicate' if res.duplicate else 'added'}\t{rec.name}")
-        idx.close()
+        with ModelIndex.open(index, _load_model(model)) as mi:
+            for item, outcome in _ingest(mi, (it for path in images for it in _items(path))):
+                if outcome.error is not None:
+                    failed += 1
+                    typer.echo(f"error\t{item.name}: {outcome.error}", err=True)
+                    continue
+                typer.echo(f"{outcome.id}\t{'duplicate' if outcome.duplicate else 'added'}\t{item.name}")
     except (AFVIndexError, FileNotFoundError, ValueError) as e:
         _fail(e)
+    if failed:
+        _fail(ValueError(f"{failed} image(s) could not be read; the others were added"))
 
 
 @index_app.command("remove")
@@ -160,7 +148,7 @@ def remove(
 ) -> None:
     """Remove one image by id."""
     try:
-        with AFVIndex.open(index, None) as idx:
+        with AFVIndex.open(index) as idx:
             if not idx.delete(id):
                 _fail(KeyError(f"no image with id {id}"))
     except AFVIndexError as e:
@@ -172,7 +160,7 @@ def remove(
 def stats(index: Path = typer.Option(..., "--index")) -> None:
     """Print the index's size, structure and model as JSON."""
     try:
-        with AFVIndex.open(index, None, read_only=True) as idx:
+        with AFVIndex.open(index, read_only=True) as idx:
             typer.echo(json.dumps(idx.stats(), indent=2))
     except AFVIndexError as e:
         _fail(e)
@@ -189,9 +177,9 @@ def search_command(
     """Find the k indexed images nearest to IMAGE in AFV space."""
     try:
         ex = _load_model(model)
-        with AFVIndex.open(index, ex, read_only=True) as idx:
-            x = torch.from_numpy(ex.preprocess(decode_image(image.read_bytes())))[None]
-            hits = idx.search(idx.embed(x), k=k, rerank=rerank)[0]
+        with ModelIndex.open(index, ex, read_only=True) as mi:
+            x = ex.preprocess(decode_image(image.read_bytes()))[None]
+            hits = mi.index.search(mi.sketch(x), k=k, rerank=rerank)[0]
     except (AFVIndexError, ImageDecodeError, OSError) as e:
         _fail(e)
     results = [{"id": h.id, "distance": h.distance, "metadata": h.metadata} for h in hits]

@@ -1,12 +1,12 @@
-"""Helpers shared by the routes: documented error responses, image decoding, distances."""
+"""Helpers shared by the routes: documented error responses, ids, records, image decoding, distances."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from service.engine import Engine
-from service.errors import APIError
-from service.inputs import decode_images
+from service.errors import APIError, not_found
+from service.inputs import decode_images, decode_one
 from service.schemas import ErrorResponse
 from service.settings import Settings
 
@@ -18,6 +18,33 @@ IMAGE_ERRORS = {
 }
 AUTH_ERRORS = {401: {"model": ErrorResponse, "description": "Missing or invalid API key."}}
 NOT_FOUND = {404: {"model": ErrorResponse, "description": "Unknown image id."}}
+RECORD_FIELDS = ("id", "name", "sha256", "size", "added_at")
+
+
+def parse_id(raw: str) -> int:
+    """Path/JSON id → int; anything else is an unknown id (404), not a validation error."""
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        raise not_found(f"image {raw!r}") from None
+    if value < 0 or value >= 2**63:
+        raise not_found(f"image {raw!r}")
+    return value
+
+
+def split_record(rec: dict) -> tuple[dict, dict]:
+    """Index record → (record fields, user metadata)."""
+    return ({k: rec.get(k) for k in RECORD_FIELDS}, {k: v for k, v in rec.items() if k not in RECORD_FIELDS})
+
+
+def request_decoder(engine: Engine, settings: Settings):
+    """The ingest pipeline's decode step for HTTP uploads: the request limits, errors as APIError."""
+
+    def decode(data: bytes, source: str) -> np.ndarray:
+        with engine.metrics.stage("decode"):
+            return decode_one(data, source, settings, engine.extractor.preprocess)
+
+    return decode
 
 
 async def load_images(engine: Engine, settings: Settings, items: list[tuple[str, bytes]]) -> np.ndarray:

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-import hashlib
-
-import numpy as np
 from fastapi import APIRouter, Request
 
 from service.deps import EngineDep, ReadAuth, SettingsDep, WriteAuth
-from service.engine import Engine, parse_id, split_record
 from service.errors import APIError
+from service.ingest import Item, Outcome
 from service.inputs import openapi_body, parse_body
-from service.routes.common import AUTH_ERRORS, IMAGE_ERRORS, NOT_FOUND, limit_images, load_images
+from service.routes.common import (
+    AUTH_ERRORS,
+    IMAGE_ERRORS,
+    NOT_FOUND,
+    limit_images,
+    parse_id,
+    request_decoder,
+    split_record,
+)
 from service.schemas import (
     AddImageRequest,
     BatchAddRequest,
@@ -22,13 +27,8 @@ from service.schemas import (
     ImageAdded,
     ImageInfo,
 )
-from service.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["images"])
-
-
-def _record(data: bytes, name: str | None, metadata: dict | None) -> dict:
-    return {"name": name, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "metadata": metadata or {}}
 
 
 @router.post(
@@ -42,9 +42,11 @@ def _record(data: bytes, name: str | None, metadata: dict | None) -> dict:
 async def add_image(request: Request, engine: EngineDep, settings: SettingsDep) -> ImageAdded:
     """Index one image with optional `name` and `metadata`; the same bytes again return the same id."""
     body = await parse_body(request, AddImageRequest, settings)
-    x = await load_images(engine, settings, [("image", body.image)])
-    result = (await engine.add(await engine.embed(x), [_record(body.image, body.name, body.metadata)]))[0]
-    return ImageAdded(id=str(result.id), duplicate=result.duplicate)
+    item = Item(body.image, body.name, body.metadata or {}, source="image")
+    outcome = (await engine.add_images([item], request_decoder(engine, settings), (APIError,)))[0]
+    if outcome.error is not None:
+        raise outcome.error
+    return ImageAdded(id=str(outcome.id), duplicate=outcome.duplicate)
 
 
 @router.post(
@@ -60,28 +62,17 @@ async def add_images(request: Request, engine: EngineDep, settings: SettingsDep)
     limit_images(len(body.images), settings.max_images_per_request)
     names = body.names or [None] * len(body.images)
     metas = body.metadata or [None] * len(body.images)
-    results = [BatchItem(index=i) for i in range(len(body.images))]
-    ok = await _decode_each(engine, settings, body.images, results)
-    if ok:
-        x = np.stack([a for _, a in ok])
-        added = await engine.add(await engine.embed(x), [_record(body.images[i], names[i], metas[i]) for i, _ in ok])
-        for (i, _), r in zip(ok, added):
-            results[i].id, results[i].duplicate = str(r.id), r.duplicate
+    items = [Item(data, names[i], metas[i] or {}, source=f"images[{i}]") for i, data in enumerate(body.images)]
+    outcomes = await engine.add_images(items, request_decoder(engine, settings), (APIError,))
+    results = [_batch_item(i, o) for i, o in enumerate(outcomes)]
     failed = sum(r.error is not None for r in results)
     return BatchAddResponse(results=results, added=len(results) - failed, failed=failed)
 
 
-async def _decode_each(
-    engine: Engine, settings: Settings, images: list[bytes], results: list[BatchItem]
-) -> list[tuple[int, np.ndarray]]:
-    """Decode every image alone; failures are recorded in `results`."""
-    ok = []
-    for i, data in enumerate(images):
-        try:
-            ok.append((i, (await load_images(engine, settings, [(f"images[{i}]", data)]))[0]))
-        except APIError as e:
-            results[i].error = ErrorBody(code=e.code, message=e.message)
-    return ok
+def _batch_item(i: int, outcome: Outcome) -> BatchItem:
+    if isinstance(outcome.error, APIError):
+        return BatchItem(index=i, error=ErrorBody(code=outcome.error.code, message=outcome.error.message))
+    return BatchItem(index=i, id=str(outcome.id), duplicate=outcome.duplicate)
 
 
 @router.get("/images/{image_id}", response_model=ImageInfo, dependencies=[ReadAuth], responses=NOT_FOUND)

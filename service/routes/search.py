@@ -5,9 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from service.deps import EngineDep, ReadAuth, SettingsDep
-from service.engine import parse_id, split_record
 from service.inputs import openapi_body, parse_body
-from service.routes.common import IMAGE_ERRORS, NOT_FOUND, load_images
+from service.routes.common import IMAGE_ERRORS, NOT_FOUND, load_images, parse_id, split_record
 from service.schemas import SearchHit, SearchRequest, SearchResponse
 
 router = APIRouter(prefix="/v1", tags=["search"], dependencies=[ReadAuth])

@@ -8,8 +8,8 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse, HTMLResponse
 
 from service.deps import EngineDep, ReadAuth, SettingsDep
-from service.engine import parse_id
 from service.errors import APIError
+from service.routes.common import parse_id
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 router = APIRouter(tags=["ui"])

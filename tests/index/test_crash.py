@@ -22,7 +22,7 @@ import index.collection as collection
 from index import AFVIndex
 
 collection.SAVE_EVERY = 90  # checkpoint often, so kills also land during FAISS saves
-idx = AFVIndex.open(sys.argv[1], None)
+idx = AFVIndex.open(sys.argv[1])
 rng = np.random.default_rng(1)
 for b in range(10_000):
     xb = rng.normal(size=(%(batch)d, %(dim)d)).astype(np.float32)
@@ -51,11 +51,11 @@ def _run_writer_and_kill(index_dir: Path, min_batches: int) -> dict[int, list[in
     return acked
 
 
-def test_killed_writer_loses_no_acknowledged_add(tmp_path, extractor):
-    AFVIndex.create(tmp_path / "idx", extractor, dim=DIM).close()
+def test_killed_writer_loses_no_acknowledged_add(tmp_path):
+    AFVIndex.create(tmp_path / "idx", dim=DIM).close()
     acked = _run_writer_and_kill(tmp_path / "idx", min_batches=8)
     assert len(acked) >= 8
-    with AFVIndex.open(tmp_path / "idx", extractor) as idx:
+    with AFVIndex.open(tmp_path / "idx") as idx:
         assert idx.count % BATCH == 0  # a batch is one transaction: all or nothing
         assert idx.vindex.ntotal == idx.count >= BATCH * len(acked)
         for b, ids in acked.items():
@@ -66,5 +66,5 @@ def test_killed_writer_loses_no_acknowledged_add(tmp_path, extractor):
                 assert [h[0].id for h in hits] == ids[:3]
         more = idx.add_embedded(np.ones((1, DIM), np.float32), [{"sha256": "e" * 64}])
         assert not more[0].duplicate
-    with AFVIndex.open(tmp_path / "idx", extractor) as idx:
+    with AFVIndex.open(tmp_path / "idx") as idx:
         assert idx.get(more[0].id) is not None and idx.vindex.ntotal == idx.count

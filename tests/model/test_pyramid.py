@@ -94,7 +94,7 @@ def test_distance_explains_blocks_and_image_cells(extractor, cifar_images):
 
 
 def test_fast_projection_refuses_a_spatial_readout(extractor):
-    from index.projection import ProjectionError, Projector
+    from model.sketch import ProjectionError, Projector
 
     with pytest.raises(ProjectionError, match="exact"):
         Projector(extractor, d=64, mode="fast")

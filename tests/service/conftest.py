@@ -18,6 +18,7 @@ from PIL import Image
 
 from service.app import create_app
 from service.settings import Settings
+from tests.tiny_model import extractor, image_batch, images  # noqa: F401
 
 API_KEY = "test-key-0123456789"
 CIFAR = Path(__file__).parents[1] / "fixtures" / "cifar10"

@@ -1,4 +1,5 @@
-"""Shared fixtures: one seeded tiny extractor (cheap Fisher statistics) and small real images."""
+"""Fixtures shared by model- and service-level tests: a seeded tiny extractor (cheap Fisher statistics)
+and small real images. Conftests that need them import them (`from tests.tiny_model import ...`)."""
 
 from __future__ import annotations
 

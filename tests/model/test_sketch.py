@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from index.projection import ProjectionError, Projector, kronecker_std, pairwise_distances
+from model.sketch import ProjectionError, Projector, kronecker_std, pairwise_distances
 from model.extract import AFVExtractor
 
 

@@ -43,6 +43,42 @@ def test_build_resume_search_remove_stats(tmp_path, app, images):
     assert stats["count"] == 11 and stats["dim"] == 64 and stats["kind"] == "flat"
 
 
+def test_add_prints_ids_in_batches_and_reports_unreadable_files(tmp_path, app, images):
+    src = tmp_path / "imgs"
+    src.mkdir()
+    for i, (_, data) in enumerate(images[:4]):
+        (src / f"{i}.jpg").write_bytes(data)
+    (src / "broken.jpg").write_bytes(b"nope")
+    run = CliRunner().invoke
+    assert (
+        run(app, ["index", "build", str(src / "0.jpg"), "--index", str(tmp_path / "idx"), "--dim", "32"]).exit_code == 0
+    )
+    res = run(app, ["index", "add", str(src), "--index", str(tmp_path / "idx")])
+    assert res.exit_code == 1
+    lines = dict(reversed(line.split("\t")[1:]) for line in res.stdout.splitlines())
+    assert lines == {"0.jpg": "duplicate", "1.jpg": "added", "2.jpg": "added", "3.jpg": "added"}
+    assert "broken.jpg" in res.output and "could not be read" in res.output
+    stats = json.loads(run(app, ["index", "stats", "--index", str(tmp_path / "idx")]).stdout)
+    assert stats["count"] == 4
+
+
+def test_add_needs_an_existing_index(tmp_path, app, images):
+    (tmp_path / "a.jpg").write_bytes(images[0][1])
+    res = CliRunner().invoke(app, ["index", "add", str(tmp_path / "a.jpg"), "--index", str(tmp_path / "none")])
+    assert res.exit_code == 1 and "no AFV index" in res.output
+
+
+def test_build_refuses_options_an_existing_index_would_ignore(tmp_path, app, images):
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "imgs" / "a.jpg").write_bytes(images[0][1])
+    run = CliRunner().invoke
+    args = ["index", "build", str(tmp_path / "imgs"), "--index", str(tmp_path / "idx")]
+    assert run(app, [*args, "--dim", "32"]).exit_code == 0
+    res = run(app, [*args, "--dim", "64"])
+    assert res.exit_code == 1 and "dim 32" in res.output
+    assert run(app, [*args, "--dim", "32"]).exit_code == 0
+
+
 def test_parse_size():
     assert cli.parse_size("256MB") == 256 * 2**20 and cli.parse_size("1GiB") == 2**30
     with pytest.raises(typer.BadParameter):

@@ -5,7 +5,7 @@ Two modes, both ending in the same seeded sparse Johnson–Lindenstrauss sketch 
 * ``exact``: sketch the exact normalised vector (`extractor.embed`), batch-wise. The reference; it
   works for every embedder (AFVs, BiGAN/BigBiGAN encoders, GFMN moment features).
 * ``identity``: no projection, for embedders whose vectors are already small (e.g. a 128-d BiGAN z);
-  ``AFVIndex.create`` picks it when the embedder's dimension is at most the requested one.
+  ``service.model_index.ModelIndex.create`` picks it when the embedder's dimension is at most the requested one.
 * ``fast``: never form the B×P per-sample gradient. For every large conv/linear layer the per-sample
   weight gradient is G_b A_bᵀ (output-gradients × unfolded input activations). Its diagonal Fisher
   std is approximated as Kronecker-factored, σ[o, i, t] ≈ u[o]·v[i]·w[t] (fitted to the exact

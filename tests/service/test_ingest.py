@@ -1,0 +1,114 @@
+"""The ingest pipeline: dedupe by hash (stored and within a batch), one model pass per batch, failures alone."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from index import AFVIndex
+from model.data import ImageDecodeError
+from service.ingest import Item, ingest, ingest_batch, model_decoder
+
+DIM = 8
+
+
+class CountingEmbed:
+    """A stand-in sketcher: each image's mean pixel, repeated; counts calls and images."""
+
+    def __init__(self):
+        self.calls, self.images = 0, 0
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        self.calls, self.images = self.calls + 1, self.images + len(x)
+        return np.repeat(x.reshape(len(x), -1).mean(1, keepdims=True), DIM, axis=1).astype(np.float32)
+
+
+def decode(data: bytes, source: str) -> np.ndarray:
+    """Bytes b'img:<n>' decode to a 3×2×2 image of value n; anything else is unreadable."""
+    if not data.startswith(b"img:"):
+        raise ImageDecodeError(f"{source}: not an image")
+    return np.full((3, 2, 2), int(data[4:]), np.uint8)
+
+
+@pytest.fixture
+def index(tmp_path):
+    with AFVIndex.create(tmp_path / "idx", dim=DIM) as idx:
+        yield idx
+
+
+def _item(n: int, **kw) -> Item:
+    return Item(f"img:{n}".encode(), name=f"n{n}", **kw)
+
+
+def test_new_items_are_added_in_order_with_one_model_pass(index):
+    embed = CountingEmbed()
+    outcomes = ingest_batch(index, [_item(i, metadata={"k": i}) for i in range(5)], decode=decode, embed=embed)
+    assert embed.calls == 1 and embed.images == 5
+    assert [o.ok and not o.duplicate for o in outcomes] == [True] * 5
+    assert [index.get(o.id)["k"] for o in outcomes] == list(range(5))
+    assert index.search(np.full(DIM, 3.0), k=1)[0][0].id == outcomes[3].id
+
+
+def test_known_and_repeated_items_are_duplicates_and_not_embedded_again(index):
+    first = ingest_batch(index, [_item(1), _item(2)], decode=decode, embed=CountingEmbed())
+    embed = CountingEmbed()
+    outcomes = ingest_batch(index, [_item(2), _item(3), _item(3), _item(1)], decode=decode, embed=embed)
+    assert embed.images == 1  # only the new image 3, once
+    assert [(o.id, o.duplicate) for o in outcomes] == [
+        (first[1].id, True),
+        (outcomes[1].id, False),
+        (outcomes[1].id, True),
+        (first[0].id, True),
+    ]
+    assert index.count == 3
+
+
+def test_an_unreadable_item_fails_alone(index):
+    outcomes = ingest_batch(
+        index,
+        [_item(1), Item(b"junk", source="f[1]"), Item(b"junk", source="f[2]"), _item(2)],
+        decode=decode,
+        embed=CountingEmbed(),
+    )
+    assert [o.ok for o in outcomes] == [True, False, False, True]
+    assert "f[1]" in str(outcomes[1].error) and outcomes[2].error is outcomes[1].error
+    assert index.count == 2
+
+
+def test_a_batch_with_nothing_new_runs_no_model(index):
+    ingest_batch(index, [_item(1)], decode=decode, embed=CountingEmbed())
+    embed = CountingEmbed()
+    assert ingest_batch(index, [_item(1), Item(b"junk")], decode=decode, embed=embed)[0].duplicate
+    assert embed.calls == 0
+
+
+def test_an_item_deleted_meanwhile_is_added_again(index, monkeypatch):
+    old = ingest_batch(index, [_item(7)], decode=decode, embed=CountingEmbed())[0].id
+    real_find = index.find_sha256
+    calls = []
+
+    def find_then_delete(shas):  # the first lookup sees the item; a concurrent DELETE lands right after
+        found = real_find(shas)
+        if not calls:
+            index.delete(old)
+        calls.append(shas)
+        return found
+
+    monkeypatch.setattr(index, "find_sha256", find_then_delete)
+    again = ingest_batch(index, [_item(7)], decode=decode, embed=CountingEmbed())[0]
+    assert not again.duplicate and again.id != old and index.get(again.id) is not None
+
+
+def test_ingest_streams_batches_and_keeps_item_order(index):
+    embed = CountingEmbed()
+    items = [_item(i % 7) for i in range(20)]
+    results = list(ingest(index, items, decode=decode, embed=embed, batch_size=6))
+    assert [it for it, _ in results] == items and embed.calls == 2 and embed.images == 7
+    assert index.count == 7 and sum(not o.duplicate for _, o in results) == 7
+
+
+def test_model_decoder_preprocesses_to_the_model_resolution(extractor, images):
+    x = model_decoder(extractor)(images[0][1], "a.jpg")
+    assert x.shape == (3, extractor.resolution, extractor.resolution) and x.dtype == np.uint8
+    with pytest.raises(ImageDecodeError):
+        model_decoder(extractor)(b"not an image", "b.jpg")

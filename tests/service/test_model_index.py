@@ -1,0 +1,79 @@
+"""ModelIndex: an index opened with its model — pins checked, projection chosen and rebuilt, options refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from index import IndexMismatchError, InvalidInputError
+from model.data import decode_image
+from model.extract import AFVExtractor
+from model.fisher import FisherStats
+from service.model_index import BuildOptions, ModelIndex
+
+
+def _batch(extractor, images) -> np.ndarray:
+    return np.stack([extractor.preprocess(decode_image(b)) for _, b in images])
+
+
+@pytest.fixture
+def built(tmp_path, extractor, images):
+    mi = ModelIndex.create(tmp_path / "idx", extractor, BuildOptions(dim=128, mode="fast"))
+    x = _batch(extractor, images[:10])
+    records = [{"name": n, "sha256": f"{i:064x}", "metadata": {}} for i, (n, _) in enumerate(images[:10])]
+    ids = [r.id for r in mi.index.add_embedded(mi.sketch(x), records)]
+    mi.close()
+    return x, ids
+
+
+def test_reopened_index_rebuilds_the_same_projection(tmp_path, extractor, built):
+    x, ids = built
+    with ModelIndex.open(tmp_path / "idx", extractor) as mi:
+        assert mi.projector.mode == "fast" and mi.index.dim == 128
+        hits = mi.index.search(mi.sketch(x[:3]), k=1)
+        assert [h[0].id for h in hits] == ids[:3]
+        assert mi.index.pins["model_name"] == extractor.name
+
+
+def test_other_model_or_statistics_are_refused(tmp_path, extractor, built):
+    other_weights = AFVExtractor(
+        extractor.d, extractor.g, extractor.stats, device=extractor.device, model_hash="f" * 64
+    )
+    with pytest.raises(IndexMismatchError, match="model weights"):
+        ModelIndex.open(tmp_path / "idx", other_weights)
+    stats = FisherStats(extractor.stats.mean, extractor.stats.var * 2, extractor.stats.n_samples)
+    other_stats = AFVExtractor(
+        extractor.d, extractor.g, stats, device=extractor.device, model_hash=extractor.model_hash
+    )
+    with pytest.raises(IndexMismatchError, match="Fisher statistics"):
+        ModelIndex.open(tmp_path / "idx", other_stats)
+    with pytest.raises(IndexMismatchError, match="model weights"):
+        ModelIndex.repair(tmp_path / "idx", other_weights)
+    with ModelIndex.open(tmp_path / "idx", extractor) as mi:  # a refused open released the lock
+        assert mi.index.count == 10
+
+
+def test_existing_index_refuses_options_it_would_ignore(tmp_path, extractor, built):
+    with pytest.raises(InvalidInputError, match="dim 128"):
+        ModelIndex.open_or_create(tmp_path / "idx", extractor, BuildOptions(dim=512))
+    with pytest.raises(InvalidInputError, match="kind"):
+        ModelIndex.open_or_create(tmp_path / "idx", extractor, BuildOptions(kind="ivfpq"))
+    same = BuildOptions(dim=128, mode="fast", kind="auto")
+    with ModelIndex.open_or_create(tmp_path / "idx", extractor, same) as mi:
+        assert mi.index.count == 10
+
+
+def test_auto_mode_is_exact_and_small_embeddings_are_kept_whole(tmp_path):
+    torch.manual_seed(0)
+    ext = AFVExtractor.untrained("tiny", torch.device("cpu"), normalization="power")
+    with ModelIndex.create(tmp_path / "a", ext, BuildOptions(dim=64)) as mi:
+        assert mi.index.stats()["mode"] == "exact" and mi.index.dim == 64
+    with ModelIndex.create(tmp_path / "b", ext, BuildOptions(dim=ext.dim + 1)) as mi:
+        assert mi.projector.mode == "identity" and mi.index.dim == ext.dim
+
+
+def test_bad_projection_options_are_invalid_input(tmp_path, extractor):
+    with pytest.raises(InvalidInputError, match="mode"):
+        ModelIndex.create(tmp_path / "idx", extractor, BuildOptions(mode="sideways"))
+    assert not (tmp_path / "idx").exists()
