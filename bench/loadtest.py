@@ -3,7 +3,7 @@
 Starts a server in a subprocess (over a temporary index, or `--url` targets a running one on
 127.0.0.1), seeds the index, then drives a bounded asyncio httpx client (at most `--requests`
 requests and `--duration` seconds) and prints latency percentiles, throughput and errors. In the same
-run it times the raw model work — `AFVExtractor.afv` and the index's `embed` on batches of the
+run it times the raw model work — the embedder's `embed` (AFVs) and the index's `embed` on batches of the
 server's batch size, with the server idle — and reports service throughput as a share of it.
 
     .venv/bin/python bench/loadtest.py                         # default (bundled or untrained tiny) model
@@ -39,17 +39,9 @@ LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 SERVER_CODE = """
 import json, logging, sys
 import uvicorn
-from model.extract import AFVExtractor
 from service.app import create_app
 from service.settings import Settings
 cfg = json.loads(sys.argv[1])
-if cfg.pop("preset"):
-    from model.extract import resolve_device
-    preset = cfg.pop("preset_name")
-    AFVExtractor.load = classmethod(lambda cls, run=None, device="auto", **kw:
-                                    cls.untrained(preset, resolve_device(device)))
-else:
-    cfg.pop("preset_name")
 port = cfg.pop("port")
 logging.basicConfig(level=logging.WARNING)
 uvicorn.run(create_app(Settings(**cfg)), host="127.0.0.1", port=port, log_level="warning",
@@ -60,12 +52,17 @@ uvicorn.run(create_app(Settings(**cfg)), host="127.0.0.1", port=port, log_level=
 # ---- raw model throughput ------------------------------------------------------------------------
 
 
-def load_extractor(model: str | None, preset: str | None, device: str):
-    from model.extract import AFVExtractor, resolve_device
+def untrained_model(preset: str, folder: Path) -> str:
+    """--preset: a run folder of untrained networks of that preset, served and timed like any --model."""
+    from model.extract import save_untrained_run
 
-    if preset:
-        return AFVExtractor.untrained(preset, resolve_device(device))
-    return AFVExtractor.load(model, device=device)
+    return str(save_untrained_run(preset, folder / f"untrained-{preset}"))
+
+
+def load_extractor(model: str | None, device: str):
+    from model.loading import load_embedder
+
+    return load_embedder(model, device=device)
 
 
 def time_batches(fn, x, seconds: float = 3.0) -> float:
@@ -89,20 +86,20 @@ class RawTimer:
     def __init__(self, args, images: list[bytes]):
         import torch
 
-        from index import AFVIndex
         from model.data import decode_image
+        from service.model_index import ModelIndex
 
-        self.ext = load_extractor(args.model, args.preset, args.device)
+        self.ext = load_extractor(args.model, args.device)
         self.x = torch.from_numpy(
             np.stack([self.ext.preprocess(decode_image(b)) for b in (images * args.batch_size)[: args.batch_size]])
         )
         self._tmp = tempfile.TemporaryDirectory()
-        self.idx = AFVIndex.create(Path(self._tmp.name) / "ix", self.ext)
+        self.idx = ModelIndex.create(Path(self._tmp.name) / "ix", self.ext)
         self._worker = ThreadPoolExecutor(1)
         self.runs: list[dict[str, float]] = []
 
     def measure(self) -> None:
-        fns = {"afv": lambda b: self.ext.afv(b).cpu(), "embed": self.idx.embed}
+        fns = {"afv": lambda b: self.ext.embed(b).cpu(), "embed": self.idx.sketch}
         run: dict[str, float] = {}
         for kind, fn in fns.items():
             run[f"{kind}_main"] = time_batches(fn, self.x, 2.0)
@@ -138,8 +135,6 @@ def start_server(args, data_dir: Path) -> tuple[subprocess.Popen, str]:
         "device": args.device,
         "model": args.model,
         "port": port,
-        "preset": bool(args.preset),
-        "preset_name": args.preset,
         "batch_max_size": args.batch_size,
         "torch_threads": args.torch_threads,
     }
@@ -345,6 +340,8 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     images = load_images(max(args.index_images, 64))
     with tempfile.TemporaryDirectory(prefix="afv-loadtest-") as tmp:
+        if args.preset:
+            args.model = untrained_model(args.preset, Path(tmp))
         proc, url = (None, args.url.rstrip("/")) if args.url else start_server(args, Path(tmp))
         try:
             asyncio.run(warm_and_seed(url, images, args.index_images))

@@ -3,14 +3,15 @@ special-case a method: AFVs, BiGAN/BigBiGAN encoder outputs and GFMN feature mom
 
 An `Embedder` maps N×3×R×R uint8 images to N×F float vectors whose Euclidean distances are its metric.
 It names the parts of its vector (`layout`, `blocks`: per-block shares of a distance), and carries the
-hashes an index pins itself to (`model_hash`, `stats_hash`).
+hashes an index pins itself to (`model_hash`, `stats_hash`). Every distance (pair, 2AFC, set) is computed
+here, from images or from vectors already embedded, so the CLI, the HTTP service and evaluation agree.
 """
 
 from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +37,35 @@ class DistanceReport:
         if self.regions is not None:
             out["regions"] = self.regions
         return out
+
+
+@dataclass
+class SetStats:
+    """Float64 sums of a set's vectors: count, Σv and Σv² (what every set distance needs)."""
+
+    n: int
+    s1: torch.Tensor
+    s2: torch.Tensor
+
+    @classmethod
+    def of(cls, vectors: Iterable[torch.Tensor]) -> SetStats:
+        """Stream N×F batches of one set into its sums (memory O(F))."""
+        n, s1, s2 = 0, 0.0, 0.0
+        for v in vectors:
+            v = torch.as_tensor(v).double()
+            n, s1, s2 = n + v.shape[0], s1 + v.sum(0), s2 + v.pow(2).sum(0)
+        if n == 0:
+            raise ValueError("a set distance needs at least one image in each set")
+        return cls(n, s1, s2)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.s1 / self.n
+
+    @property
+    def var(self) -> torch.Tensor:
+        """Per-dimension (biased) variance."""
+        return (self.s2 / self.n - self.mean.pow(2)).clamp_min(0)
 
 
 def named_layout(parts: list[tuple[str, int]]) -> list[fisher.ParamSlot]:
@@ -117,11 +147,23 @@ class Embedder:
 
     def explain(self, va: torch.Tensor, vb: torch.Tensor) -> DistanceReport:
         """Distance of two embedded vectors with each block's share of the squared distance."""
-        diff2 = (torch.as_tensor(va) - torch.as_tensor(vb)).double().pow(2)
+        diff2 = (torch.as_tensor(va).double() - torch.as_tensor(vb).double()).pow(2)
         total = float(diff2.sum())
         layers = {k: (float(diff2[s].sum()) / total if total > 0 else 0.0) for k, s in self.blocks.items()}
         return DistanceReport(total**0.5, layers)
 
+    def pair_distance(self, va: torch.Tensor, vb: torch.Tensor) -> float:
+        """‖va − vb‖ of two embedded vectors, in float64 (the distance `explain` reports)."""
+        return float((torch.as_tensor(va).double() - torch.as_tensor(vb).double()).norm())
+
     def set_distance(self, xa: torch.Tensor, xb: torch.Tensor) -> float:
-        """Distance between two image sets: ‖mean(A) − mean(B)‖ of their vectors."""
-        return float((self.mean_embedding(xa) - self.mean_embedding(xb)).norm())
+        """Distance between two image sets (N×3×R×R uint8 each), streamed in batches."""
+        return self.stats_distance(SetStats.of(self.iter_embed(xa)), SetStats.of(self.iter_embed(xb)))
+
+    def set_distance_of(self, va: torch.Tensor, vb: torch.Tensor) -> float:
+        """The same set distance from the two sets' vectors already embedded (rows of va and vb)."""
+        return self.stats_distance(SetStats.of([va]), SetStats.of([vb]))
+
+    def stats_distance(self, a: SetStats, b: SetStats) -> float:
+        """The set distance of two sets' sums: ‖mean(A) − mean(B)‖ (subclasses may add terms)."""
+        return float((a.mean - b.mean).norm())

@@ -95,20 +95,20 @@ class EncoderEmbedder(Embedder):
         cls,
         ckpt: dict,
         path: Path,
+        encoder: Encoder,
         *,
         device: torch.device,
         embedding: str | None = None,
         normalization: str | None = None,
         batch_size: int = 256,
     ) -> EncoderEmbedder:
-        """The (EMA) encoder of a bigan/bigbigan model.pt or last.pt."""
-        preset, method = preset_from_dict(ckpt["preset"]), ckpt["method"]
-        enc = Encoder(preset, stochastic=method == "bigbigan")
-        load_state(enc, ckpt["E_ema"] if "E_ema" in ckpt else ckpt["E"], "encoder", preset, path)
+        """The (EMA) encoder weights of a bigan/bigbigan model.pt or last.pt, loaded into `encoder`."""
+        preset = preset_from_dict(ckpt["preset"])
+        load_state(encoder, ckpt["E_ema"] if "E_ema" in ckpt else ckpt["E"], "encoder", preset, path)
         name = path.parent.name if path.is_file() else path.name
         return cls(
-            enc,
-            method,
+            encoder,
+            ckpt["method"],
             device=device,
             embedding=embedding or "z",
             normalization=normalization or "none",
@@ -121,3 +121,28 @@ class EncoderEmbedder(Embedder):
         with self.lock:
             mu, _, h = self.encoder.mean_and_scale(uint8_to_model(x.to(self.device)))
         return {"z": mu, "hidden": h, "z+hidden": torch.cat([mu, h], dim=1)}[self.embedding]
+
+
+def load_encoder_embedder(
+    ckpt: dict,
+    path: Path,
+    run: Path,
+    device: torch.device,
+    *,
+    normalization: str | None,
+    batch_size: int,
+    embedding: str | None = None,
+) -> EncoderEmbedder:
+    """A bigan/bigbigan run → its encoder's embedder (the method's `Method.encoder` architecture)."""
+    from model.registry import checkpoint_method
+
+    encoder = checkpoint_method(ckpt, path).encoder(preset_from_dict(ckpt["preset"]))
+    return EncoderEmbedder.from_checkpoint(
+        ckpt,
+        path,
+        encoder,
+        device=device,
+        embedding=embedding,
+        normalization=normalization,
+        batch_size=max(batch_size, 256),
+    )

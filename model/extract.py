@@ -11,9 +11,10 @@ import torch
 
 from model import fisher
 from model.checkpoint import (
+    FORMAT,
+    MODEL_FILE,
     CheckpointError,
     atomic_torch_save,
-    find_checkpoint,
     load_networks,
     state_hash,
 )
@@ -123,25 +124,6 @@ class AFVExtractor(Embedder):
         self.inv_std = self.stats.inv_std()
 
     @classmethod
-    def load(
-        cls, run: str | Path | None = None, device: str = "auto", normalization: str | None = None, batch_size: int = 64
-    ) -> AFVExtractor:
-        """Load RUN_DIR (or the bundled default; or, while none is bundled, a fresh tiny model)."""
-        dev = resolve_device(device)
-        if run is None:
-            run = default_run_dir()
-            if run is None:
-                return cls.untrained("tiny", dev, normalization or "none", batch_size)
-        run = Path(run)
-        preset, d, g, ckpt = load_networks(find_checkpoint(run))
-        model_hash = state_hash(d)
-        stats = load_or_estimate_stats(run, d, g, model_hash, preset.fisher_samples, dev)
-        norm = normalization or ckpt.get("normalization", "none")
-        return cls(
-            d, g, stats, device=dev, normalization=norm, batch_size=batch_size, name=run.name, model_hash=model_hash
-        )
-
-    @classmethod
     def untrained(
         cls, preset_name: str, device: torch.device, normalization: str = "none", batch_size: int = 64, seed: int = 0
     ) -> AFVExtractor:
@@ -152,10 +134,10 @@ class AFVExtractor(Embedder):
             preset_name,
             seed,
         )
-        preset = get_preset(preset_name)
-        torch.manual_seed(seed)
-        d, g = Discriminator(preset).eval(), Generator(preset).eval()
-        stats = fisher.estimate_stats(fold_spectral_norm(d).to(device), g.to(device), preset.fisher_samples, seed=seed)
+        d, g = untrained_networks(preset_name, seed)
+        stats = fisher.estimate_stats(
+            fold_spectral_norm(d).to(device), g.to(device), d.preset.fisher_samples, seed=seed
+        )
         return cls(
             d,
             g,
@@ -193,4 +175,49 @@ class AFVExtractor(Embedder):
             return self.d.features(uint8_to_model(x.to(self.device)))
 
 
-__all__ = ["AFVExtractor", "CheckpointError", "DistanceReport", "resolve_device", "default_run_dir"]
+def untrained_networks(preset_name: str, seed: int = 0) -> tuple[Discriminator, Generator]:
+    """Seeded, freshly initialised D and G of a preset (in eval mode)."""
+    preset = get_preset(preset_name)
+    torch.manual_seed(seed)
+    return Discriminator(preset).eval(), Generator(preset).eval()
+
+
+def save_untrained_run(preset_name: str, out: Path, seed: int = 0) -> Path:
+    """A run folder (model.pt) of untrained networks of a preset, loadable like any model (benchmarks)."""
+    d, g = untrained_networks(preset_name, seed)
+    state = {"format": FORMAT, "method": "afv", "preset": d.preset.to_dict(), "step": 0}
+    atomic_torch_save({**state, "D": d.state_dict(), "G_ema": g.state_dict()}, Path(out) / MODEL_FILE)
+    return Path(out)
+
+
+def load_afv_embedder(
+    ckpt: dict,
+    path: Path,
+    run: Path,
+    device: torch.device,
+    *,
+    normalization: str | None,
+    batch_size: int,
+    readout: str | None = None,
+) -> AFVExtractor:
+    """An afv run: D's AFVs with the run's Fisher statistics (estimated once if missing), in its read-out."""
+    from model.pyramid import with_readout
+
+    preset, d, g, _ = load_networks(path)
+    model_hash = state_hash(d)
+    stats = load_or_estimate_stats(run, d, g, model_hash, preset.fisher_samples, device)
+    norm = normalization or ckpt.get("normalization", "none")
+    base = AFVExtractor(
+        d, g, stats, device=device, normalization=norm, batch_size=batch_size, name=run.name, model_hash=model_hash
+    )
+    return with_readout(base, readout or ckpt.get("readout", "global"), run)
+
+
+__all__ = [
+    "AFVExtractor",
+    "load_afv_embedder",
+    "CheckpointError",
+    "DistanceReport",
+    "resolve_device",
+    "default_run_dir",
+]

@@ -9,7 +9,8 @@ a vector v per layer, trained with Adam to regress the mini-batch difference, an
 Two uses beyond training a sampler:
 * as the generator that estimates an AFV model's Fisher information (a gfmn run on AFV features
   loads as that AFV model with GFMN's samples behind its Fisher statistics), and
-* as a set distance, `MomentEmbedder.set_distance`: √(Σ_l ‖μ_A − μ_B‖² + ‖σ²_A − σ²_B‖²).
+* as a set distance, `MomentEmbedder.set_distance` (from images) and `.set_distance_of` (from vectors
+  already embedded, as the HTTP service has them): √(Σ_l ‖μ_A − μ_B‖² + ‖σ²_A − σ²_B‖²).
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ from torch.nn import functional as F
 
 from model.checkpoint import find_checkpoint, load_state, read_checkpoint, state_hash
 from model.data import uint8_to_model
-from model.embedder import Embedder, config_hash, named_layout
-from model.encoder import Encoder
+from model.embedder import Embedder, SetStats, config_hash, named_layout
+from model.extract import AFVExtractor, load_or_estimate_stats
 from model.nets import Discriminator, Generator, fold_spectral_norm
 from model.presets import Preset, preset_from_dict
+from model.registry import checkpoint_method, get_method
 from model.trainer import BaseTrainer, TrainConfig, update_ema
 
 Moments = list[tuple[torch.Tensor, torch.Tensor]]
@@ -52,28 +54,43 @@ class FeatureNet(nn.Module):
 def feature_source(run: str | Path) -> dict:
     """The fixed network a run offers as features: {method, preset, state, sha256} (any method's run)."""
     path = find_checkpoint(run)
-    ckpt = read_checkpoint(path)
-    method = ckpt.get("method", "afv")
-    if method == "gfmn":
-        return ckpt["features"]
-    if method == "afv":
-        state = ckpt["D"]
-    elif method in ("bigan", "bigbigan"):
-        state = ckpt["E_ema"] if "E_ema" in ckpt else ckpt["E"]
-    else:
-        raise ValueError(f"{path}: a '{method}' run has no feature network")
-    net = _source_module(method, preset_from_dict(ckpt["preset"]))
+    return checkpoint_features(read_checkpoint(path), path)
+
+
+def checkpoint_features(ckpt: dict, path: Path) -> dict:
+    """The feature-source record of a checkpoint, as its method (`Method.features`) defines it."""
+    method = checkpoint_method(ckpt, path)
+    if method.features is None:
+        raise ValueError(f"{path}: a '{method.name}' run has no feature network")
+    return method.features(ckpt, path)
+
+
+def feature_record(ckpt: dict, path: Path, state: dict) -> dict:
+    """The record of a checkpoint's own network with weights `state` (afv: D; bigan/bigbigan: E)."""
+    method = checkpoint_method(ckpt, path)
+    net = method.feature_network(preset_from_dict(ckpt["preset"]))
     load_state(net, state, "feature network", net.preset, path)
-    return {"method": method, "preset": ckpt["preset"], "state": state, "sha256": state_hash(net)}
+    return {"method": method.name, "preset": ckpt["preset"], "state": state, "sha256": state_hash(net)}
 
 
-def _source_module(method: str, preset: Preset) -> nn.Module:
-    return Discriminator(preset) if method == "afv" else Encoder(preset, stochastic=method == "bigbigan")
+def afv_features(ckpt: dict, path: Path) -> dict:
+    """An afv checkpoint's features: its discriminator D."""
+    return feature_record(ckpt, path, ckpt["D"])
+
+
+def encoder_features(ckpt: dict, path: Path) -> dict:
+    """A bigan/bigbigan checkpoint's features: its (EMA) encoder E."""
+    return feature_record(ckpt, path, ckpt["E_ema"] if "E_ema" in ckpt else ckpt["E"])
+
+
+def own_features(ckpt: dict, path: Path) -> dict:
+    """A gfmn checkpoint's features: the record of the network it was trained on."""
+    return ckpt["features"]
 
 
 def source_network(source: dict) -> nn.Module:
     """The whole network of a `feature_source` record (D with spectral norm, or E), weights loaded."""
-    net = _source_module(source["method"], preset_from_dict(source["preset"]))
+    net = get_method(source["method"]).feature_network(preset_from_dict(source["preset"]))
     net.load_state_dict(source["state"])
     return net.eval()
 
@@ -250,15 +267,44 @@ class MomentEmbedder(Embedder):
             stats_hash=config_hash("gfmn-moments", source["method"]),
         )
 
-    @classmethod
-    def from_run(cls, run: str | Path, device: torch.device, batch_size: int = 128) -> MomentEmbedder:
-        return cls(feature_source(run), device=device, batch_size=batch_size, name=Path(run).name)
-
     @torch.no_grad()
     def raw_embed(self, x: torch.Tensor) -> torch.Tensor:
         with self.lock:
             return torch.cat(self.net(uint8_to_model(x.to(self.device))), dim=1)
 
-    def set_distance(self, xa: torch.Tensor, xb: torch.Tensor) -> float:
-        with self.lock:
-            return set_distance(self.net, xa, xb)
+    def stats_distance(self, a: SetStats, b: SetStats) -> float:
+        """√(Σ_l ‖μ_A − μ_B‖² + ‖σ²_A − σ²_B‖²): GFMN's moment-matching loss between the two sets."""
+        return float((a.mean - b.mean).pow(2).sum() + (a.var - b.var).pow(2).sum()) ** 0.5
+
+
+MOMENTS = "moments"  # the `embedding` option that loads any run's feature trunk as a MomentEmbedder
+
+
+def moment_embedder(ckpt: dict, path: Path, run: Path, device: torch.device) -> MomentEmbedder:
+    """The 'gfmn-moments' metric of any run: the activations of its feature network (`Method.features`)."""
+    return MomentEmbedder(checkpoint_features(ckpt, path), device=device, name=run.name)
+
+
+def load_gfmn_embedder(
+    ckpt: dict, path: Path, run: Path, device: torch.device, *, normalization: str | None, batch_size: int
+) -> Embedder:
+    """A gfmn run: on AFV features, that D's AFVs with Fisher statistics from this generator; else moments."""
+    source = ckpt["features"]
+    if source["method"] != "afv":
+        return MomentEmbedder(source, device=device, name=run.name)
+    g_preset = preset_from_dict(ckpt["preset"])
+    d, g = source_network(source), Generator(g_preset)
+    load_state(g, ckpt["G_ema"], "generator", g_preset, path)
+    g.eval()
+    model_hash = state_hash(d)
+    stats = load_or_estimate_stats(run, d, g, sampler_key(model_hash, g), g_preset.fisher_samples, device)
+    return AFVExtractor(
+        d,
+        g,
+        stats,
+        device=device,
+        normalization=normalization or "none",
+        batch_size=batch_size,
+        name=run.name if run.is_dir() else run.parent.name,
+        model_hash=model_hash,
+    )

@@ -1,4 +1,7 @@
-"""Load any run directory as the embedder it stands for, whatever method trained it.
+"""The one model loader: any run directory (or model.pt/last.pt) → the embedder it stands for.
+
+`load_embedder` reads the checkpoint, asks the method registry (`model.registry`) for the method that
+wrote it and lets that method load it:
 
 | checkpoint method | embedder                                                                 |
 |-------------------|--------------------------------------------------------------------------|
@@ -7,21 +10,22 @@
 | gfmn on AFV D     | `AFVExtractor` of that D with Fisher statistics from the GFMN generator   |
 | gfmn on an encoder| `MomentEmbedder`: the encoder's activations (moment features)             |
 
-The service, index and CLI call `load_embedder` and never look at the method themselves.
+`embedding="moments"` loads any run's feature network as a `MomentEmbedder` (the 'gfmn-moments' metric).
+The service, index, CLI and evaluation call `load_embedder` and never look at the method themselves.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
-from model.checkpoint import find_checkpoint, load_state, read_checkpoint, state_hash
+from model.checkpoint import find_checkpoint, read_checkpoint
 from model.embedder import Embedder
-from model.extract import AFVExtractor, default_run_dir, load_or_estimate_stats, resolve_device
-from model.nets import Generator
-from model.presets import preset_from_dict
-from model.pyramid import with_readout
+from model.extract import AFVExtractor, default_run_dir, resolve_device
+from model.gfmn import MOMENTS, moment_embedder
+from model.pyramid import GLOBAL
+from model.registry import Method, checkpoint_method, methods_with
+
+NEUTRAL = {"readout": GLOBAL}  # option values that every method accepts (it is what they do anyway)
 
 
 def load_embedder(
@@ -34,56 +38,37 @@ def load_embedder(
 ) -> Embedder:
     """RUN_DIR (or model.pt/last.pt path; None = the bundled default) → its embedder.
 
-    `readout` ('global' or 'pyramid-1-2-4', …) overrides the AFV read-out the model was exported with.
+    `readout` ('global' or 'pyramid-1-2-4', …) overrides the AFV read-out the model was exported with;
+    `embedding` picks an encoder's output (z | hidden | z+hidden) or, for any run, 'moments'.
     """
+    options = {k: v for k, v in {"embedding": embedding, "readout": readout}.items() if v is not None}
     run = run if run is not None else default_run_dir()
     if run is None:
-        if readout not in (None, "global"):
-            raise ValueError("spatial read-outs need a trained model: pass --model RUN_DIR")
-        return AFVExtractor.load(None, device=device, normalization=normalization, batch_size=batch_size)
+        return _untrained(device, normalization, batch_size, options)
+    run, dev = Path(run), resolve_device(device)
     path = find_checkpoint(run)
     ckpt = read_checkpoint(path)
-    method = ckpt.get("method", "afv")
-    if embedding is not None and method not in ("bigan", "bigbigan"):
-        raise ValueError(f"--embedding applies to bigan/bigbigan encoders, not to a '{method}' run")
-    if readout not in (None, "global") and method != "afv":
-        raise ValueError(f"--readout applies to AFV models, not to a '{method}' run")
-    if method == "afv":
-        base = AFVExtractor.load(run, device=device, normalization=normalization, batch_size=batch_size)
-        return with_readout(base, readout or ckpt.get("readout", "global"), Path(run))
-    dev = resolve_device(device)
-    if method in ("bigan", "bigbigan"):
-        from model.encoder import EncoderEmbedder
-
-        return EncoderEmbedder.from_checkpoint(
-            ckpt, path, device=dev, embedding=embedding, normalization=normalization, batch_size=max(batch_size, 256)
-        )
-    if method == "gfmn":
-        return _gfmn_embedder(ckpt, path, Path(run), dev, normalization, batch_size)
-    raise ValueError(f"{path}: unknown training method {method!r}")
+    if embedding == MOMENTS:
+        return moment_embedder(ckpt, path, run, dev)
+    method = checkpoint_method(ckpt, path)
+    kwargs = _method_options(method, options)
+    return method.load(ckpt, path, run, dev, normalization=normalization, batch_size=batch_size, **kwargs)
 
 
-def _gfmn_embedder(
-    ckpt: dict, path: Path, run: Path, dev: torch.device, normalization: str | None, batch_size: int
-) -> Embedder:
-    from model.gfmn import MomentEmbedder, sampler_key, source_network
+def _method_options(method: Method, options: dict[str, str]) -> dict[str, str]:
+    """The options `method` takes; ValueError naming the methods that take any other one."""
+    for name, value in options.items():
+        if name not in method.options and value != NEUTRAL.get(name):
+            hint = f" (--embedding {MOMENTS} applies to every run)" if name == "embedding" else ""
+            raise ValueError(
+                f"--{name} applies to {'/'.join(methods_with(name))} runs, not to a '{method.name}' run{hint}"
+            )
+    return {k: v for k, v in options.items() if k in method.options}
 
-    source = ckpt["features"]
-    if source["method"] != "afv":
-        return MomentEmbedder(source, device=dev, name=run.name)
-    g_preset = preset_from_dict(ckpt["preset"])
-    d, g = source_network(source), Generator(g_preset)
-    load_state(g, ckpt["G_ema"], "generator", g_preset, path)
-    g.eval()
-    model_hash = state_hash(d)
-    stats = load_or_estimate_stats(run, d, g, sampler_key(model_hash, g), g_preset.fisher_samples, dev)
-    return AFVExtractor(
-        d,
-        g,
-        stats,
-        device=dev,
-        normalization=normalization or "none",
-        batch_size=batch_size,
-        name=run.name if run.is_dir() else run.parent.name,
-        model_hash=model_hash,
-    )
+
+def _untrained(device: str, normalization: str | None, batch_size: int, options: dict[str, str]) -> Embedder:
+    """While no model is bundled: a seeded, untrained tiny AFV model (it warns loudly)."""
+    for name, value in options.items():
+        if value != NEUTRAL.get(name):
+            raise ValueError(f"--{name} {value} needs a trained model: pass --model RUN_DIR")
+    return AFVExtractor.untrained("tiny", resolve_device(device), normalization or "none", batch_size)

@@ -1,8 +1,10 @@
-"""What every training method shares: the run configuration, data split, RNG, EMA and checkpoint state.
+"""What every method's trainer shares: `TrainConfig` (a run's settings) and `BaseTrainer` (data split,
+RNG, EMA and checkpoint state).
 
-A method (`afv`, `bigan`, `bigbigan`, `gfmn`) subclasses `BaseTrainer` and provides its networks
-(`modules`), optimisers (`optimizers`), one `train_step`, a sample grid, a monitor and its inference
-export. `model.train` runs the loop, checkpoints and finishing for all of them alike.
+A method's trainer (`model.ebmgan.EBMGANTrainer` for 'afv', `model.bigan`, `model.bigbigan`,
+`model.gfmn`) subclasses `BaseTrainer` and provides its networks (`modules`), optimisers
+(`optimizers`), one `train_step`, a sample grid, a monitor and its inference export. The training
+loop that drives them all alike is `model.train.train`; the methods are listed in `model.registry`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from model.checkpoint import FORMAT, load_state, read_checkpoint
 from model.data import uint8_to_model
 from model.presets import Preset, preset_from_dict
 
-METHODS = ("afv", "bigan", "bigbigan", "gfmn")
 BASE_FIELDS = ["step", "wall_s", "img_per_s"]
 
 
@@ -29,7 +30,7 @@ class TrainConfig:
     data: str
     out: str
     preset: str = "cpu"
-    method: str = "afv"  # afv (EBM-GAN) | bigan | bigbigan | gfmn
+    method: str = "afv"  # a registered method (model.registry): afv (EBM-GAN) | bigan | bigbigan | gfmn
     steps: int | None = None  # default: the preset's
     batch_size: int | None = None  # default: the preset's
     device: str = "auto"

@@ -171,20 +171,25 @@ def export(
     from model.checkpoint import (
         FORMAT,
         MODEL_FILE,
+        CheckpointError,
         atomic_torch_save,
         find_checkpoint,
         read_checkpoint,
     )
-    from model.extract import DEFAULT_POINTER, FISHER_FILE, WEIGHTS_DIR
-
-    ckpt = read_checkpoint(find_checkpoint(model))
-    method = ckpt.get("method", "afv")
-    if method == "afv" and not (model / FISHER_FILE).is_file():
-        fail(f"{model / FISHER_FILE} is missing: run `afv fisher --model {model}` first")
+    from model.extract import DEFAULT_POINTER, WEIGHTS_DIR
     from model.fisher import NORMALIZATIONS
+    from model.registry import checkpoint_method
 
-    keep = ("method", "preset", "step", "D", "G_ema", "E_ema", "features", "normalization", "readout")
-    slim = {k: ckpt[k] for k in keep if k in ckpt}
+    try:
+        path = find_checkpoint(model)
+        ckpt = read_checkpoint(path)
+        method = checkpoint_method(ckpt, path)
+    except (CheckpointError, ValueError) as e:
+        fail(str(e))
+    for name in method.required_files:
+        if not (model / name).is_file():
+            fail(f"{model / name} is missing: run `afv fisher --model {model}` first")
+    slim = method.export_state(ckpt)
     if normalization is not None:
         if normalization not in NORMALIZATIONS:
             fail(f"unknown normalization {normalization!r}; choose one of {NORMALIZATIONS}")
@@ -276,17 +281,10 @@ def set_distance(
 
 
 def _load_moments(model: Path | None, device: str):
-    from model.checkpoint import CheckpointError
-    from model.extract import default_run_dir, resolve_device
-    from model.gfmn import MomentEmbedder
+    """The 'gfmn-moments' embedder of a run: its feature network's activations (`load_embedder`'s moments)."""
+    from model.gfmn import MOMENTS
 
-    run = model or default_run_dir()
-    if run is None:
-        fail("gfmn-moments needs a trained model: pass --model RUN_DIR")
-    try:
-        return MomentEmbedder.from_run(run, resolve_device(device))
-    except (CheckpointError, ValueError, FileNotFoundError) as e:
-        fail(str(e))
+    return _load_extractor(model, device, embedding=MOMENTS)
 
 
 @app.command()
@@ -346,18 +344,20 @@ def reconstruct(
 
     from model.checkpoint import CheckpointError, find_checkpoint, load_state, read_checkpoint
     from model.data import uint8_to_model
-    from model.encoder import Encoder
     from model.nets import Generator
     from model.plots import save_grid
     from model.presets import preset_from_dict
+    from model.registry import checkpoint_method, methods
 
     try:
         path = find_checkpoint(model)
         ckpt = read_checkpoint(path)
-        if ckpt.get("method") not in ("bigan", "bigbigan"):
-            fail(f"{model} is a '{ckpt.get('method', 'afv')}' run: only bigan/bigbigan runs have an encoder")
+        method = checkpoint_method(ckpt, path)
+        if method.encoder is None:
+            with_encoder = "/".join(m.name for m in methods() if m.encoder is not None)
+            fail(f"{model} is a '{method.name}' run: only {with_encoder} runs have an encoder")
         preset = preset_from_dict(ckpt["preset"])
-        g, e = Generator(preset), Encoder(preset, stochastic=ckpt["method"] == "bigbigan")
+        g, e = Generator(preset), method.encoder(preset)
         load_state(g, ckpt["G_ema"], "generator", preset, path)
         load_state(e, ckpt["E_ema"], "encoder", preset, path)
     except (CheckpointError, ValueError, FileNotFoundError) as e:

@@ -121,6 +121,28 @@ def _extractor_metric(name: str, ext, batch_size: int, pooled: bool = False) -> 
     return Metric(name, ext.resolution, _feature_distance(embed), embed, batch_size=batch_size, extractor=ext)
 
 
+@dataclass(frozen=True)
+class ModelNeed:
+    """What a model metric loads: the embedder kind it scores and the loader's `embedding` option."""
+
+    kind: str
+    embedding: str | None = None  # ENCODER: the metric's own --embedding
+    needs_model: bool = False  # no --model: error (the bundled default is another method)
+    random: bool = False  # a randomly initialised twin of the trained model
+
+
+ENCODER = "encoder"
+MODEL_METRICS = {
+    "afv": ModelNeed("afv"),
+    "dpool": ModelNeed("afv"),
+    "afv-random": ModelNeed("afv", random=True),
+    "bigan": ModelNeed("bigan", ENCODER, needs_model=True),
+    "bigbigan": ModelNeed("bigbigan", ENCODER, needs_model=True),
+    "gfmn-moments": ModelNeed("gfmn-moments", "moments"),
+}
+AFV_METRICS = tuple(m for m, need in MODEL_METRICS.items() if need.kind == "afv")  # share one trained model
+
+
 def load_extractors(
     metric: str,
     model: str | Path | None,
@@ -128,34 +150,38 @@ def load_extractors(
     normalization: str | None = None,
     seed: int = 0,
     embedding: str | None = None,
+    trained=None,
 ):
-    """The embedder a model metric needs: the trained one, or a random AFV model of the same preset."""
-    from model.extract import AFVExtractor, default_run_dir, resolve_device
+    """The embedder a model metric needs, through `model.loading.load_embedder` (or `trained`, already
+    loaded): the trained one, or a random AFV model of the same preset."""
     from model.loading import load_embedder
 
-    if metric == "gfmn-moments":
-        from model.gfmn import MomentEmbedder
-
-        run = model or default_run_dir()
-        if run is None:
-            raise ValueError("gfmn-moments needs a trained model: pass --model RUN_DIR")
-        return MomentEmbedder.from_run(run, resolve_device(device))
-    if metric in ENCODER_METRICS and model is None:
+    need = MODEL_METRICS[metric]
+    if need.needs_model and model is None:
         raise ValueError(f"metric {metric!r} needs --model RUN_DIR of a '{metric}' run (afv train --method {metric})")
-    trained = load_embedder(
-        model, device=device, normalization=normalization, embedding=embedding if metric in ENCODER_METRICS else None
-    )
-    want = metric if metric in ENCODER_METRICS else "afv"
-    if trained.kind != want:
+    option = embedding if need.embedding == ENCODER else need.embedding
+    if trained is None:
+        trained = load_embedder(model, device=device, normalization=normalization, embedding=option)
+    if trained.kind != need.kind:
         hint = f"--metric {trained.kind}" if trained.kind in METRICS else "another --model"
         raise ValueError(
-            f"metric {metric!r} needs a '{want}' model but {model} is a '{trained.kind}' model: use {hint}"
+            f"metric {metric!r} needs a '{need.kind}' model but {model} is a '{trained.kind}' model: use {hint}"
         )
-    if metric != "afv-random":
-        return trained
-    return AFVExtractor.untrained(
-        trained.preset.name, resolve_device(device), normalization=trained.normalization, seed=seed
-    )
+    return random_twin(trained, seed) if need.random else trained
+
+
+def random_twin(trained, seed: int = 0):
+    """A seeded, randomly initialised AFV model of the trained model's preset (the 'afv-random' baseline)."""
+    from model.extract import AFVExtractor
+
+    return AFVExtractor.untrained(trained.preset.name, trained.device, normalization=trained.normalization, seed=seed)
+
+
+PIXEL = {  # pixel metric → (pair distance, embedding or None)
+    "l2": (_l2, _pixels),
+    "ssim": (_one_minus_ssim, None),
+    "phash": (_hamming, _phash_bits),
+}
 
 
 def get_metric(
@@ -171,13 +197,34 @@ def get_metric(
     """Build metric `name` (see `METRICS`); model metrics load `model` (or use `extractor`)."""
     if name not in METRICS:
         raise ValueError(f"unknown metric {name!r}; choose one of {', '.join(METRICS)}")
-    if name == "l2":
-        return Metric("l2", None, _l2, _pixels, batch_size=batch_size)
-    if name == "ssim":
-        return Metric("ssim", None, _one_minus_ssim, None, batch_size=batch_size)
-    if name == "phash":
-        return Metric("phash", None, _hamming, _phash_bits, batch_size=batch_size)
+    if name in PIXEL:
+        return Metric(name, None, *PIXEL[name], batch_size=batch_size)
     ext = extractor or load_extractors(name, model, device, normalization, seed)
-    if name in ENCODER_METRICS and ext.embedding != "z":
-        name = f"{name}:{ext.embedding}"  # e.g. bigan:hidden, so rows say which encoder output they score
-    return _extractor_metric(name, ext, batch_size, pooled=name == "dpool")
+    label = name
+    if getattr(ext, "embedding", "z") != "z":
+        label = f"{name}:{ext.embedding}"  # e.g. bigan:hidden, so rows say which encoder output they score
+    return _extractor_metric(label, ext, batch_size, pooled=name == "dpool")
+
+
+def get_metrics(
+    names: list[str],
+    model: str | Path | None = None,
+    *,
+    device: str = "auto",
+    normalization: str | None = None,
+    embeddings: list[str] | None = None,
+) -> list[Metric]:
+    """Several metrics, loading the trained AFV model once for all of afv, dpool and afv-random; the
+    encoder metrics once per requested `embeddings` output."""
+    bad = [n for n in names if n not in METRICS]
+    if bad:
+        raise ValueError(f"unknown metric {bad[0]!r}; choose from {', '.join(METRICS)}")
+    trained = load_extractors("afv", model, device, normalization) if set(names) & set(AFV_METRICS) else None
+    out = []
+    for n in names:
+        need = MODEL_METRICS.get(n)
+        for emb in (embeddings or [None]) if need and need.embedding == ENCODER else [None]:
+            shared = trained if n in AFV_METRICS else None
+            ext = load_extractors(n, model, device, normalization, embedding=emb, trained=shared) if need else None
+            out.append(get_metric(n, extractor=ext))
+    return out

@@ -132,33 +132,12 @@ def _base_metrics(
     embeddings: list[str] | None = None,
 ) -> list:
     from model.checkpoint import CheckpointError
-    from model.evaluation.metrics import get_metric, load_extractors
+    from model.evaluation.metrics import get_metrics
 
-    names = names or list(DEFAULT_METRICS)
-    bad = [n for n in names if n not in METRICS]
-    if bad:
-        _fail(f"unknown metric {bad[0]!r}; choose from {', '.join(METRICS)}")
     try:
-        trained = (
-            load_extractors("afv", model, device, normalization)
-            if {"afv", "dpool", "afv-random"} & set(names)
-            else None
+        return get_metrics(
+            names or list(DEFAULT_METRICS), model, device=device, normalization=normalization, embeddings=embeddings
         )
-        out = []
-        for n in names:
-            ext = trained if n in ("afv", "dpool") else None
-            if n in ("bigan", "bigbigan"):
-                for emb in embeddings or [None]:
-                    out.append(get_metric(n, extractor=load_extractors(n, model, device, normalization, embedding=emb)))
-                continue
-            if n == "gfmn-moments":
-                ext = load_extractors(n, model, device, normalization)
-            if n == "afv-random":
-                from model.extract import AFVExtractor
-
-                ext = AFVExtractor.untrained(trained.preset.name, trained.device, trained.normalization)
-            out.append(get_metric(n, extractor=ext))
-        return out
     except (CheckpointError, ValueError, FileNotFoundError) as e:
         _fail(str(e))
 

@@ -7,12 +7,7 @@ from fastapi import APIRouter, Request
 
 from service.deps import EngineDep, ReadAuth, SettingsDep
 from service.inputs import openapi_body, parse_body
-from service.routes.common import (
-    IMAGE_ERRORS,
-    limit_images,
-    load_images,
-    pair_distance,
-)
+from service.routes.common import IMAGE_ERRORS, limit_images, load_images
 from service.schemas import (
     DistanceRequest,
     DistanceResponse,
@@ -34,7 +29,8 @@ async def distance(request: Request, engine: EngineDep, settings: SettingsDep) -
     x = await load_images(engine, settings, [("image_a", body.image_a), ("image_b", body.image_b)])
     v = await engine.afv(x)
     report = engine.extractor.explain(v[0], v[1])
-    return DistanceResponse(distance=pair_distance(v[0], v[1]), layers=report.layers, regions=report.regions)
+    distance = engine.extractor.pair_distance(v[0], v[1])
+    return DistanceResponse(distance=distance, layers=report.layers, regions=report.regions)
 
 
 @router.post("/2afc", response_model=TwoAFCResponse, openapi_extra=openapi_body(TwoAFCRequest))
@@ -43,20 +39,20 @@ async def two_afc(request: Request, engine: EngineDep, settings: SettingsDep) ->
     body = await parse_body(request, TwoAFCRequest, settings)
     x = await load_images(engine, settings, [("ref", body.ref), ("p0", body.p0), ("p1", body.p1)])
     v = await engine.afv(x)
-    d0, d1 = pair_distance(v[0], v[1]), pair_distance(v[0], v[2])
+    d0, d1 = engine.extractor.pair_distance(v[0], v[1]), engine.extractor.pair_distance(v[0], v[2])
     return TwoAFCResponse(d0=d0, d1=d1, choice=0 if d0 <= d1 else 1)
 
 
 @router.post("/set-distance", response_model=SetDistanceResponse, openapi_extra=openapi_body(SetDistanceRequest))
 async def set_distance(request: Request, engine: EngineDep, settings: SettingsDep) -> SetDistanceResponse:
-    """Fisher distance between two image sets: the distance between their mean AFVs."""
+    """Distance between two image sets, as the model defines it (AFVs: between their mean vectors)."""
     body = await parse_body(request, SetDistanceRequest, settings)
     limit_images(len(body.images_a) + len(body.images_b), settings.max_images_per_request)
     xa = await load_images(engine, settings, [(f"images_a[{i}]", b) for i, b in enumerate(body.images_a)])
     xb = await load_images(engine, settings, [(f"images_b[{i}]", b) for i, b in enumerate(body.images_b)])
-    v = (await engine.afv(np.concatenate([xa, xb]))).astype(np.float64)
-    d = np.linalg.norm(v[: len(xa)].mean(0) - v[len(xa) :].mean(0))
-    return SetDistanceResponse(distance=float(d), n_a=len(xa), n_b=len(xb))
+    v = await engine.afv(np.concatenate([xa, xb]))
+    d = engine.extractor.set_distance_of(v[: len(xa)], v[len(xa) :])
+    return SetDistanceResponse(distance=d, n_a=len(xa), n_b=len(xb))
 
 
 @router.post("/embed", response_model=EmbedResponse, openapi_extra=openapi_body(EmbedRequest))

@@ -53,20 +53,20 @@ def test_load_labelled_takes_a_stratified_subset(cifar_dir):
 
 
 def test_afv_variants_match_the_extractor(tiny_run, cifar_images):
-    from model.extract import AFVExtractor
+    from model.loading import load_embedder
 
-    ext = AFVExtractor.load(tiny_run, device="cpu", normalization="l2")
+    ext = load_embedder(tiny_run, device="cpu", normalization="l2")
     x = cifar_images[:5]
     vs = [probe.Variant("l2", ext.stats.eps_rel), probe.Variant("none", 1e-1)]
     out = probe.afv_variants(ext, x, vs, dim=10**9)
     assert np.allclose(out[vs[0]], ext.afv(x).numpy(), atol=1e-5)
-    assert not np.allclose(out[vs[1]], AFVExtractor.load(tiny_run, device="cpu").afv(x).numpy())
+    assert not np.allclose(out[vs[1]], load_embedder(tiny_run, device="cpu").afv(x).numpy())
 
 
 def test_class_distance_matrix_is_symmetric_with_zero_diagonal(tiny_run, cifar_images, tmp_path):
-    from model.extract import AFVExtractor
+    from model.loading import load_embedder
 
-    ext = AFVExtractor.load(tiny_run, device="cpu")
+    ext = load_embedder(tiny_run, device="cpu")
     names, d = setdist.distance_matrix(
         setdist.class_means(ext, {"a": cifar_images[:8], "b": cifar_images[30:38], "c": cifar_images[60:68]})
     )

@@ -6,11 +6,12 @@ import pytest
 import torch
 
 from model.extract import FISHER_FILE, AFVExtractor
+from model.loading import load_embedder
 
 
 @pytest.fixture(scope="module")
 def extractor(tiny_run) -> AFVExtractor:
-    return AFVExtractor.load(tiny_run, device="cpu")
+    return load_embedder(tiny_run, device="cpu")
 
 
 def test_identical_images_are_at_distance_zero(extractor, cifar_images):
@@ -43,7 +44,7 @@ def test_streaming_gives_the_same_vectors_as_one_batch(extractor, cifar_images):
 
 def test_extraction_uses_the_stored_fisher_statistics(tiny_run, cifar_images, tmp_path):
     saved = torch.load(tiny_run / FISHER_FILE, weights_only=True)
-    ext = AFVExtractor.load(tiny_run, device="cpu")
+    ext = load_embedder(tiny_run, device="cpu")
     torch.testing.assert_close(ext.stats.mean, saved["mean"])
     torch.testing.assert_close(ext.stats.var, saved["var"])
     from model import fisher
@@ -55,14 +56,14 @@ def test_extraction_uses_the_stored_fisher_statistics(tiny_run, cifar_images, tm
 
 @pytest.mark.parametrize("method", ["l2", "power"])
 def test_normalised_extractors_give_unit_vectors(tiny_run, cifar_images, method):
-    ext = AFVExtractor.load(tiny_run, device="cpu", normalization=method)
+    ext = load_embedder(tiny_run, device="cpu", normalization=method)
     torch.testing.assert_close(ext.afv(cifar_images[:4]).norm(dim=1), torch.ones(4))
 
 
 def test_without_a_model_a_fresh_tiny_model_is_used_with_a_loud_warning(caplog, monkeypatch):
-    import model.extract as ex
+    import model.loading
 
-    monkeypatch.setattr(ex, "default_run_dir", lambda: None)
-    ext = AFVExtractor.load(None, device="cpu")
+    monkeypatch.setattr(model.loading, "default_run_dir", lambda: None)
+    ext = load_embedder(None, device="cpu")
     assert ext.preset.name == "tiny"
     assert any("NO TRAINED MODEL" in r.getMessage() for r in caplog.records)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -16,6 +17,7 @@ from model.gfmn import (
     moments,
     set_distance,
 )
+from model.loading import load_embedder
 from model.presets import PRESETS
 from model.train import TrainConfig
 
@@ -81,9 +83,21 @@ def test_moment_set_distance_is_zero_for_one_set_and_grows_with_difference(tiny_
 
 
 def test_moment_embedder_distance_is_the_one_image_moment_loss(tiny_run, cifar_images):
-    emb = MomentEmbedder.from_run(tiny_run, torch.device("cpu"))
+    emb = load_embedder(tiny_run, device="cpu", embedding="moments")
+    assert isinstance(emb, MomentEmbedder)
     a, b = cifar_images[:1], cifar_images[1:2]
     report = emb.distance(a[0], b[0])
     assert report.distance == pytest.approx(emb.set_distance(a, b), rel=1e-4)
     assert sum(report.layers.values()) == pytest.approx(1.0)
     assert emb.kind == "gfmn-moments" and emb.dim == emb.embed(a).shape[1]
+
+
+def test_moment_set_distance_from_vectors_matches_the_one_from_images(tiny_run, cifar_images):
+    emb = load_embedder(tiny_run, device="cpu", embedding="moments")
+    cats, dogs = cifar_images[:20], cifar_images[30:45]
+    from_images = emb.set_distance(cats, dogs)
+    assert from_images == pytest.approx(set_distance(emb.net, cats, dogs), rel=1e-6)
+    v = emb.embed(torch.cat([cats, dogs])).numpy()  # as the HTTP service has them: one batch, float32 rows
+    assert emb.set_distance_of(v[:20], v[20:]) == pytest.approx(from_images, rel=1e-6)
+    mean_only = float(np.linalg.norm(v[:20].astype(np.float64).mean(0) - v[20:].astype(np.float64).mean(0)))
+    assert from_images > mean_only  # the variance term the plain mean-vector distance leaves out

@@ -10,8 +10,9 @@ import torch
 
 from model.checkpoint import CheckpointError, load_networks, read_checkpoint
 from model.data import load_collection
+from model.ebmgan import EBMGANTrainer
 from model.presets import PRESETS
-from model.train import TrainConfig, Trainer, train
+from model.train import TrainConfig, train
 
 
 def _cfg(data, out, steps, **kw) -> TrainConfig:
@@ -22,7 +23,7 @@ def _cfg(data, out, steps, **kw) -> TrainConfig:
 
 def test_a_few_steps_decrease_the_discriminator_loss(cifar_images):
     # Early on D wins against the untrained G; later the adversarial game makes the loss oscillate.
-    trainer = Trainer(_cfg("", "", 20), PRESETS["tiny"], cifar_images, torch.device("cpu"))
+    trainer = EBMGANTrainer(_cfg("", "", 20), PRESETS["tiny"], cifar_images, torch.device("cpu"))
     losses = [trainer.train_step()["loss_d"] for _ in range(20)]
     first, last = sum(losses[:5]) / 5, sum(losses[10:]) / 10
     assert last < first - 0.05, f"D loss did not fall: {first:.3f} → {last:.3f}"
