@@ -86,6 +86,26 @@ def test_service_serves_each_method_without_special_cases(method_runs, tmp_path,
     assert index_dir.is_dir() and index_dir.name == f"index-{method_runs[method].name}-global"
 
 
+def test_http_set_distance_is_the_embedders_own_for_gfmn_moments(tiny_run, tmp_path):
+    """The route takes set distances from the embedder: for moments that includes the variance term."""
+    import httpx
+
+    from model.data import decode_image
+
+    emb = load_embedder(tiny_run, device="cpu", embedding="moments")
+    a, b = [png(i) for i in range(3)], [png(i) for i in range(3, 7)]
+    xa, xb = (torch.from_numpy(np.stack([emb.preprocess(decode_image(p)) for p in ps])) for ps in (a, b))
+    server, thread, url = start_server(test_settings(tmp_path, model=tiny_run, embedding="moments", readout=None))
+    try:
+        with httpx.Client(base_url=url, timeout=60, headers={"Authorization": f"Bearer {API_KEY}"}) as c:
+            files = [("images_a", p) for p in a] + [("images_b", p) for p in b]
+            got = c.post("/v1/set-distance", files=files).json()
+    finally:
+        stop_server(server, thread)
+    assert got["n_a"] == 3 and got["n_b"] == 4
+    assert got["distance"] == pytest.approx(emb.set_distance(xa, xb), rel=1e-4)
+
+
 @pytest.mark.parametrize(
     "metric,method", [("bigan", "bigan"), ("bigbigan", "bigbigan"), ("gfmn-moments", "afv"), ("gfmn-moments", "bigan")]
 )
