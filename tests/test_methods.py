@@ -9,11 +9,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from index import AFVIndex
 from model.checkpoint import read_checkpoint
 from model.evaluation.metrics import get_metric
 from model.loading import load_embedder
 from service.cli import app
+from service.model_index import BuildOptions, ModelIndex
 from tests.service.conftest import API_KEY, png, start_server, stop_server, test_settings
 
 METHODS = ["afv", "bigan", "bigbigan", "gfmn"]
@@ -42,27 +42,21 @@ def test_gfmn_run_on_afv_features_gives_afvs_with_its_own_fisher_statistics(meth
 @pytest.mark.parametrize("method", METHODS)
 def test_each_method_builds_an_index_that_finds_its_own_images(method_runs, cifar_images, tmp_path, method):
     emb = load_embedder(method_runs[method], device="cpu")
-    idx = AFVIndex.create(tmp_path / "idx", emb, dim=64)
-    try:
+    with ModelIndex.create(tmp_path / "idx", emb, BuildOptions(dim=64)) as mi:
         x = cifar_images[::25][:12]
-        added = idx.add_embedded(
-            idx.embed(x), [{"name": f"img{i}", "sha256": f"{i:064x}", "size": 1} for i in range(len(x))]
+        added = mi.index.add_embedded(
+            mi.sketch(x), [{"name": f"img{i}", "sha256": f"{i:064x}", "size": 1} for i in range(len(x))]
         )
-        hits = idx.search(idx.embed(x), k=1)
+        hits = mi.index.search(mi.sketch(x), k=1)
         assert [h[0].id for h in hits] == [a.id for a in added]
         assert all(h[0].distance == pytest.approx(0.0, abs=1e-3) for h in hits)
-        assert idx.stats()["count"] == len(x)
-    finally:
-        idx.close()
+        assert mi.index.stats()["count"] == len(x)
 
 
 def test_small_embeddings_are_indexed_without_projection(method_runs, tmp_path):
     emb = load_embedder(method_runs["bigan"], device="cpu")
-    idx = AFVIndex.create(tmp_path / "idx", emb, dim=1024)
-    try:
-        assert idx.dim == emb.dim == 32 and idx.projector.mode == "identity"
-    finally:
-        idx.close()
+    with ModelIndex.create(tmp_path / "idx", emb, BuildOptions(dim=1024)) as mi:
+        assert mi.index.dim == emb.dim == 32 and mi.projector.mode == "identity"
 
 
 @pytest.mark.parametrize("method", ["bigan", "gfmn"])

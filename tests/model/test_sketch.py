@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from model.sketch import ProjectionError, Projector, kronecker_std, pairwise_distances
 from model.extract import AFVExtractor
+from model.sketch import ProjectionError, Projector, kronecker_std, pairwise_distances
 
 
 def test_fast_mode_without_sketching_is_the_exact_fisher_vector(extractor, image_batch):
