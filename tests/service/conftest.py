@@ -1,7 +1,13 @@
-"""A real uvicorn server on 127.0.0.1 (a free port, in a thread) over a tmp_path index, and test images."""
+"""Two ways to run the service in tests, and test images.
+
+* `api`: the app on FastAPI's TestClient over a `FakeEmbedder` (no model to load): most API tests.
+* `live`: a real uvicorn server on 127.0.0.1 (a free port, in a thread) with the bundled model, for
+  the few end-to-end, fuzz and browser tests that need real sockets or real Fisher distances.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import socket
 import threading
@@ -14,10 +20,14 @@ import httpx
 import numpy as np
 import pytest
 import uvicorn
+from fastapi.testclient import TestClient
 from PIL import Image
 
 from service.app import create_app
+from service.engine import Resources
+from service.model_index import ModelIndex
 from service.settings import Settings
+from tests.service.fakes import FakeEmbedder
 from tests.tiny_model import extractor, image_batch, images  # noqa: F401
 
 API_KEY = "test-key-0123456789"
@@ -96,6 +106,38 @@ def live(tmp_path_factory) -> Iterator[LiveServer]:
     server, thread, url = start_server(settings)
     yield LiveServer(url, settings, server)
     stop_server(server, thread)
+
+
+@dataclass
+class InProcessApp:
+    """The app on a started TestClient (lifespan run once); `client()` mirrors `LiveServer.client()`."""
+
+    settings: Settings
+    started: TestClient
+
+    @contextlib.contextmanager
+    def client(self, headers: dict[str, str] | None = None, **kw) -> Iterator[TestClient]:
+        self.started.headers = httpx.Headers(headers or {})
+        yield self.started
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {API_KEY}"}
+
+
+def fake_app(data_dir: Path, **overrides) -> tuple[TestClient, Settings]:
+    """An un-started app over a fresh index filled by a `FakeEmbedder` (enter the client to start it)."""
+    settings = test_settings(data_dir, **overrides)
+    embedder = FakeEmbedder()
+    resources = Resources(embedder, ModelIndex.open_or_create(data_dir / "index-fake", embedder))
+    return TestClient(create_app(settings, resources)), settings
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory) -> Iterator[InProcessApp]:
+    client, settings = fake_app(tmp_path_factory.mktemp("afv-api"))
+    with client as started:
+        yield InProcessApp(settings, started)
 
 
 # ---- images ------------------------------------------------------------------------------------

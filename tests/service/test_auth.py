@@ -5,11 +5,9 @@ from __future__ import annotations
 import logging
 
 import pytest
-from fastapi.testclient import TestClient
 
-from service.app import create_app
 from service.deps import key_is_valid
-from tests.service.conftest import API_KEY, png, test_settings
+from tests.service.conftest import API_KEY, fake_app, png
 
 WRITES = [
     ("POST", "/v1/images", {"files": {"image": ("a.png", b"")}}),
@@ -29,17 +27,17 @@ BAD_HEADERS = [
 
 @pytest.mark.parametrize("method,path,kw", WRITES)
 @pytest.mark.parametrize("headers", BAD_HEADERS)
-def test_writes_need_a_valid_key(live, method, path, kw, headers):
-    with live.client() as c:
+def test_writes_need_a_valid_key(api, method, path, kw, headers):
+    with api.client() as c:
         r = c.request(method, path, headers=headers, **kw)
     assert r.status_code == 401, r.text
     assert r.json()["error"]["code"] == "unauthorized"
     assert r.headers["www-authenticate"] == "Bearer"
 
 
-def test_valid_key_and_open_reads(live):
-    with live.client() as c:
-        r = c.post("/v1/images", files={"image": png(50)}, headers=live.auth)
+def test_valid_key_and_open_reads(api):
+    with api.client() as c:
+        r = c.post("/v1/images", files={"image": png(50)}, headers=api.auth)
         assert r.status_code == 201
         assert c.get(f"/v1/images/{r.json()['id']}").status_code == 200
         assert c.post("/v1/search", files={"image": png(50)}).status_code == 200
@@ -51,8 +49,8 @@ def test_key_comparison():
 
 
 def test_generated_key_is_logged_and_works(tmp_path, caplog):
-    settings = test_settings(tmp_path, api_keys=[])
-    with caplog.at_level(logging.WARNING, logger="service.app"), TestClient(create_app(settings)) as c:
+    client, _ = fake_app(tmp_path, api_keys=[])
+    with caplog.at_level(logging.WARNING, logger="service.app"), client as c:
         line = next(r.getMessage() for r in caplog.records if "Generated" in r.getMessage())
         key = line.split("Bearer ")[1].split()[0]
         assert c.delete("/v1/images/1", headers={"Authorization": f"Bearer {key}"}).status_code == 404
@@ -60,7 +58,7 @@ def test_generated_key_is_logged_and_works(tmp_path, caplog):
 
 
 def test_auth_reads_setting(tmp_path):
-    with TestClient(create_app(test_settings(tmp_path, auth_reads=True))) as c:
+    with fake_app(tmp_path, auth_reads=True)[0] as c:
         assert c.post("/v1/distance", files={"image_a": png(0), "image_b": png(1)}).status_code == 401
         assert c.get("/v1/index/stats").status_code == 401
         assert c.get("/v1/index/stats", headers={"Authorization": f"Bearer {API_KEY}"}).status_code == 200

@@ -7,6 +7,7 @@ import base64
 import json
 
 import httpx
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -150,3 +151,19 @@ def test_concurrent_requests_share_model_batches(live):
 
 def _metric(text: str, name: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+
+def test_oversize_image_and_request(live):
+    big = np.random.default_rng(0).integers(0, 256, (700, 700, 3), dtype=np.uint8)
+    one_image = encode(Image.fromarray(big))  # ~1.5 MB > max_image_bytes, < max_request_bytes
+    assert live.settings.max_image_bytes < len(one_image) < live.settings.max_request_bytes
+    with live.client() as c:
+        r = c.post("/v1/embed", files={"image": one_image})
+        assert (r.status_code, r.json()["error"]["code"]) == (413, "payload_too_large")
+        r = c.post("/v1/embed", files={"image": b"\0" * 4_000_000})
+        assert (r.status_code, r.json()["error"]["code"]) == (413, "payload_too_large")
+        chunked = (b"\0" * 100_000 for _ in range(40))  # no Content-Length: limited while streaming
+        r = c.post("/v1/embed", content=chunked, headers={"Content-Type": "application/json"})
+        assert r.status_code == 413
+        r = c.post("/v1/set-distance", files=[("images_a", png(0))] * 20 + [("images_b", png(1))] * 20)
+        assert (r.status_code, r.json()["error"]["code"]) == (413, "payload_too_large")

@@ -6,11 +6,9 @@ import base64
 
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 
 from service import jnd
-from service.app import create_app
-from tests.service.conftest import API_KEY, cifar, encode, noisy, test_settings
+from tests.service.conftest import API_KEY, cifar, encode, fake_app, noisy
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
@@ -30,7 +28,7 @@ def test_fit_threshold_soft_labels_and_edges():
 
 
 def test_calibrate_persists_and_is_pinned_to_the_model(tmp_path):
-    settings = test_settings(tmp_path)
+    client, settings = fake_app(tmp_path)
     ref = cifar(4)
     pairs = [
         {
@@ -40,7 +38,7 @@ def test_calibrate_persists_and_is_pinned_to_the_model(tmp_path):
         }
         for s in (1, 2, 3, 40, 60, 80)
     ]
-    with TestClient(create_app(settings)) as c:
+    with client as c:
         r = c.post("/v1/jnd/calibrate", json={"pairs": pairs}, headers=AUTH)
         assert r.status_code == 200, r.text
         fitted = r.json()
@@ -49,13 +47,13 @@ def test_calibrate_persists_and_is_pinned_to_the_model(tmp_path):
         bad = c.post("/v1/jnd/calibrate", json={"pairs": [{"same": 1}, {"distance": 1, "same": 2}]}, headers=AUTH)
         assert bad.status_code == 422
     assert settings.jnd_file.is_file()
-    with TestClient(create_app(settings)) as c:  # restart: the calibration is kept
+    with fake_app(tmp_path)[0] as c:  # restart: the calibration is kept
         assert c.get("/v1/jnd/threshold").json()["threshold"] == fitted["threshold"]
     assert jnd.load(settings.jnd_file, "other-model") is None
 
 
 def test_threshold_from_settings(tmp_path):
-    with TestClient(create_app(test_settings(tmp_path, jnd_threshold=12.5))) as c:
+    with fake_app(tmp_path, jnd_threshold=12.5)[0] as c:
         assert c.get("/v1/jnd/threshold").json() == {
             "threshold": 12.5,
             "source": "settings",
