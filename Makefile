@@ -20,9 +20,12 @@ serve: install
 test: install
 	$(BIN)/python -m pytest tests
 
+# ruff (style), mypy (types, mypy.ini) and the import contract (.importlinter: the layers of ARCHITECTURE.md)
 lint: install
 	$(BIN)/ruff check model index service tests bench
 	$(BIN)/ruff format --check model index service tests bench
+	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) build *.egg-info
