@@ -36,7 +36,7 @@ class StoreError(ValueError):
 
 
 def _check_field(name: str) -> str:
-    if not _FIELD.match(name):
+    if not isinstance(name, str) or not _FIELD.match(name):
         raise StoreError(f"invalid metadata field name {name!r} (letters, digits, _; ≤ 64 chars)")
     return name
 
@@ -209,7 +209,7 @@ def validate_metadata(meta: dict | None) -> dict:
         if key in RESERVED:
             raise StoreError(f"metadata field {key!r} is reserved ({', '.join(RESERVED)})")
     try:
-        json.dumps(meta)
+        json.dumps(meta, allow_nan=False)  # NaN/Infinity are not JSON: SQLite's json_extract would fail
     except (TypeError, ValueError) as e:
         raise StoreError(f"metadata is not JSON-serialisable: {e}") from e
     return meta

@@ -15,6 +15,16 @@ FIXTURES = Path(__file__).parent / "fixtures"
 CIFAR = FIXTURES / "cifar10"
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip `gpu`-marked tests on machines without CUDA (the marker is declared in pyproject.toml)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if item.get_closest_marker("gpu") is not None:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def cifar_dir() -> Path:
     return CIFAR
