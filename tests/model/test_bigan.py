@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from torch import nn
 
@@ -38,6 +39,7 @@ def _ring(n: int, gen: torch.Generator) -> torch.Tensor:
     return torch.stack([angle.cos(), angle.sin()], 1) * 2 + 0.05 * torch.randn(n, 2, generator=gen)
 
 
+@pytest.mark.slow
 def test_encoder_and_generator_move_towards_inverting_each_other_on_a_2d_toy():
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)

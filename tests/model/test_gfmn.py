@@ -38,6 +38,7 @@ def _trainer(features, cifar_images, **kw) -> GFMNTrainer:
     return GFMNTrainer(cfg, PRESETS["tiny"], cifar_images, torch.device("cpu"))
 
 
+@pytest.mark.slow
 def test_gfmn_training_lowers_the_moment_loss(tiny_run, cifar_images):
     tr = _trainer(tiny_run, cifar_images)
     z = torch.randn(256, PRESETS["tiny"].nz, generator=torch.Generator().manual_seed(5))

@@ -40,6 +40,7 @@ def test_training_writes_checkpoint_samples_metrics_and_fisher_stats(tiny_run):
     assert read_checkpoint(tiny_run / "last.pt")["step"] == 30
 
 
+@pytest.mark.slow
 def test_resume_after_a_stop_is_bit_exact(cifar_dir, tmp_path):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     train(_cfg(cifar_dir, straight, 6, ckpt_every=3), progress=False)
@@ -108,6 +109,7 @@ def test_auto_split_finds_train_even_when_the_archive_lists_test_first(cifar_dir
     assert names == ["train/cat/0001.jpg"]
 
 
+@pytest.mark.slow
 def test_the_64px_cpu_preset_trains_with_augmentation_and_resumes(tmp_path):
     from tests.conftest import FIXTURES
 
