@@ -32,7 +32,7 @@ def time_per_image(fn: Callable[[], object], n_images: int, device: torch.device
 
 def bench_extract(
     preset: Preset, batch_size: int, device: torch.device, repeats: int = 3, loop_images: int | None = None
-) -> dict[str, float]:
+) -> dict[str, float | str]:
     """Images/s of (a) batch-1 autograd loop, (b) `per_sample_grads`, (c) one summed backward."""
     torch.manual_seed(0)
     d = fold_spectral_norm(Discriminator(preset)).to(device)

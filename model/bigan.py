@@ -96,7 +96,7 @@ def reconstruction_error(g: nn.Module, e: nn.Module, x_uint8: torch.Tensor, batc
     total, n = 0.0, 0
     for i in range(0, x_uint8.shape[0], batch):
         x = uint8_to_model(x_uint8[i : i + batch].to(device))
-        mu = e.mean_and_scale(x)[0] if hasattr(e, "mean_and_scale") else e(x)
+        mu = e.mean_and_scale(x)[0] if isinstance(e, Encoder) else e(x)
         total += float((g(mu) - x).pow(2).mean(dim=(1, 2, 3)).sum())
         n += x.shape[0]
     return total / max(n, 1)

@@ -15,7 +15,7 @@ from torch.nn import functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
 from model.bigan import EncoderGANTrainer, latent_mlp, simultaneous_step
-from model.nets import resnet_trunk, truncated_normal
+from model.nets import resnet_trunk, sum_tensors, truncated_normal
 from model.presets import Preset
 from model.trainer import TrainConfig
 
@@ -58,12 +58,12 @@ def d_terms(real: Scores, fake: Scores) -> list[torch.Tensor]:
 
 def d_loss(real: Scores, fake: Scores) -> torch.Tensor:
     """The discriminator's loss: the three hinge losses summed."""
-    return sum(d_terms(real, fake))
+    return sum_tensors(d_terms(real, fake))
 
 
 def eg_loss(real: Scores, fake: Scores) -> torch.Tensor:
     """Σ over the three scores of E_data[s] − E_gen[s]: E pushes data pairs, G generated pairs, across."""
-    return sum(r.mean() - f.mean() for r, f in zip(real, fake))
+    return sum_tensors(r.mean() - f.mean() for r, f in zip(real, fake))
 
 
 class BigBiGANTrainer(EncoderGANTrainer):
@@ -103,7 +103,7 @@ class BigBiGANTrainer(EncoderGANTrainer):
         x, z = self.real_batch(), self.latents()
         real, fake = self.d(x, self.e(x, generator=self.rng)), self.d(self.g(z), z)
         terms = d_terms(real, fake)
-        ld, leg = sum(terms), eg_loss(real, fake)
+        ld, leg = sum_tensors(terms), eg_loss(real, fake)
         simultaneous_step(
             [
                 (ld, list(self.d.parameters()), self.opt_d),

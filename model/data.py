@@ -70,7 +70,7 @@ def fit_to_square(img: Image.Image, resolution: int) -> Image.Image:
     if (w, h) != (resolution, resolution):
         scale = resolution / min(w, h)
         nw, nh = max(resolution, round(w * scale)), max(resolution, round(h * scale))
-        img = img.resize((nw, nh), Image.BICUBIC)
+        img = img.resize((nw, nh), Image.Resampling.BICUBIC)
         left, top = (nw - resolution) // 2, (nh - resolution) // 2
         img = img.crop((left, top, left + resolution, top + resolution))
     return img

@@ -48,14 +48,17 @@ class SetStats:
     s2: torch.Tensor
 
     @classmethod
-    def of(cls, vectors: Iterable[torch.Tensor]) -> SetStats:
+    def of(cls, vectors: Iterable[torch.Tensor | np.ndarray]) -> SetStats:
         """Stream N×F batches of one set into its sums (memory O(F))."""
-        n, s1, s2 = 0, 0.0, 0.0
+        n = 0
+        s1: torch.Tensor | float = 0.0
+        s2: torch.Tensor | float = 0.0
         for v in vectors:
             v = torch.as_tensor(v).double()
             n, s1, s2 = n + v.shape[0], s1 + v.sum(0), s2 + v.pow(2).sum(0)
         if n == 0:
             raise ValueError("a set distance needs at least one image in each set")
+        assert isinstance(s1, torch.Tensor) and isinstance(s2, torch.Tensor)  # n > 0: a batch was added
         return cls(n, s1, s2)
 
     @property
@@ -160,7 +163,7 @@ class Embedder:
         """Distance between two image sets (N×3×R×R uint8 each), streamed in batches."""
         return self.stats_distance(SetStats.of(self.iter_embed(xa)), SetStats.of(self.iter_embed(xb)))
 
-    def set_distance_of(self, va: torch.Tensor, vb: torch.Tensor) -> float:
+    def set_distance_of(self, va: torch.Tensor | np.ndarray, vb: torch.Tensor | np.ndarray) -> float:
         """The same set distance from the two sets' vectors already embedded (rows of va and vb)."""
         return self.stats_distance(SetStats.of([va]), SetStats.of([vb]))
 

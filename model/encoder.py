@@ -136,7 +136,10 @@ def load_encoder_embedder(
     """A bigan/bigbigan run → its encoder's embedder (the method's `Method.encoder` architecture)."""
     from model.registry import checkpoint_method
 
-    encoder = checkpoint_method(ckpt, path).encoder(preset_from_dict(ckpt["preset"]))
+    method = checkpoint_method(ckpt, path)
+    if method.encoder is None:
+        raise ValueError(f"{path}: a '{method.name}' run has no encoder")
+    encoder = method.encoder(preset_from_dict(ckpt["preset"]))
     return EncoderEmbedder.from_checkpoint(
         ckpt,
         path,

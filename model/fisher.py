@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.grad import conv2d_weight
+
+if TYPE_CHECKING:
+    from model.nets import Generator
 
 NORMALIZATIONS = ("none", "l2", "power")
 
@@ -48,8 +53,17 @@ def block_slices(layout: list[ParamSlot]) -> dict[str, slice]:
     return groups
 
 
-def _layers(d: nn.Module) -> list[nn.Module]:
-    layers = [m for m in d.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+Layer = nn.Conv2d | nn.Linear  # the layers per-sample gradients support
+
+
+def unfold_padding(m: nn.Conv2d) -> tuple[int, ...]:
+    """A conv's padding as F.unfold takes it (numbers: none of ours pads with 'same' or 'valid')."""
+    assert not isinstance(m.padding, str), f"F.unfold cannot pad {m.padding!r}"
+    return m.padding
+
+
+def _layers(d: nn.Module) -> list[Layer]:
+    layers: list[Layer] = [m for m in d.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     owned = {id(p) for m in layers for p in m.parameters(recurse=False)}
     if owned != {id(p) for p in d.parameters()}:
         raise ValueError("per-sample gradients support only Conv2d and Linear parameters")
@@ -58,14 +72,14 @@ def _layers(d: nn.Module) -> list[nn.Module]:
 
 def _conv_w_unfold(m: nn.Conv2d, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """im2col + batched matmul: fastest for small feature maps."""
-    cols = F.unfold(a, m.kernel_size, dilation=m.dilation, padding=m.padding, stride=m.stride)
+    cols = F.unfold(a, m.kernel_size, dilation=m.dilation, padding=unfold_padding(m), stride=m.stride)
     return torch.bmm(g.flatten(2), cols.transpose(1, 2))
 
 
 def _conv_w_grouped(m: nn.Conv2d, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """The batch as conv groups: one weight-gradient convolution yields all B gradients."""
     b = a.shape[0]
-    return torch.nn.grad.conv2d_weight(
+    return conv2d_weight(
         a.reshape(1, -1, *a.shape[2:]),
         (b * m.out_channels, *m.weight.shape[1:]),
         g.reshape(1, -1, *g.shape[2:]),
@@ -80,7 +94,7 @@ def _conv_w_split(m: nn.Conv2d, a: torch.Tensor, g: torch.Tensor) -> torch.Tenso
     """One weight-gradient convolution per sample, on captured tensors (no extra forward/backward)."""
     return torch.stack(
         [
-            torch.nn.grad.conv2d_weight(
+            conv2d_weight(
                 a[i : i + 1], m.weight.shape, g[i : i + 1], stride=m.stride, padding=m.padding, dilation=m.dilation
             )
             for i in range(a.shape[0])
@@ -129,7 +143,7 @@ def _linear_grads(m: nn.Linear, a: torch.Tensor, g: torch.Tensor) -> dict[str, t
     return out
 
 
-def capture(d: nn.Module, x: torch.Tensor) -> list[tuple[nn.Module, torch.Tensor, torch.Tensor]]:
+def capture(d: nn.Module, x: torch.Tensor) -> list[tuple[Layer, torch.Tensor, torch.Tensor]]:
     """(layer, input, output-gradient) of every conv/linear layer from one backward of sum_b D(x_b).
 
     Only the layer outputs are differentiated: the weights' own gradients are switched off.
@@ -166,11 +180,11 @@ def per_sample_grads(d: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return _assemble(d, capture(d, x))
 
 
-def _assemble(d: nn.Module, captured: list[tuple[nn.Module, torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+def _assemble(d: nn.Module, captured: list[tuple[Layer, torch.Tensor, torch.Tensor]]) -> torch.Tensor:
     per_param: dict[int, torch.Tensor] = {}
     for m, a, g in captured:
-        fn = _conv_grads if isinstance(m, nn.Conv2d) else _linear_grads
-        for pname, grad in fn(m, a, g).items():
+        grads = _conv_grads(m, a, g) if isinstance(m, nn.Conv2d) else _linear_grads(m, a, g)
+        for pname, grad in grads.items():
             per_param[id(getattr(m, pname))] = grad
     b = next(iter(per_param.values())).shape[0]
     return torch.cat([per_param[id(p)].reshape(b, -1) for p in d.parameters()], dim=1)
@@ -256,7 +270,7 @@ def normalize(v: torch.Tensor, method: str) -> torch.Tensor:
 
 @torch.no_grad()
 def estimate_stats(
-    d: nn.Module, g: nn.Module, n: int, batch_size: int = 64, seed: int = 0, progress: bool = False
+    d: nn.Module, g: Generator, n: int, batch_size: int = 64, seed: int = 0, progress: bool = False
 ) -> FisherStats:
     """Fisher statistics of folded D from `n` samples of G (streamed: O(P) memory)."""
     from tqdm import tqdm

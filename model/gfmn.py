@@ -26,7 +26,7 @@ from model.checkpoint import find_checkpoint, load_state, read_checkpoint, state
 from model.data import uint8_to_model
 from model.embedder import Embedder, SetStats, config_hash, named_layout
 from model.extract import AFVExtractor, load_or_estimate_stats
-from model.nets import Discriminator, Generator, fold_spectral_norm
+from model.nets import Discriminator, Generator, fold_spectral_norm, sum_tensors
 from model.presets import Preset, preset_from_dict
 from model.registry import checkpoint_method, get_method
 from model.trainer import BaseTrainer, TrainConfig, update_ema
@@ -67,9 +67,9 @@ def checkpoint_features(ckpt: dict, path: Path) -> dict:
 
 def feature_record(ckpt: dict, path: Path, state: dict) -> dict:
     """The record of a checkpoint's own network with weights `state` (afv: D; bigan/bigbigan: E)."""
-    method = checkpoint_method(ckpt, path)
-    net = method.feature_network(preset_from_dict(ckpt["preset"]))
-    load_state(net, state, "feature network", net.preset, path)
+    method, preset = checkpoint_method(ckpt, path), preset_from_dict(ckpt["preset"])
+    net = method.build_feature_network(preset)
+    load_state(net, state, "feature network", preset, path)
     return {"method": method.name, "preset": ckpt["preset"], "state": state, "sha256": state_hash(net)}
 
 
@@ -90,9 +90,16 @@ def own_features(ckpt: dict, path: Path) -> dict:
 
 def source_network(source: dict) -> nn.Module:
     """The whole network of a `feature_source` record (D with spectral norm, or E), weights loaded."""
-    net = get_method(source["method"]).feature_network(preset_from_dict(source["preset"]))
+    net = get_method(source["method"]).build_feature_network(preset_from_dict(source["preset"]))
     net.load_state_dict(source["state"])
     return net.eval()
+
+
+def source_discriminator(source: dict) -> Discriminator:
+    """The discriminator D of an afv `feature_source` record (spectral norm unfolded)."""
+    d = source_network(source)
+    assert isinstance(d, Discriminator), f"a '{source['method']}' feature source has no discriminator"
+    return d
 
 
 def feature_net(source: dict) -> FeatureNet:
@@ -100,7 +107,9 @@ def feature_net(source: dict) -> FeatureNet:
     net = source_network(source)
     if isinstance(net, Discriminator):
         net = fold_spectral_norm(net)
-    return FeatureNet(net.blocks)
+    blocks = net.blocks
+    assert isinstance(blocks, nn.Sequential)  # every feature network (D, E) keeps its trunk as .blocks
+    return FeatureNet(blocks)
 
 
 def moments(feats: list[torch.Tensor]) -> Moments:
@@ -110,8 +119,8 @@ def moments(feats: list[torch.Tensor]) -> Moments:
 
 def moment_loss(a: Moments, b: Moments) -> tuple[torch.Tensor, torch.Tensor]:
     """(Σ_l ‖μ_a − μ_b‖², Σ_l ‖σ²_a − σ²_b‖²): GFMN's loss, without the moving average."""
-    mean = sum((ma - mb).pow(2).sum() for (ma, _), (mb, _) in zip(a, b))
-    var = sum((va - vb).pow(2).sum() for (_, va), (_, vb) in zip(a, b))
+    mean = sum_tensors((ma - mb).pow(2).sum() for (ma, _), (mb, _) in zip(a, b))
+    var = sum_tensors((va - vb).pow(2).sum() for (_, va), (_, vb) in zip(a, b))
     return mean, var
 
 
@@ -130,12 +139,15 @@ class AdamMovingAverage(nn.Module):
 def set_moments(net: FeatureNet, x_uint8: torch.Tensor, batch: int = 128) -> Moments:
     """Per-layer mean and variance of a whole image set, streamed in float64."""
     device = next(net.parameters()).device
-    s1 = s2 = None
+    s1: list[torch.Tensor] | None = None
+    s2: list[torch.Tensor] | None = None
     for i in range(0, x_uint8.shape[0], batch):
         feats = [f.double() for f in net(uint8_to_model(x_uint8[i : i + batch].to(device)))]
         b1, b2 = [f.sum(0) for f in feats], [f.pow(2).sum(0) for f in feats]
         s1 = b1 if s1 is None else [a + b for a, b in zip(s1, b1)]
         s2 = b2 if s2 is None else [a + b for a, b in zip(s2, b2)]
+    if s1 is None or s2 is None:
+        raise ValueError("set_moments needs at least one image")
     n = x_uint8.shape[0]
     return [(m / n, (q / n - (m / n).pow(2)).clamp_min(0)) for m, q in zip(s1, s2)]
 
@@ -231,7 +243,7 @@ class GFMNTrainer(BaseTrainer):
         from model.extract import FISHER_FILE, save_stats
         from model.fisher import estimate_stats
 
-        d = fold_spectral_norm(source_network(self.source)).to(self.device)
+        d = fold_spectral_norm(source_discriminator(self.source)).to(self.device)
         stats = estimate_stats(d, self.g_ema, self.fisher_samples, progress=False)
         save_stats(out / FISHER_FILE, stats, sampler_key(self.source["sha256"], self.g_ema))
 
@@ -293,7 +305,7 @@ def load_gfmn_embedder(
     if source["method"] != "afv":
         return MomentEmbedder(source, device=device, name=run.name)
     g_preset = preset_from_dict(ckpt["preset"])
-    d, g = source_network(source), Generator(g_preset)
+    d, g = source_discriminator(source), Generator(g_preset)
     load_state(g, ckpt["G_ema"], "generator", g_preset, path)
     g.eval()
     model_hash = state_hash(d)

@@ -12,7 +12,7 @@ from torch import nn
 
 from model import fisher
 from model.data import uint8_to_model
-from model.nets import Discriminator, fold_spectral_norm
+from model.nets import Discriminator, Generator, fold_spectral_norm
 
 
 def _mean_fv(d: nn.Module, stats: fisher.FisherStats, x: torch.Tensor, batch: int = 64) -> torch.Tensor:
@@ -27,7 +27,7 @@ def _mean_fv(d: nn.Module, stats: fisher.FisherStats, x: torch.Tensor, batch: in
 
 @torch.no_grad()
 def fisher_monitor(
-    d: Discriminator, g: nn.Module, train: torch.Tensor, val: torch.Tensor, n_samples: int, seed: int
+    d: Discriminator, g: Generator, train: torch.Tensor, val: torch.Tensor, n_samples: int, seed: int
 ) -> dict[str, float]:
     """fd_val_gen, fd_train_gen and fd_val_train under Fisher statistics from `n_samples` of G."""
     device = next(d.parameters()).device

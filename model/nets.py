@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
 from model.presets import Preset
+
+
+def sum_tensors(terms: Iterable[torch.Tensor]) -> torch.Tensor:
+    """sum() of one or more tensors, typed as a tensor (sum's start value 0 makes it `Tensor | int` to mypy)."""
+    total = sum(terms)
+    assert isinstance(total, torch.Tensor), "sum_tensors needs at least one term"
+    return total
 
 
 def _n_stages(resolution: int) -> int:
@@ -145,6 +154,7 @@ def fold_spectral_norm(d: Discriminator) -> Discriminator:
     for name, module in folded.named_modules():
         if isinstance(module, (nn.Conv2d, nn.Linear)):
             module.weight.copy_(src[name].weight)
-            module.bias.copy_(src[name].bias)
+            if module.bias is not None:  # all of ours have one
+                module.bias.copy_(src[name].bias)
     d.train(was_training)
     return folded.eval()

@@ -41,6 +41,7 @@ from model import fisher
 from model.data import uint8_to_model
 from model.embedder import DistanceReport
 from model.extract import AFVExtractor, save_stats
+from model.nets import Generator
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ def _cells(t: torch.Tensor, n: int) -> torch.Tensor:
 
 def _conv_cell_grads(m: nn.Conv2d, a: torch.Tensor, g: torch.Tensor, n: int) -> dict[str, torch.Tensor]:
     """Per-cell weight/bias gradients of a conv layer: B×n²×(weight numel), B×n²×Co."""
-    cols = F.unfold(a, m.kernel_size, dilation=m.dilation, padding=m.padding, stride=m.stride)
+    cols = F.unfold(a, m.kernel_size, dilation=m.dilation, padding=fisher.unfold_padding(m), stride=m.stride)
     cols = cols.reshape(a.shape[0], -1, *g.shape[2:])
     gc = _cells(g, n)
     w = torch.matmul(gc, _cells(cols, n).transpose(-1, -2))
@@ -141,7 +142,9 @@ def _head_cell_grads(m: nn.Linear, feature_map: torch.Tensor, g: torch.Tensor, n
 def capture_with_map(d: nn.Module, x: torch.Tensor):
     """`fisher.capture` plus the last block's output map (the head's input before pooling)."""
     maps: dict[str, torch.Tensor] = {}
-    handle = d.blocks.register_forward_hook(lambda _m, _a, out: maps.__setitem__("h", out.detach()))
+    blocks = d.blocks
+    assert isinstance(blocks, nn.Module), "d must be a Discriminator (its trunk is d.blocks)"
+    handle = blocks.register_forward_hook(lambda _m, _a, out: maps.__setitem__("h", out.detach()))
     try:
         captured = fisher.capture(d, x)
     finally:
@@ -207,7 +210,7 @@ def cell_labels(levels: tuple[int, ...]) -> list[tuple[int, int, int]]:
 
 @torch.no_grad()
 def estimate_pyramid_stats(
-    d: nn.Module, g: nn.Module, readout: Readout, n: int, batch_size: int = 32, seed: int = 0, progress: bool = False
+    d: nn.Module, g: Generator, readout: Readout, n: int, batch_size: int = 32, seed: int = 0, progress: bool = False
 ) -> fisher.FisherStats:
     """Per-cell Fisher statistics (V·R·P means and variances) from `n` generator samples."""
     from tqdm import tqdm

@@ -13,13 +13,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    import torch
     from torch import nn
 
     from model.embedder import Embedder
+    from model.encoder import Encoder
     from model.presets import Preset
     from model.trainer import BaseTrainer
 
@@ -27,20 +27,11 @@ COMMON_KEYS = ("method", "preset", "step")  # what every model.pt keeps besides 
 OPTIONS = ("embedding", "readout")  # loader options a method may accept (see `Method.options`)
 
 
-class Loader(Protocol):
-    """(checkpoint dict, its path, the run folder, device, normalization, batch_size, **options) → Embedder."""
-
-    def __call__(
-        self,
-        ckpt: dict,
-        path: Path,
-        run: Path,
-        device: torch.device,
-        *,
-        normalization: str | None,
-        batch_size: int,
-        **options: str,
-    ) -> Embedder: ...
+# A method's loader: load(ckpt, path, run, device, *, normalization, batch_size, **options) → Embedder, where
+# `options` are only those its `Method.options` names (model.loading filters them), each a keyword argument of
+# that loader (e.g. `readout: str | None = None`). A Protocol with `**options: str` would demand that every
+# loader accept any keyword, so the type leaves the arguments unchecked.
+Loader = Callable[..., "Embedder"]
 
 
 @dataclass(frozen=True)
@@ -56,7 +47,13 @@ class Method:
     required_files: tuple[str, ...] = ()  # files beside the checkpoint that `afv export` needs
     features: Callable[[dict, Path], dict] | None = None  # checkpoint → GFMN feature-source record
     feature_network: Callable[[Preset], nn.Module] | None = None  # the network a feature record rebuilds
-    encoder: Callable[[Preset], nn.Module] | None = None  # E, for methods that learn one (reconstruct)
+    encoder: Callable[[Preset], Encoder] | None = None  # E, for methods that learn one (reconstruct)
+
+    def build_feature_network(self, preset: Preset) -> nn.Module:
+        """The network a feature record of this method rebuilds; ValueError if the method has none."""
+        if self.feature_network is None:
+            raise ValueError(f"a '{self.name}' run has no feature network")
+        return self.feature_network(preset)
 
     def export_state(self, ckpt: dict) -> dict:
         """The part of a checkpoint that model.pt keeps."""

@@ -138,19 +138,20 @@ class _KroneckerLayer:
         if isinstance(m, nn.Linear):
             s = torch.einsum("bp,bq->bpq", g @ self.r_out.T, a @ self.r_in.T)
             return s.reshape(b, -1) - self.mean_proj
+        assert isinstance(m, nn.Conv2d)  # plan_layers plans Conv2d and Linear layers only
         a2 = F.conv2d(a, self.r_in[:, :, None, None])  # contiguous, unlike einsum: im2col needs that
-        cols = F.unfold(a2, m.kernel_size, dilation=m.dilation, padding=m.padding, stride=m.stride)
+        cols = F.unfold(a2, m.kernel_size, dilation=m.dilation, padding=fisher.unfold_padding(m), stride=m.stride)
         cols = cols.view(b, self.plan.d_in, self.plan.taps, -1) * self.w_inv[None, None, :, None]
         g2 = torch.matmul(self.r_out, g.flatten(2))
         s = torch.bmm(g2, cols.flatten(1, 2).transpose(1, 2))
         return s.reshape(b, -1) - self.mean_proj
 
 
-def _exact_weight_grad(m: nn.Module, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+def _exact_weight_grad(m: fisher.Layer, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """Exact per-sample weight gradient, B×numel (for small layers)."""
     if isinstance(m, nn.Linear):
         return torch.einsum("bo,bi->boi", g, a).flatten(1)
-    cols = F.unfold(a, m.kernel_size, dilation=m.dilation, padding=m.padding, stride=m.stride)
+    cols = F.unfold(a, m.kernel_size, dilation=m.dilation, padding=fisher.unfold_padding(m), stride=m.stride)
     return torch.bmm(g.flatten(2), cols.transpose(1, 2)).flatten(1)
 
 
@@ -200,6 +201,7 @@ class Projector:
 
     def _slice(self, name: str) -> slice:
         s = self._slot(name)
+        assert s is not None, f"{name} is not a parameter of the extractor's model"  # plans come from that model
         return slice(s.start, s.start + s.numel)
 
     def _build_fast(self) -> None:

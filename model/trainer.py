@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -63,14 +64,15 @@ class BaseTrainer:
     method = "base"
     fields: list[str] = []  # the method's metrics.csv columns (after BASE_FIELDS)
     default_lr_g = 2e-4
-    default_betas = (0.0, 0.999)  # BigGAN/SNGAN-style Adam for adversarial training
+    default_betas: tuple[float, float] = (0.0, 0.999)  # BigGAN/SNGAN-style Adam for adversarial training
 
     def __init__(self, cfg: TrainConfig, preset: Preset, images: torch.Tensor, device: torch.device):
         self.cfg, self.preset, self.device = cfg, preset, device
         self.steps = cfg.steps or preset.steps
         self.batch_size = cfg.batch_size or preset.batch_size
         self.lr_g = cfg.lr_g if cfg.lr_g is not None else self.default_lr_g
-        self.betas = tuple(cfg.betas) if cfg.betas is not None else self.default_betas
+        # cfg.betas may be the JSON list read back from config.json; Adam takes any 2-sequence
+        self.betas = cast("tuple[float, float]", tuple(cfg.betas)) if cfg.betas is not None else self.default_betas
         self.rng = torch.Generator().manual_seed(cfg.seed)
         self.step = 0
         self.wall_s = 0.0  # training wall time so far, across resumes
@@ -154,7 +156,7 @@ class BaseTrainer:
             "method": self.method,
             "preset": self.preset.to_dict(),
             "step": self.step,
-            **_to_cpu(self.export()),
+            **{key: _to_cpu(value) for key, value in self.export().items()},
         }
 
     def real_batch(self) -> torch.Tensor:

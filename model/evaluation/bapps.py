@@ -105,7 +105,8 @@ def load_2afc(root: str | Path) -> TwoAFCSet:
     root = Path(root)
     stems, f = _matched(root, TWO_AFC_DIRS, "judge")
     judge = np.array([_read_fraction(f["judge"][s]) for s in stems])
-    return TwoAFCSet(root, *[[f[d][s] for s in stems] for d in TWO_AFC_DIRS], judge)
+    paths = {d: [f[d][s] for s in stems] for d in TWO_AFC_DIRS}
+    return TwoAFCSet(root, paths["ref"], paths["p0"], paths["p1"], judge)
 
 
 def load_jnd(root: str | Path) -> JNDSet:
@@ -113,7 +114,8 @@ def load_jnd(root: str | Path) -> JNDSet:
     root = Path(root)
     stems, f = _matched(root, JND_DIRS, "same")
     same = np.array([_read_fraction(f["same"][s]) for s in stems])
-    return JNDSet(root, *[[f[d][s] for s in stems] for d in JND_DIRS], same)
+    paths = {d: [f[d][s] for s in stems] for d in JND_DIRS}
+    return JNDSet(root, paths["p0"], paths["p1"], same)
 
 
 def read_images(paths: list[Path], resolution: int | None) -> torch.Tensor:

@@ -117,7 +117,7 @@ def _ssim_recalls(
     images: Images, edits: list[Edit], idx: np.ndarray, resolution: int, seed: int, progress: bool, mirror: bool
 ) -> dict:
     queries = {e.name: edited_queries(images, idx, e, resolution, seed) for e in edits}
-    sims = {name: [] for name in queries}
+    sims: dict[str, list[np.ndarray]] = {name: [] for name in queries}
     bar = tqdm(total=len(images), desc="ssim: brute force", unit="img", disable=not progress)
     for x in images.blocks(resolution):
         chunk = max(1, SSIM_FLOATS // x[0].numel())

@@ -70,7 +70,7 @@ def _jpeg(img: Image.Image, quality: float, rng: np.random.Generator) -> Image.I
 
 def _rescale(img: Image.Image, factor: float, rng: np.random.Generator) -> Image.Image:
     w, h = img.size
-    return img.resize((max(1, round(w * factor)), max(1, round(h * factor))), Image.BICUBIC)
+    return img.resize((max(1, round(w * factor)), max(1, round(h * factor))), Image.Resampling.BICUBIC)
 
 
 def _crop_box(img: Image.Image, frac: float, corner: tuple[int, int] | None) -> tuple[int, int, int, int]:
@@ -91,7 +91,7 @@ def _crop_offset(img: Image.Image, frac: float, rng: np.random.Generator) -> Ima
 
 
 def _hflip(img: Image.Image, strength: float, rng: np.random.Generator) -> Image.Image:
-    return img.transpose(Image.FLIP_LEFT_RIGHT)
+    return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
 
 
 def _enhance(enhancer) -> OpFn:
@@ -124,7 +124,7 @@ def _reflect_pad(img: Image.Image, pad: int) -> Image.Image:
 def _rotate(img: Image.Image, degrees: float, rng: np.random.Generator) -> Image.Image:
     w, h = img.size
     pad = max(w, h) // 2 + 1  # enough for any angle: the rotated window stays inside the padding
-    big = _reflect_pad(img, pad).rotate(degrees, Image.BICUBIC)
+    big = _reflect_pad(img, pad).rotate(degrees, Image.Resampling.BICUBIC)
     return big.crop((pad, pad, pad + w, pad + h))
 
 
@@ -141,7 +141,7 @@ def _translate(img: Image.Image, px32: float, rng: np.random.Generator) -> Image
 WORDS = ("SAMPLE", "COPY", "PHOTO", "DEMO", "NEWS", "2024", "LOL", "HELLO", "@user", "SALE")
 
 
-def _font(size: int) -> ImageFont.ImageFont:
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1 has only the fixed bitmap font
@@ -207,7 +207,10 @@ OPS: dict[str, OpFn] = {
 class Edit(ABC):
     """An image edit: `edit(img, seed, index)` → edited RGB image, deterministic in (seed, index)."""
 
-    name: str
+    @property
+    @abstractmethod
+    def name(self) -> str:
+        """What the edit is called (unique in a registry)."""
 
     def __call__(self, img: Image.Image, seed: int = 0, index: int = 0) -> Image.Image:
         return to_rgb(self.apply(to_rgb(img), seed, index))

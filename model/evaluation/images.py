@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +43,7 @@ class Images:
         """Image `i` as an RGB PIL image at its own size."""
         return decode_image(self.data[i])
 
-    def tensor(self, resolution: int, indices: list[int] | np.ndarray | None = None) -> torch.Tensor:
+    def tensor(self, resolution: int, indices: Sequence[int] | np.ndarray | None = None) -> torch.Tensor:
         """The images (all, or `indices`) as N×3×R×R uint8."""
         idx = range(len(self)) if indices is None else indices
         return torch.from_numpy(np.stack([image_to_uint8(self.decode(int(i)), resolution) for i in idx]))

@@ -221,9 +221,10 @@ def get_metrics(
         raise ValueError(f"unknown metric {bad[0]!r}; choose from {', '.join(METRICS)}")
     trained = load_extractors("afv", model, device, normalization) if set(names) & set(AFV_METRICS) else None
     out = []
+    encoder_outputs: list[str | None] = [*embeddings] if embeddings else [None]
     for n in names:
         need = MODEL_METRICS.get(n)
-        for emb in (embeddings or [None]) if need and need.embedding == ENCODER else [None]:
+        for emb in encoder_outputs if need and need.embedding == ENCODER else [None]:
             shared = trained if n in AFV_METRICS else None
             ext = load_extractors(n, model, device, normalization, embedding=emb, trained=shared) if need else None
             out.append(get_metric(n, extractor=ext))

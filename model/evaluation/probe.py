@@ -101,6 +101,8 @@ def embed(metric: Metric, x: torch.Tensor, dim: int = 4096, seed: int = 0) -> np
         f = f if sketch is None else sketch(f)
         out[i : i + f.shape[0]] = f.numpy()
         i += f.shape[0]
+    if out is None:
+        raise ValueError(f"{metric.name}: no images to embed")
     return out
 
 
@@ -297,14 +299,17 @@ def run_probe(
         row = {"metric": "ssim", "dim": None, "linear": None, "knn": res["accuracy"], "knn_queries": res["n_queries"]}
         return [{**row, "features_s": 0.0, "probe_s": round(time.perf_counter() - t0, 1)}]
     if metric.name in ("afv", "afv-random") and getattr(metric.extractor, "readout", "global") == "global":
+        from model.extract import AFVExtractor
+
         ext = metric.extractor
+        assert isinstance(ext, AFVExtractor)  # the afv metrics load one (model.evaluation.metrics.load_extractors)
         variants = variants or [Variant(ext.normalization, ext.stats.eps_rel)]
-        ftr = afv_variants(ext, train.x, variants, dim, seed)
-        fte = afv_variants(ext, test.x, variants, dim, seed)
+        vtr = afv_variants(ext, train.x, variants, dim, seed)
+        vte = afv_variants(ext, test.x, variants, dim, seed)
         feat_s = round(time.perf_counter() - t0, 1)
         return [
             {
-                **probe_features(metric.name, ftr[v], fte[v], train, test, k, seed, c_grid, max_iter),
+                **probe_features(metric.name, vtr[v], vte[v], train, test, k, seed, c_grid, max_iter),
                 "normalization": v.normalization,
                 "eps_rel": v.eps_rel,
                 "features_s": feat_s,
