@@ -98,7 +98,8 @@ class VectorIndex:
         index = faiss.index_factory(plan.d, plan.factory)
         # The factory turns on polysemous training (~30 s per build), which only serves searches with
         # polysemous_ht set; ours never set it, so skip it (codes and distances are unchanged).
-        faiss.downcast_index(faiss.extract_index_ivf(index)).do_polysemous_training = False
+        ivfpq = faiss.downcast_index(faiss.extract_index_ivf(index))
+        ivfpq.do_polysemous_training = False  # type: ignore[attr-defined]  # faiss's stubs omit IndexIVFPQ's field
         index.train(np.ascontiguousarray(train, dtype=np.float32))
         return cls(index, plan)
 
@@ -123,11 +124,16 @@ class VectorIndex:
             return 0
         return int(self.index.remove_ids(faiss.IDSelectorBatch(np.asarray(ids, dtype=np.int64))))
 
-    def _params(self, subset: np.ndarray | None, nprobe: int | None):
+    def _params(self, subset: np.ndarray | None, nprobe: int | None) -> faiss.SearchParameters | None:
         sel = None if subset is None else faiss.IDSelectorBatch(np.asarray(subset, dtype=np.int64))
         if self.plan.kind == "flat":
-            return None if sel is None else faiss.SearchParameters(sel=sel)
-        params = faiss.SearchParametersIVF(nprobe=nprobe or self.nprobe)
+            if sel is None:
+                return None
+            flat_params = faiss.SearchParameters()
+            flat_params.sel = sel
+            return flat_params
+        params = faiss.SearchParametersIVF()
+        params.nprobe = nprobe or self.nprobe
         if sel is not None:
             params.sel = sel
         return params

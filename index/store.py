@@ -102,6 +102,7 @@ class MetadataStore:
                     (rec.get("name"), sha, rec.get("size"), now, json.dumps(rec.get("metadata") or {})),
                 )
                 id_ = cur.lastrowid
+                assert id_ is not None  # set by every successful INSERT
                 self.db.execute("INSERT INTO vectors VALUES (?, ?)", (id_, np.asarray(vec, dtype=np.float32).tobytes()))
                 self.db.execute("INSERT INTO ops (op, item_id) VALUES ('add', ?)", (id_,))
                 out.append((id_, False))
@@ -187,7 +188,8 @@ class MetadataStore:
 
     def filter_ids(self, where: dict) -> np.ndarray:
         """Ids of items whose fields equal the given values (a list value means 'any of')."""
-        clauses, params = [], []
+        clauses: list[str] = []
+        params: list[str | int | float | bool] = []
         for field, value in where.items():
             col = field if field in RESERVED else f"json_extract(metadata, '$.{_check_field(field)}')"
             values = value if isinstance(value, (list, tuple)) else [value]
