@@ -105,6 +105,12 @@ class Engine:
 
     # -- JND -----------------------------------------------------------------------------------
 
+    @property
+    def jnd_in_use(self) -> JNDThreshold:
+        """The JND threshold (set by `start`; the routes only ever see a started engine, see `deps.get_engine`)."""
+        assert self.jnd is not None, "the engine has not been started"
+        return self.jnd
+
     def _initial_jnd(self) -> JNDThreshold:
         s, h = self.settings, self.extractor.model_hash
         if s.jnd_threshold is not None:

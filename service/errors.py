@@ -13,6 +13,7 @@ its HTTP status and code here, in one place, so the engine and the ingest pipeli
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
@@ -62,16 +63,20 @@ def error_response(
     return JSONResponse({"error": body}, status_code=status, headers=headers)
 
 
-async def _api_error(_: Request, e: APIError) -> JSONResponse:
+# Starlette types every handler as taking an Exception; it calls each with the class it is registered for.
+async def _api_error(_: Request, e: Exception) -> JSONResponse:
+    assert isinstance(e, APIError)
     return error_response(e.status, e.code, e.message, e.detail, e.headers)
 
 
-async def _http_error(_: Request, e: StarletteHTTPException) -> JSONResponse:
+async def _http_error(_: Request, e: Exception) -> JSONResponse:
+    assert isinstance(e, StarletteHTTPException)
     code = _STATUS_CODES.get(e.status_code, "error")
     return error_response(e.status_code, code, str(e.detail), headers=getattr(e, "headers", None))
 
 
-async def _validation_error(_: Request, e: RequestValidationError) -> JSONResponse:
+async def _validation_error(_: Request, e: Exception) -> JSONResponse:
+    assert isinstance(e, RequestValidationError)
     return error_response(422, "validation_error", validation_message(e.errors()), detail=_clean(e.errors()))
 
 
@@ -108,7 +113,7 @@ async def _unexpected(_: Request, e: Exception) -> JSONResponse:
     return error_response(500, "internal_error", f"internal error: {type(e).__name__}")
 
 
-def validation_message(errors: list) -> str:
+def validation_message(errors: Sequence[Any]) -> str:
     """The first validation problem in words: 'image_a: Field required'."""
     if not errors:
         return "invalid request"
@@ -117,7 +122,7 @@ def validation_message(errors: list) -> str:
     return f"{loc}: {first.get('msg', 'invalid')}" if loc else str(first.get("msg", "invalid"))
 
 
-def _clean(errors: list) -> list:
+def _clean(errors: Sequence[Any]) -> list:
     """Validation errors without echoing the (possibly huge, binary) input back."""
     return [{k: v for k, v in err.items() if k in ("loc", "msg", "type")} for err in errors]
 

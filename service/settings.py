@@ -19,23 +19,23 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="AFV_", env_file=".env", extra="ignore")
 
     # What to serve.
-    model: Path | None = Field(None, description="Run directory; None = the bundled default model.")
+    model: Path | None = Field(default=None, description="Run directory; None = the bundled default model.")
     embedding: str | None = Field(
-        None, description="bigan/bigbigan models: z | hidden | z+hidden (default z); others: unset."
+        default=None, description="bigan/bigbigan models: z | hidden | z+hidden (default z); others: unset."
     )
     readout: str | None = Field(
-        None, description="AFV models: global | pyramid-1-2-4 (spatial pyramid); None = the model's own."
+        default=None, description="AFV models: global | pyramid-1-2-4 (spatial pyramid); None = the model's own."
     )
-    device: str = Field("auto", description="auto | cpu | cuda")
-    data_dir: Path = Field(Path("./data"), description="Server state: index, JND calibration.")
+    device: str = Field(default="auto", description="auto | cpu | cuda")
+    data_dir: Path = Field(default=Path("./data"), description="Server state: index, JND calibration.")
     index_dir: Path | None = Field(
-        None,
+        default=None,
         description="Default: DATA_DIR/index-NAME for the model folder NAME (the bundled default's or "
         "--model runs/NAME), so a new default model gets a new index (created on first start; an index only "
         "opens with the model it was built with).",
     )
     demo_collection: Path | None = Field(
-        DEMO_COLLECTION, description="Indexed once into an empty default index; None = never."
+        default=DEMO_COLLECTION, description="Indexed once into an empty default index; None = never."
     )
 
     # Auth: write endpoints always need a key; read endpoints only if `auth_reads`.
@@ -45,23 +45,23 @@ class Settings(BaseSettings):
     auth_reads: bool = False
 
     # Input limits.
-    max_request_bytes: int = Field(64 * MiB, gt=0, description="Whole request body.")
-    max_image_bytes: int = Field(16 * MiB, gt=0, description="One encoded image.")
-    max_pixels: int = Field(40_000_000, gt=0, description="Decoded width × height (bomb guard).")
-    max_images_per_request: int = Field(256, gt=0, description="Set distance, batch add.")
+    max_request_bytes: int = Field(default=64 * MiB, gt=0, description="Whole request body.")
+    max_image_bytes: int = Field(default=16 * MiB, gt=0, description="One encoded image.")
+    max_pixels: int = Field(default=40_000_000, gt=0, description="Decoded width × height (bomb guard).")
+    max_images_per_request: int = Field(default=256, gt=0, description="Set distance, batch add.")
 
     # Micro-batching in front of the model.
-    batch_max_size: int = Field(32, gt=0)
-    batch_max_wait_ms: float = Field(5.0, ge=0, le=5.0)
+    batch_max_size: int = Field(default=32, gt=0)
+    batch_max_wait_ms: float = Field(default=5.0, ge=0, le=5.0)
     torch_threads: int | None = Field(
-        None,
+        default=None,
         ge=1,
         description="PyTorch intra-op threads for model work; None = PyTorch's default. "
         "1 leaves the other cores to HTTP and decoding on small machines.",
     )
 
     # JND: distances at or below the threshold are judged "same". None = calibrated file, else synthetic.
-    jnd_threshold: float | None = Field(None, ge=0)
+    jnd_threshold: float | None = Field(default=None, ge=0)
 
     @field_validator("api_keys", mode="before")
     @classmethod

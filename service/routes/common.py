@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from service.engine import Engine
@@ -10,14 +12,16 @@ from service.inputs import decode_images, decode_one
 from service.schemas import ErrorResponse
 from service.settings import Settings
 
-IMAGE_ERRORS = {
+Responses = dict[int | str, dict[str, Any]]  # a route's documented `responses`, as FastAPI takes them
+
+IMAGE_ERRORS: Responses = {
     400: {"model": ErrorResponse, "description": "Not a readable image (empty, corrupt, truncated)."},
     413: {"model": ErrorResponse, "description": "Request/image too large or too many pixels."},
     415: {"model": ErrorResponse, "description": "Neither multipart/form-data nor JSON."},
     422: {"model": ErrorResponse, "description": "Malformed JSON or invalid/missing fields."},
 }
-AUTH_ERRORS = {401: {"model": ErrorResponse, "description": "Missing or invalid API key."}}
-NOT_FOUND = {404: {"model": ErrorResponse, "description": "Unknown image id."}}
+AUTH_ERRORS: Responses = {401: {"model": ErrorResponse, "description": "Missing or invalid API key."}}
+NOT_FOUND: Responses = {404: {"model": ErrorResponse, "description": "Unknown image id."}}
 RECORD_FIELDS = ("id", "name", "sha256", "size", "added_at")
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from fastapi import APIRouter, Request
 
 from service.deps import EngineDep, ReadAuth, SettingsDep, WriteAuth
@@ -60,7 +62,7 @@ async def add_images(request: Request, engine: EngineDep, settings: SettingsDep)
     """Index many images; each gets its own result (an unreadable image fails alone)."""
     body = await parse_body(request, BatchAddRequest, settings)
     limit_images(len(body.images), settings.max_images_per_request)
-    names = body.names or [None] * len(body.images)
+    names: Sequence[str | None] = body.names or [None] * len(body.images)
     metas = body.metadata or [None] * len(body.images)
     items = [Item(data, names[i], metas[i] or {}, source=f"images[{i}]") for i, data in enumerate(body.images)]
     outcomes = await engine.add_images(items, request_decoder(engine, settings), (APIError,))

@@ -30,14 +30,14 @@ async def jnd(request: Request, engine: EngineDep, settings: SettingsDep) -> JND
     """Distance between two images and whether it is below the just-noticeable threshold."""
     body = await parse_body(request, JNDRequest, settings)
     v = await engine.afv(await load_images(engine, settings, [("image_a", body.image_a), ("image_b", body.image_b)]))
-    d, t = pair_distance(v[0], v[1]), engine.jnd
+    d, t = pair_distance(v[0], v[1]), engine.jnd_in_use
     return JNDResponse(distance=d, same=d <= t.threshold, threshold=t.threshold, threshold_source=t.source)
 
 
 @router.get("/threshold", response_model=JNDThreshold, dependencies=[ReadAuth])
 async def threshold(engine: EngineDep) -> JNDThreshold:
     """The threshold in use and where it came from (settings, calibrated, synthetic)."""
-    return engine.jnd
+    return engine.jnd_in_use
 
 
 @router.post(

@@ -25,6 +25,7 @@ async def search(request: Request, engine: EngineDep, settings: SettingsDep) -> 
         q = await engine.vector_of(parse_id(body.id))
         hits = (await engine.search(q, body.k, body.where, body.rerank))[0]
     else:
+        assert body.image is not None  # SearchRequest's validator: exactly one of `image` and `id`
         x = await load_images(engine, settings, [("image", body.image)])
         hits = await engine.search_images(x, body.k, body.where, body.rerank, body.mirror)
     return SearchResponse(results=[_hit(h) for h in hits])
