@@ -22,8 +22,8 @@ test: install
 
 # ruff (style), mypy (types, mypy.ini) and the import contract (.importlinter: the layers of ARCHITECTURE.md)
 lint: install
-	$(BIN)/ruff check model index service tests bench
-	$(BIN)/ruff format --check model index service tests bench
+	$(BIN)/ruff check durable model index service tests bench
+	$(BIN)/ruff format --check durable model index service tests bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 

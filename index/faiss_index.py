@@ -13,7 +13,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from index.wal import atomic_write
+from durable import atomic_write
 
 KINDS = ("auto", "flat", "ivfpq", "opq-ivfpq")
 FLAT_MAX = 50_000  # above this many vectors flat search gets slow (≈ n·d flops per query)

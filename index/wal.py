@@ -1,4 +1,4 @@
-"""Durability helpers: atomic file replacement (temp file, fsync, rename) and a crash-safe manifest.
+"""The crash-safe manifest and log replay (atomic writes themselves are `durable.atomic_write`).
 
 The write-ahead log itself is the `ops` table of the SQLite store (`index.store`): every add and
 delete is committed there (with its vector) before the caller gets an answer; the FAISS file is a
@@ -8,47 +8,11 @@ checkpoint that records the last log sequence number it contains, and `replay` a
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename inside `path` durable (no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, write: Callable[[str], object]) -> None:
-    """Call write(tmp_path) for a temp file beside `path`, fsync it, then rename it over `path`."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Atomically replace `path` with `data`."""
-    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+from durable import atomic_write_bytes
 
 
 def write_manifest(path: Path, manifest: dict) -> None:

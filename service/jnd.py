@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from durable import atomic_write_bytes
 from service.schemas import JNDThreshold
 
 log = logging.getLogger(__name__)
@@ -69,12 +68,8 @@ def load(path: Path, model_hash: str) -> JNDThreshold | None:
 
 
 def save(path: Path, t: JNDThreshold, model_hash: str) -> None:
-    """Write atomically (temp file + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".jnd-")
-    with os.fdopen(fd, "w") as f:
-        json.dump({**t.model_dump(), "model_hash": model_hash}, f, indent=2)
-    os.replace(tmp, path)
+    """Write atomically (temp file, fsync, rename): a crash keeps the previous calibration."""
+    atomic_write_bytes(path, json.dumps({**t.model_dump(), "model_hash": model_hash}, indent=2).encode())
 
 
 def synthetic_pairs(resolution: int, n: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
