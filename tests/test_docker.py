@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from service.commands.serve import serve_command
+from service.cli.serve import serve_command
 from service.settings import Settings
 
 ROOT = Path(__file__).parents[1]

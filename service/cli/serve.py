@@ -1,12 +1,14 @@
-"""`afv serve`: run the HTTP service with uvicorn (mounted in service/cli.py)."""
+"""`afv serve`: run the HTTP service with uvicorn."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+
+from service.cli.options import DeviceOpt, EmbeddingOpt, ModelOpt, fail
 
 log = logging.getLogger(__name__)
 
@@ -14,12 +16,10 @@ log = logging.getLogger(__name__)
 def serve_command(
     host: Annotated[str, typer.Option(help="Interface to bind (127.0.0.1 = this machine only).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
-    model: Annotated[Path | None, typer.Option("--model", help="Run directory (default: the bundled model).")] = None,
+    model: ModelOpt = None,
     index: Annotated[Path | None, typer.Option("--index", help="Index folder (default: DATA_DIR/index-MODEL).")] = None,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
-    embedding: Annotated[
-        str | None, typer.Option(help="bigan/bigbigan models: z | hidden | z+hidden (default z).")
-    ] = None,
+    device: DeviceOpt = "auto",
+    embedding: EmbeddingOpt = None,
     readout: Annotated[
         str | None, typer.Option(help="AFV models: global | pyramid-1-2-4 (spatial pyramid); default: the model's own.")
     ] = None,
@@ -30,7 +30,7 @@ def serve_command(
     from service.app import create_app
     from service.settings import get_settings
 
-    updates = {"device": device}
+    updates: dict[str, Any] = {"device": device}
     if model is not None:
         updates["model"] = model
     if index is not None:
@@ -42,11 +42,9 @@ def serve_command(
     try:
         settings = get_settings().model_copy(update=updates)
     except ValueError as e:  # invalid AFV_* environment / .env values
-        typer.secho(f"error: invalid settings: {e}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
+        fail(f"invalid settings: {e}")
     if model is not None and not model.exists():
-        typer.secho(f"error: no such model folder: {model}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2)
+        fail(f"no such model folder: {model}")
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("binding %s: the service is reachable from other machines", host)
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info")

@@ -12,14 +12,16 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import typer
 
 from model.evaluation.edits import EDITS, FAMILIES
 from model.evaluation.metrics import DEFAULT_METRICS, METRICS
+from service.cli.options import DeviceOpt, JsonOpt, ModelOpt, fail
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +30,6 @@ eval_app = typer.Typer(
     no_args_is_help=True,
 )
 
-ModelOpt = Annotated[Path | None, typer.Option("--model", help="Run directory (default: the bundled model).")]
 MetricOpt = Annotated[
     list[str] | None,
     typer.Option(
@@ -37,9 +38,7 @@ MetricOpt = Annotated[
         f"{', '.join(DEFAULT_METRICS)}; bigan/bigbigan need --model of such a run).",
     ),
 ]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
-EmbeddingOpt = Annotated[
+EmbeddingsOpt = Annotated[
     list[str] | None,
     typer.Option(
         "--embedding", help="bigan/bigbigan encoder output(s) to score, repeatable: z | hidden | z+hidden (default z)."
@@ -74,11 +73,6 @@ ProgressOpt = Annotated[
 ]
 
 
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
-
-
 def _metrics(
     names: list[str] | None,
     model: Path | None,
@@ -111,13 +105,13 @@ def _readout_variants(afv, model: Path | None, readouts: list[str]) -> list:
     for spec in readouts:
         readout, _, norm = spec.partition(":")
         if norm and norm not in NORMALIZATIONS:
-            _fail(f"unknown normalization {norm!r} in --readout {spec!r}; choose one of {', '.join(NORMALIZATIONS)}")
+            fail(f"unknown normalization {norm!r} in --readout {spec!r}; choose one of {', '.join(NORMALIZATIONS)}")
         base = copy.copy(getattr(afv.extractor, "base", afv.extractor))
         base.normalization = norm or afv.extractor.normalization
         try:
             ext = with_readout(base, readout, run)
         except ValueError as e:
-            _fail(str(e))
+            fail(str(e))
         m = get_metric("afv", extractor=ext)
         m.name = f"afv:{spec}"
         variants.append(m)
@@ -139,7 +133,7 @@ def _base_metrics(
             names or list(DEFAULT_METRICS), model, device=device, normalization=normalization, embeddings=embeddings
         )
     except (CheckpointError, ValueError, FileNotFoundError) as e:
-        _fail(str(e))
+        fail(str(e))
 
 
 def _table(rows: list[dict], dirs: list[str], key: str) -> str:
@@ -167,15 +161,15 @@ def _bapps(
 ) -> None:
     from model.evaluation import bapps
 
-    load, run, key = (
-        (bapps.load_2afc, bapps.evaluate_2afc, "score")
-        if kind == "2afc"
-        else (bapps.load_jnd, bapps.evaluate_jnd, "map")
-    )
+    tasks: dict[str, tuple[Callable[[Path], Any], Callable[..., dict], str]] = {
+        "2afc": (bapps.load_2afc, bapps.evaluate_2afc, "score"),
+        "jnd": (bapps.load_jnd, bapps.evaluate_jnd, "map"),
+    }
+    load, run, key = tasks[kind]
     try:
         sets = [load(d) for d in dirs]
     except (bapps.BAPPSLayoutError, ValueError) as e:
-        _fail(str(e))
+        fail(str(e))
     rows = [run(m, s) for m in _metrics(metric, model, device, normalization, embedding, readout) for s in sets]
     names = list(dict.fromkeys(r["metric"] for r in rows))
     means = {n: float(np.mean([r[key] for r in rows if r["metric"] == n])) for n in names}
@@ -198,7 +192,7 @@ def two_afc(
     metric: MetricOpt = None,
     device: DeviceOpt = "auto",
     normalization: NormOpt = None,
-    embedding: EmbeddingOpt = None,
+    embedding: EmbeddingsOpt = None,
     readout: ReadoutsOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -213,7 +207,7 @@ def jnd(
     metric: MetricOpt = None,
     device: DeviceOpt = "auto",
     normalization: NormOpt = None,
-    embedding: EmbeddingOpt = None,
+    embedding: EmbeddingsOpt = None,
     readout: ReadoutsOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -239,7 +233,7 @@ def probe(
     model: ModelOpt = None,
     metric: MetricOpt = None,
     device: DeviceOpt = "auto",
-    embedding: EmbeddingOpt = None,
+    embedding: EmbeddingsOpt = None,
     readout: ReadoutsOpt = None,
     train_split: Annotated[str, typer.Option(help="Training split folder.")] = "train",
     test_split: Annotated[str, typer.Option(help="Test split folder.")] = "test",
@@ -275,7 +269,7 @@ def probe(
         train = load_labelled(data, train_split, res, train_limit, seed)
         test = load_labelled(test_data or data, test_split, res, test_limit, seed, classes=train.classes)
     except (ValueError, FileNotFoundError) as e:
-        _fail(str(e))
+        fail(str(e))
     log.info("probe: %d train / %d test images, %d classes", len(train.y), len(test.y), len(train.classes))
     rows = []
     for m in metrics:
@@ -339,7 +333,7 @@ def class_distances(
             else _top_level_classes(data, ext.resolution, limit, seed)
         )
     except (ValueError, FileNotFoundError) as e:
-        _fail(str(e))
+        fail(str(e))
     per_class = {c: data_set.x[data_set.y == i] for i, c in enumerate(data_set.classes)}
     names, d = setdist.distance_matrix(setdist.class_means(ext, per_class))
     prefix = out.with_suffix("") if out.suffix in (".csv", ".png") else out
@@ -386,7 +380,7 @@ def _read_images(path: Path, split: str | None, limit: int | None, seed: int):
     try:
         return read_images(path, split, limit, seed)
     except (ValueError, FileNotFoundError) as e:
-        _fail(str(e))
+        fail(str(e))
 
 
 def _select(registry: dict, names: list[str] | None, what: str) -> dict:
@@ -395,7 +389,7 @@ def _select(registry: dict, names: list[str] | None, what: str) -> dict:
     try:
         return select(registry, names, what)
     except ValueError as e:
-        _fail(str(e))
+        fail(str(e))
 
 
 def _progress(flag: bool | None) -> bool:
@@ -582,10 +576,11 @@ def summary(
     from model.evaluation.summary import markdown, summarise
 
     if label and len(label) != len(reports):
-        _fail(f"give one --label per report ({len(reports)}), got {len(label)}")
+        fail(f"give one --label per report ({len(reports)}), got {len(label)}")
     try:
         loaded = [json.loads(p.read_text()) for p in reports]
-        columns, table = summarise(loaded, label)
+        labels: list[str | None] | None = list(label) if label else None
+        columns, table = summarise(loaded, labels)
     except (OSError, ValueError, KeyError) as e:
-        _fail(str(e))
+        fail(str(e))
     typer.echo(markdown(columns, table))

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import json
 
-import typer
 from typer.testing import CliRunner
 
-from service.commands.eval import eval_app
+from service.cli import app
 
 runner = CliRunner()
-app = typer.Typer()
-app.add_typer(eval_app, name="eval")
 
 
 def _json(res) -> dict:
@@ -132,9 +129,9 @@ def test_class_distances_writes_csv_and_png(tiny_run, cifar_dir, tmp_path):
 
 def test_bad_layout_and_unknown_metric_are_clear_errors(bapps_dir):
     res = runner.invoke(app, ["eval", "2afc", str(bapps_dir / "jnd"), "--metric", "l2"])
-    assert res.exit_code == 2 and "missing folder" in res.output and "Traceback" not in res.output
+    assert res.exit_code == 1 and "missing folder" in res.output and "Traceback" not in res.output
     res = runner.invoke(app, ["eval", "jnd", str(bapps_dir / "jnd"), "--metric", "lpips"])
-    assert res.exit_code == 2 and "unknown metric" in res.output
+    assert res.exit_code == 1 and "unknown metric" in res.output
 
 
 def _val_split(cifar_dir, root, per_class: int = 3):
@@ -239,9 +236,9 @@ def test_ranking_prints_json_per_family_and_pair(cifar_dir, tmp_path):
 
 def test_unknown_edit_and_family_list_the_choices(cifar_dir):
     res = runner.invoke(app, ["eval", "copies", str(cifar_dir), "--metric", "l2", "--edit", "sepia"])
-    assert res.exit_code == 2 and "unknown edit 'sepia'" in res.output and "jpeg-q40" in res.output
+    assert res.exit_code == 1 and "unknown edit 'sepia'" in res.output and "jpeg-q40" in res.output
     res = runner.invoke(app, ["eval", "ranking", str(cifar_dir), "--metric", "l2", "--family", "sepia"])
-    assert res.exit_code == 2 and "unknown edit family 'sepia'" in res.output and "noise" in res.output
+    assert res.exit_code == 1 and "unknown edit family 'sepia'" in res.output and "noise" in res.output
 
 
 def test_copies_and_ranking_run_the_afv_metric_sketched(tiny_run, cifar_dir):
@@ -320,4 +317,4 @@ def test_a_bad_readout_is_a_clear_error(tiny_run, bapps_dir):
                 spec,
             ],
         )
-        assert res.exit_code == 2 and message in res.output, res.output
+        assert res.exit_code == 1 and message in res.output, res.output

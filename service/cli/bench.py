@@ -1,15 +1,55 @@
-"""`afv bench index`: recall@10, bytes/vector, build time and single-threaded queries/s of the index."""
+"""`afv bench extract|index`: feature-extraction speed, and the index's recall, size, build time and queries/s."""
 
 from __future__ import annotations
 
+import json
 import time
+from typing import Annotated
 
 import faiss
 import numpy as np
 import typer
 
 from index.faiss_index import VectorIndex, exact_rerank, plan_index
-from service.commands.index import parse_size
+from service.cli.index import parse_size
+from service.cli.options import DeviceOpt, JsonOpt, fail
+
+bench_app = typer.Typer(help="Benchmarks (not part of the test suite).", no_args_is_help=True)
+
+
+@bench_app.command("extract")
+def bench_extract_cmd(
+    preset: Annotated[list[str], typer.Option(help="Preset(s) to time.")] = ["tiny", "cpu", "paper", "paper64"],  # noqa: B006 (typer reads, never mutates)
+    batch_size: int = 32,
+    device: DeviceOpt = "auto",
+    repeats: int = 3,
+    loop_images: Annotated[int, typer.Option(help="Images timed in the batch-1 loop.")] = 32,
+    json_out: JsonOpt = False,
+) -> None:
+    """Time (a) the batch-1 autograd loop, (b) our extractor, (c) the batched-gradient floor."""
+    from model.bench import bench_extract
+    from model.extract import resolve_device
+    from model.presets import get_preset
+
+    try:
+        dev, presets = resolve_device(device), [get_preset(p) for p in preset]
+    except ValueError as e:
+        fail(str(e))
+    rows = [bench_extract(p, batch_size, dev, repeats, loop_images) for p in presets]
+    if json_out:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    typer.echo(
+        f"{'preset':<8} {'device':<6} {'params':>9} {'(a) loop':>10} {'(b) ours':>10} "
+        f"{'(c) floor':>10} {'a/b':>6} {'b/c':>6}   images/s, batch {batch_size}; "
+        "a/b = speed-up over the loop, b/c = time relative to the floor"
+    )
+    for r in rows:
+        typer.echo(
+            f"{r['preset']:<8} {r['device']:<6} {r['params']:>9} {r['loop_img_s']:>10.1f} "
+            f"{r['ours_img_s']:>10.1f} {r['floor_img_s']:>10.1f} {r['speedup_vs_loop']:>5.2f}x "
+            f"{r['slowdown_vs_floor']:>5.2f}x"
+        )
 
 
 def synthetic(n: int, d: int, seed: int, n_clusters: int = 1000, latent: int = 32) -> np.ndarray:
@@ -67,6 +107,7 @@ def bench_one(n: int, d: int, n_queries: int, budget: int, k: int = 10) -> dict:
     }
 
 
+@bench_app.command("index")
 def bench_index(
     sizes: str = typer.Option("10000,100000,1000000", help="Comma-separated collection sizes."),
     dim: int = typer.Option(1024, "--dim", help="Sketch dimension."),

@@ -1,71 +1,15 @@
-"""The `afv` command line: train models, compute distances, build indexes, evaluate, benchmark, serve."""
+"""`afv train|fisher|export|sample|reconstruct`: train a model and work with its run directory."""
 
 from __future__ import annotations
 
-import json
-import logging
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-app = typer.Typer(
-    help="Adversarial Fisher Vectors: perceptual similarity and reverse image search.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-)
-bench_app = typer.Typer(help="Benchmarks (not part of the test suite).", no_args_is_help=True)
-app.add_typer(bench_app, name="bench")
-
-ModelOpt = Annotated[Path | None, typer.Option("--model", help="Run directory (default: the bundled model).")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
-ReadoutOpt = Annotated[
-    str | None,
-    typer.Option(help="AFV read-out: global | pyramid-1-2-4 (spatial pyramid levels); default: the model's."),
-]
+from service.cli.options import DeviceOpt, ReadoutOpt, fail, load_images
 
 
-@app.callback()
-def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-
-
-def fail(message: str) -> None:
-    """Print a clear error and exit 2 (no traceback)."""
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
-
-
-def _load_extractor(model: Path | None, device: str, embedding: str | None = None, readout: str | None = None):
-    from model.checkpoint import CheckpointError
-    from model.loading import load_embedder
-
-    try:
-        return load_embedder(model, device=device, embedding=embedding, readout=readout)
-    except (CheckpointError, ValueError, FileNotFoundError) as e:
-        fail(str(e))
-
-
-def _load_images(path: Path, resolution: int):
-    from model.data import ImageDecodeError, decode_image, image_to_uint8, load_collection
-
-    if path.is_file() and not path.name.endswith((".tar", ".tar.gz", ".tgz")):
-        try:
-            import torch
-
-            return torch.from_numpy(image_to_uint8(decode_image(path.read_bytes()), resolution))[None]
-        except ImageDecodeError as e:
-            fail(f"{path}: {e}")
-    try:
-        return load_collection(path, resolution)[0]
-    except (ValueError, FileNotFoundError) as e:
-        fail(str(e))
-
-
-@app.command()
 def train(
     data: Annotated[Path, typer.Option(help="Folder or .tar/.tar.gz of images.")],
     out: Annotated[Path, typer.Option(help="Run directory (resumes if it holds last.pt).")],
@@ -140,22 +84,23 @@ def train(
     typer.echo(f"done: {run} ({made})")
 
 
-@app.command()
 def fisher(model: Annotated[Path, typer.Option("--model")], samples: int = 2048, device: DeviceOpt = "auto") -> None:
     """(Re-)estimate a run's Fisher statistics from N generator samples and save fisher.pt."""
-    from model.checkpoint import find_checkpoint, load_networks, state_hash
+    from model.checkpoint import CheckpointError, find_checkpoint, load_networks, state_hash
     from model.extract import FISHER_FILE, resolve_device, save_stats
     from model.fisher import estimate_stats
     from model.nets import fold_spectral_norm
 
-    dev = resolve_device(device)
-    _, d, g, _ = load_networks(find_checkpoint(model))
+    try:
+        dev = resolve_device(device)
+        _, d, g, _ = load_networks(find_checkpoint(model))
+    except (CheckpointError, ValueError, FileNotFoundError) as e:
+        fail(str(e))
     stats = estimate_stats(fold_spectral_norm(d).to(dev), g.to(dev), samples, progress=True)
     save_stats(model / FISHER_FILE, stats, state_hash(d))
     typer.echo(f"saved {model / FISHER_FILE} ({samples} samples)")
 
 
-@app.command()
 def export(
     model: Annotated[Path, typer.Option("--model", help="Run directory.")],
     out: Annotated[Path, typer.Option(help="Folder to write (e.g. model/weights/NAME).")],
@@ -218,76 +163,6 @@ def export(
     typer.echo(f"exported step {ckpt['step']} of {model} to {out}")
 
 
-EmbeddingOpt = Annotated[str | None, typer.Option(help="bigan/bigbigan models: z | hidden | z+hidden (default z).")]
-
-
-@app.command()
-def distance(
-    image_a: Path,
-    image_b: Path,
-    model: ModelOpt = None,
-    device: DeviceOpt = "auto",
-    embedding: EmbeddingOpt = None,
-    readout: ReadoutOpt = None,
-    json_out: JsonOpt = False,
-) -> None:
-    """Distance between two images (Fisher distance for AFV models), with each block's share and, for
-    spatial read-outs, each image cell's share."""
-    ext = _load_extractor(model, device, embedding, readout)
-    a, b = (_load_images(p, ext.resolution)[0] for p in (image_a, image_b))
-    report = ext.distance(a, b).to_dict()
-    if json_out:
-        typer.echo(json.dumps({**report, "method": ext.kind}))
-        return
-    typer.echo(f"{'Fisher' if ext.kind == 'afv' else ext.kind} distance: {report['distance']:.6g}")
-    for name, share in report["layers"].items():
-        typer.echo(f"  {name:<10} {share:7.1%}  {'#' * round(share * 40)}")
-    for level, grid in (report.get("regions") or {}).items():
-        typer.echo(f"  image cells {level} (share of the squared distance):")
-        for row in grid:
-            typer.echo("    " + " ".join(f"{v:6.1%}" for v in row))
-
-
-@app.command("set-distance")
-def set_distance(
-    dir_a: Path,
-    dir_b: Path,
-    model: ModelOpt = None,
-    device: DeviceOpt = "auto",
-    metric: Annotated[
-        str,
-        typer.Option(
-            help="fisher: ‖mean AFV(A) − mean AFV(B)‖ (or the model's own mean-vector distance); "
-            "gfmn-moments: GFMN's moment-matching loss on the model's features."
-        ),
-    ] = "fisher",
-    json_out: JsonOpt = False,
-) -> None:
-    """Distance between two image sets: Fisher (mean AFVs) or GFMN feature moments."""
-    if metric not in ("fisher", "gfmn-moments"):
-        fail(f"unknown set metric {metric!r}; choose fisher or gfmn-moments")
-    if metric == "gfmn-moments":
-        ext = _load_moments(model, device)
-    else:
-        ext = _load_extractor(model, device)
-    xa, xb = (_load_images(p, ext.resolution) for p in (dir_a, dir_b))
-    d = ext.set_distance(xa, xb)
-    label = "Fisher set distance" if metric == "fisher" and ext.kind == "afv" else f"{ext.kind} set distance"
-    typer.echo(
-        json.dumps({"distance": d, "metric": metric, "method": ext.kind, "n_a": xa.shape[0], "n_b": xb.shape[0]})
-        if json_out
-        else f"{label}: {d:.6g} ({xa.shape[0]} vs {xb.shape[0]} images)"
-    )
-
-
-def _load_moments(model: Path | None, device: str):
-    """The 'gfmn-moments' embedder of a run: its feature network's activations (`load_embedder`'s moments)."""
-    from model.gfmn import MOMENTS
-
-    return _load_extractor(model, device, embedding=MOMENTS)
-
-
-@app.command()
 def sample(
     model: Annotated[Path, typer.Option("--model", help="Run directory (any method).")],
     out: Annotated[
@@ -332,7 +207,6 @@ def sample(
     typer.echo(f"wrote {n} samples of {model} to {out}" + (f" (truncation {truncation})" if truncation else ""))
 
 
-@app.command()
 def reconstruct(
     images: Annotated[Path, typer.Argument(help="Image file, folder or .tar(.gz).")],
     model: Annotated[Path, typer.Option("--model", help="A bigan or bigbigan run directory.")],
@@ -357,67 +231,15 @@ def reconstruct(
             with_encoder = "/".join(m.name for m in methods() if m.encoder is not None)
             fail(f"{model} is a '{method.name}' run: only {with_encoder} runs have an encoder")
         preset = preset_from_dict(ckpt["preset"])
-        g, e = Generator(preset), method.encoder(preset)
+        g, enc = Generator(preset), method.encoder(preset)
         load_state(g, ckpt["G_ema"], "generator", preset, path)
-        load_state(e, ckpt["E_ema"], "encoder", preset, path)
+        load_state(enc, ckpt["E_ema"], "encoder", preset, path)
     except (CheckpointError, ValueError, FileNotFoundError) as e:
         fail(str(e))
-    x = uint8_to_model(_load_images(images, preset.resolution)[:n])
+    x = uint8_to_model(load_images(images, preset.resolution)[:n])
     with torch.no_grad():
-        rec = g.eval()(e.eval().mean_and_scale(x)[0])
+        rec = g.eval()(enc.eval().mean_and_scale(x)[0])
     rows = [t for i in range(0, x.shape[0], 8) for t in (x[i : i + 8], rec[i : i + 8])]
     save_grid(torch.cat(rows), out)
     err = float((rec - x).pow(2).mean())
     typer.echo(f"wrote {out}: {x.shape[0]} images (odd rows) and G(E(x)) (even rows); mean squared error {err:.4f}")
-
-
-@bench_app.command("extract")
-def bench_extract_cmd(
-    preset: Annotated[list[str], typer.Option(help="Preset(s) to time.")] = ["tiny", "cpu", "paper", "paper64"],  # noqa: B006 (typer reads, never mutates)
-    batch_size: int = 32,
-    device: DeviceOpt = "auto",
-    repeats: int = 3,
-    loop_images: Annotated[int, typer.Option(help="Images timed in the batch-1 loop.")] = 32,
-    json_out: JsonOpt = False,
-) -> None:
-    """Time (a) the batch-1 autograd loop, (b) our extractor, (c) the batched-gradient floor."""
-    from model.bench import bench_extract
-    from model.extract import resolve_device
-    from model.presets import get_preset
-
-    dev = resolve_device(device)
-    rows = [bench_extract(get_preset(p), batch_size, dev, repeats, loop_images) for p in preset]
-    if json_out:
-        typer.echo(json.dumps(rows, indent=2))
-        return
-    typer.echo(
-        f"{'preset':<8} {'device':<6} {'params':>9} {'(a) loop':>10} {'(b) ours':>10} "
-        f"{'(c) floor':>10} {'a/b':>6} {'b/c':>6}   images/s, batch {batch_size}; "
-        "a/b = speed-up over the loop, b/c = time relative to the floor"
-    )
-    for r in rows:
-        typer.echo(
-            f"{r['preset']:<8} {r['device']:<6} {r['params']:>9} {r['loop_img_s']:>10.1f} "
-            f"{r['ours_img_s']:>10.1f} {r['floor_img_s']:>10.1f} {r['speedup_vs_loop']:>5.2f}x "
-            f"{r['slowdown_vs_floor']:>5.2f}x"
-        )
-
-
-def _mount() -> None:
-    """Attach the sub-commands that live beside their subsystems (index, eval, serve)."""
-    from service.commands.bench_index import bench_index
-    from service.commands.eval import eval_app
-    from service.commands.index import index_app, search_command
-    from service.commands.serve import serve_command
-
-    app.add_typer(index_app, name="index")
-    app.add_typer(eval_app, name="eval")
-    app.command("search")(search_command)
-    app.command("serve")(serve_command)
-    bench_app.command("index")(bench_index)
-
-
-_mount()
-
-if __name__ == "__main__":
-    app()

@@ -6,12 +6,15 @@ import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import typer
 from tqdm import tqdm
 
 from index import AFVIndex, AFVIndexError
 from model.data import IMAGE_SUFFIXES, ImageDecodeError, decode_image, iter_records
+from service.cli import options as opts  # opts.load_model, looked up per call: tests swap it
+from service.cli.options import fail
 from service.ingest import Item, ingest, model_decoder
 from service.model_index import BuildOptions, ModelIndex
 
@@ -38,17 +41,6 @@ def parse_size(text: str) -> int:
     if not m or m.group(2).upper() not in _UNITS:
         raise typer.BadParameter(f"not a size: {text!r} (e.g. 256MB, 1GB)")
     return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
-
-
-def _load_model(model: Path | None):
-    from model.loading import load_embedder
-
-    return load_embedder(model, device="auto")
-
-
-def _fail(e: Exception) -> None:
-    typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(1)
 
 
 def _count(path: Path) -> int | None:
@@ -93,11 +85,11 @@ def build(
     budget = parse_size(memory_budget) if memory_budget is not None else None
     options = BuildOptions(dim=dim, mode=mode, kind=kind, memory_budget=budget)
     try:
-        with ModelIndex.open_or_create(index, _load_model(model), options) as mi:
+        with ModelIndex.open_or_create(index, opts.load_model(model), options) as mi:
             added, present, skipped = _build(mi, images)
             count = mi.index.count
     except (AFVIndexError, FileNotFoundError, ValueError) as e:
-        _fail(e)
+        fail(str(e))
     typer.echo(f"added {added}, already indexed {present}, unreadable {len(skipped)}; index holds {count} images")
     for name, why in skipped:
         typer.echo(f"  skipped {name}: {why}", err=True)
@@ -129,7 +121,7 @@ def add(
     """Add images to an existing index (in batches); prints the id of each. Exit 1 if any was unreadable."""
     failed = 0
     try:
-        with ModelIndex.open(index, _load_model(model)) as mi:
+        with ModelIndex.open(index, opts.load_model(model)) as mi:
             for item, outcome in _ingest(mi, (it for path in images for it in _items(path))):
                 if outcome.error is not None:
                     failed += 1
@@ -137,9 +129,9 @@ def add(
                     continue
                 typer.echo(f"{outcome.id}\t{'duplicate' if outcome.duplicate else 'added'}\t{item.name}")
     except (AFVIndexError, FileNotFoundError, ValueError) as e:
-        _fail(e)
+        fail(str(e))
     if failed:
-        _fail(ValueError(f"{failed} image(s) could not be read; the others were added"))
+        fail(f"{failed} image(s) could not be read; the others were added")
 
 
 @index_app.command("remove")
@@ -150,9 +142,9 @@ def remove(
     try:
         with AFVIndex.open(index) as idx:
             if not idx.delete(id):
-                _fail(KeyError(f"no image with id {id}"))
+                fail(f"no image with id {id}")
     except AFVIndexError as e:
-        _fail(e)
+        fail(str(e))
     typer.echo(f"removed {id}")
 
 
@@ -163,7 +155,7 @@ def stats(index: Path = typer.Option(..., "--index")) -> None:
         with AFVIndex.open(index, read_only=True) as idx:
             typer.echo(json.dumps(idx.stats(), indent=2))
     except AFVIndexError as e:
-        _fail(e)
+        fail(str(e))
 
 
 def search_command(
@@ -176,13 +168,13 @@ def search_command(
 ) -> None:
     """Find the k indexed images nearest to IMAGE in AFV space."""
     try:
-        ex = _load_model(model)
+        ex = opts.load_model(model)
         with ModelIndex.open(index, ex, read_only=True) as mi:
             x = ex.preprocess(decode_image(image.read_bytes()))[None]
             hits = mi.index.search(mi.sketch(x), k=k, rerank=rerank)[0]
     except (AFVIndexError, ImageDecodeError, OSError) as e:
-        _fail(e)
-    results = [{"id": h.id, "distance": h.distance, "metadata": h.metadata} for h in hits]
+        fail(str(e))
+    results: list[dict[str, Any]] = [{"id": h.id, "distance": h.distance, "metadata": h.metadata} for h in hits]
     if as_json:
         typer.echo(json.dumps({"results": results}))
         return

@@ -8,16 +8,15 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from service.commands import index as cli
+import service.cli
+from service.cli import options
+from service.cli.index import parse_size
 
 
 @pytest.fixture
 def app(monkeypatch, extractor):
-    monkeypatch.setattr(cli, "_load_model", lambda model: extractor)
-    app = typer.Typer()
-    app.add_typer(cli.index_app, name="index")
-    app.command("search")(cli.search_command)
-    return app
+    monkeypatch.setattr(options, "load_model", lambda model, device="auto", **kw: extractor)
+    return service.cli.app
 
 
 def test_build_resume_search_remove_stats(tmp_path, app, images):
@@ -80,6 +79,6 @@ def test_build_refuses_options_an_existing_index_would_ignore(tmp_path, app, ima
 
 
 def test_parse_size():
-    assert cli.parse_size("256MB") == 256 * 2**20 and cli.parse_size("1GiB") == 2**30
+    assert parse_size("256MB") == 256 * 2**20 and parse_size("1GiB") == 2**30
     with pytest.raises(typer.BadParameter):
-        cli.parse_size("lots")
+        parse_size("lots")

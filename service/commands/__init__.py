@@ -1,1 +1,0 @@
-"""CLI sub-commands of `afv` (mounted by service/cli.py)."""
