@@ -1,4 +1,4 @@
-"""Shared fixtures: the committed CIFAR-10 images and small trained/untrained tiny models."""
+"""Shared fixtures: the committed CIFAR-10 and BAPPS-layout images and small trained/untrained tiny models."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ torch.set_num_threads(1)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CIFAR = FIXTURES / "cifar10"
+BAPPS = FIXTURES / "bapps"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -28,6 +29,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def cifar_dir() -> Path:
     return CIFAR
+
+
+@pytest.fixture(scope="session")
+def bapps_dir() -> Path:
+    """The committed BAPPS-layout fixture (2AFC and JND folders)."""
+    return BAPPS
 
 
 @pytest.fixture(scope="session")

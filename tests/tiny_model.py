@@ -16,7 +16,7 @@ from model.extract import AFVExtractor
 from model.nets import Discriminator, Generator, fold_spectral_norm
 from model.presets import get_preset
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "cifar10"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "cifar10"
 
 
 def make_extractor(seed: int = 0, n_stats: int = 32) -> AFVExtractor:

@@ -2,7 +2,7 @@
 
 Every score can be computed for the trained AFV metric and for its baselines (`metrics.METRICS`), so
 each number has its comparison in the same run. Pure computation lives here; file/CLI I/O is at the
-edges (`bapps` loaders, `service/commands/eval.py`).
+edges (`bapps` loaders, `service/cli/eval.py`).
 """
 
 from model.evaluation.metrics import METRICS, Metric, get_metric
