@@ -132,14 +132,10 @@ def load_encoder_embedder(
     normalization: str | None,
     batch_size: int,
     embedding: str | None = None,
+    stochastic: bool = False,
 ) -> EncoderEmbedder:
-    """A bigan/bigbigan run → its encoder's embedder (the method's `Method.encoder` architecture)."""
-    from model.registry import checkpoint_method
-
-    method = checkpoint_method(ckpt, path)
-    if method.encoder is None:
-        raise ValueError(f"{path}: a '{method.name}' run has no encoder")
-    encoder = method.encoder(preset_from_dict(ckpt["preset"]))
+    """A bigan (deterministic E) or bigbigan (`stochastic` Gaussian E) run → its encoder's embedder."""
+    encoder = Encoder(preset_from_dict(ckpt["preset"]), stochastic=stochastic)
     return EncoderEmbedder.from_checkpoint(
         ckpt,
         path,

@@ -15,7 +15,6 @@ from model.checkpoint import (
     MODEL_FILE,
     CheckpointError,
     atomic_torch_save,
-    load_networks,
     state_hash,
 )
 from model.data import uint8_to_model
@@ -190,32 +189,8 @@ def save_untrained_run(preset_name: str, out: Path, seed: int = 0) -> Path:
     return Path(out)
 
 
-def load_afv_embedder(
-    ckpt: dict,
-    path: Path,
-    run: Path,
-    device: torch.device,
-    *,
-    normalization: str | None,
-    batch_size: int,
-    readout: str | None = None,
-) -> AFVExtractor:
-    """An afv run: D's AFVs with the run's Fisher statistics (estimated once if missing), in its read-out."""
-    from model.pyramid import with_readout
-
-    preset, d, g, _ = load_networks(path)
-    model_hash = state_hash(d)
-    stats = load_or_estimate_stats(run, d, g, model_hash, preset.fisher_samples, device)
-    norm = normalization or ckpt.get("normalization", "none")
-    base = AFVExtractor(
-        d, g, stats, device=device, normalization=norm, batch_size=batch_size, name=run.name, model_hash=model_hash
-    )
-    return with_readout(base, readout or ckpt.get("readout", "global"), run)
-
-
 __all__ = [
     "AFVExtractor",
-    "load_afv_embedder",
     "CheckpointError",
     "DistanceReport",
     "resolve_device",

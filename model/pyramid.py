@@ -38,9 +38,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from model import fisher
+from model.checkpoint import load_networks, state_hash
 from model.data import uint8_to_model
 from model.embedder import DistanceReport
-from model.extract import AFVExtractor, save_stats
+from model.extract import AFVExtractor, load_or_estimate_stats, save_stats
 from model.nets import Generator
 
 log = logging.getLogger(__name__)
@@ -349,3 +350,24 @@ def _smallest_map(base: AFVExtractor) -> int:
     x = torch.zeros(1, 3, base.resolution, base.resolution, device=base.device)
     with torch.no_grad():
         return int(base.d.blocks(x).shape[-1])
+
+
+def load_afv_embedder(
+    ckpt: dict,
+    path: Path,
+    run: Path,
+    device: torch.device,
+    *,
+    normalization: str | None,
+    batch_size: int,
+    readout: str | None = None,
+) -> AFVExtractor:
+    """An afv run: D's AFVs with the run's Fisher statistics (estimated once if missing), in its read-out."""
+    preset, d, g, _ = load_networks(path)
+    model_hash = state_hash(d)
+    stats = load_or_estimate_stats(run, d, g, model_hash, preset.fisher_samples, device)
+    norm = normalization or ckpt.get("normalization", "none")
+    base = AFVExtractor(
+        d, g, stats, device=device, normalization=norm, batch_size=batch_size, name=run.name, model_hash=model_hash
+    )
+    return with_readout(base, readout or ckpt.get("readout", "global"), run)

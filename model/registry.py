@@ -75,8 +75,8 @@ def register_method(method: Method) -> Method:
 
 
 def _registry() -> dict[str, Method]:
-    import model.methods  # noqa: F401  (registers every method on first use)
-
+    if not _METHODS:  # model/__init__.py imports model.methods, so this means a broken import
+        raise RuntimeError("no training methods are registered: model.methods was not imported")
     return _METHODS
 
 

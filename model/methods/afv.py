@@ -6,9 +6,10 @@ Read-outs (`readout`: 'global', 'pyramid-1-2-4', …, see `model.pyramid.parse_r
 
 from __future__ import annotations
 
-from model.extract import FISHER_FILE, load_afv_embedder
+from model.extract import FISHER_FILE
 from model.gfmn import afv_features
 from model.nets import Discriminator
+from model.pyramid import load_afv_embedder
 from model.registry import Method, register_method
 from model.trainer import BaseTrainer
 

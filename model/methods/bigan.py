@@ -22,7 +22,7 @@ METHOD = register_method(
         description="BiGAN: an encoder E learnt jointly with G against a joint D(x, z); embeds E(x)",
         trainer=_trainer,
         export_keys=("E_ema", "G_ema", "D"),
-        load=load_encoder_embedder,
+        load=partial(load_encoder_embedder, stochastic=False),
         options=("embedding",),
         features=encoder_features,
         feature_network=partial(Encoder, stochastic=False),

@@ -22,7 +22,7 @@ METHOD = register_method(
         description="BigBiGAN: BiGAN with unary scores, hinge losses and a decoupled Gaussian encoder; embeds μ_E(x)",
         trainer=_trainer,
         export_keys=("E_ema", "G_ema", "D"),
-        load=load_encoder_embedder,
+        load=partial(load_encoder_embedder, stochastic=True),
         options=("embedding",),
         features=encoder_features,
         feature_network=partial(Encoder, stochastic=True),
