@@ -1,4 +1,4 @@
-"""One file per training method, each registering its `model.registry.Method` (imported on first registry use)."""
+"""One file per training method, each registering its `model.registry.Method` (imported by model/__init__.py)."""
 
 from model.methods import afv, bigan, bigbigan, gfmn
 
