@@ -7,14 +7,17 @@ from typing import Annotated
 
 import typer
 
+from model.registry import method_names
 from service.cli.options import DeviceOpt, ReadoutOpt, fail, load_images
+
+METHOD_HELP = " | ".join(method_names()) + " (afv: the EBM-GAN of the AFV paper)"
 
 
 def train(
     data: Annotated[Path, typer.Option(help="Folder or .tar/.tar.gz of images.")],
     out: Annotated[Path, typer.Option(help="Run directory (resumes if it holds last.pt).")],
     preset: Annotated[str, typer.Option(help="tiny | cpu | cpu64 | paper | paper64")] = "cpu",
-    method: Annotated[str, typer.Option(help="afv (EBM-GAN) | bigan | bigbigan | gfmn")] = "afv",
+    method: Annotated[str, typer.Option(help=METHOD_HELP)] = "afv",
     features: Annotated[
         Path | None,
         typer.Option(help="gfmn: run directory whose network supplies the features to match (afv, bigan or bigbigan)."),
