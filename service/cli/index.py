@@ -49,14 +49,25 @@ def _count(path: Path) -> int | None:
     return None
 
 
-def _record_path(root: Path, name: str) -> str:
+def _source(root: Path, name: str) -> str:
+    """Where an image was read from, for messages on this machine (never stored)."""
     return str(root / name) if root.is_dir() else (f"{root}::{name}" if root.name != name else str(root))
 
 
+def collection_metadata(root: Path, name: str) -> dict[str, str]:
+    """An image's place relative to its collection: {path: inside the folder/archive, collection: its name}.
+
+    Absolute paths of the machine that built the index are not stored: the service returns metadata to
+    its readers."""
+    if root.is_dir() or root.name != name:
+        return {"path": name, "collection": root.resolve().name}
+    return {"path": root.name, "collection": root.resolve().parent.name}
+
+
 def _items(path: Path) -> Iterator[Item]:
-    """The images of a file, folder or archive as ingest items, with their path as metadata."""
+    """The images of a file, folder or archive as ingest items, with their place in the collection."""
     for rec in iter_records(path):
-        yield Item(rec.data, rec.name, {"path": _record_path(path, rec.name)}, source=_record_path(path, rec.name))
+        yield Item(rec.data, rec.name, collection_metadata(path, rec.name), source=_source(path, rec.name))
 
 
 def _ingest(mi: ModelIndex, items: Iterator[Item]):
@@ -179,4 +190,6 @@ def search_command(
         typer.echo(json.dumps({"results": results}))
         return
     for r in results:
-        typer.echo(f"{r['id']:>8}  {r['distance']:12.4f}  {r['metadata'].get('path', r['metadata'].get('name'))}")
+        meta = r["metadata"]
+        place = "/".join(str(meta[k]) for k in ("collection", "path") if meta.get(k)) or meta.get("name")
+        typer.echo(f"{r['id']:>8}  {r['distance']:12.4f}  {place}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any
 
 import numpy as np
@@ -37,8 +38,16 @@ def parse_id(raw: str) -> int:
 
 
 def split_record(rec: dict) -> tuple[dict, dict]:
-    """Index record → (record fields, user metadata)."""
-    return ({k: rec.get(k) for k in RECORD_FIELDS}, {k: v for k, v in rec.items() if k not in RECORD_FIELDS})
+    """Index record → (record fields, user metadata), with server paths (indexes built by older CLIs
+    stored absolute file paths) cut to the file's name."""
+    meta = {k: _no_server_path(v) if k == "path" else v for k, v in rec.items() if k not in RECORD_FIELDS}
+    return {k: rec.get(k) for k in RECORD_FIELDS}, meta
+
+
+def _no_server_path(value: Any) -> Any:
+    if isinstance(value, str) and (value.startswith("/") or PureWindowsPath(value).drive != ""):
+        return PurePosixPath(value.split("::")[-1]).name
+    return value
 
 
 def request_decoder(engine: Engine, settings: Settings):

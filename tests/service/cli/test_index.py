@@ -34,7 +34,8 @@ def test_build_resume_search_remove_stats(tmp_path, app, images):
     query = src / images[3][0]
     res = run(app, ["search", str(query), "--index", str(tmp_path / "idx"), "--k", "3", "--json"])
     results = json.loads(res.stdout)["results"]
-    assert len(results) == 3 and results[0]["metadata"]["path"] == str(query)
+    assert len(results) == 3 and results[0]["metadata"]["path"] == images[3][0]
+    assert results[0]["metadata"]["collection"] == "imgs" and str(tmp_path) not in json.dumps(results)
     assert results[0]["distance"] <= results[1]["distance"]
     assert run(app, ["index", "remove", str(results[0]["id"]), "--index", str(tmp_path / "idx")]).exit_code == 0
     assert run(app, ["index", "remove", "999", "--index", str(tmp_path / "idx")]).exit_code == 1
