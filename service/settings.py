@@ -63,6 +63,12 @@ class Settings(BaseSettings):
     # JND: distances at or below the threshold are judged "same". None = calibrated file, else synthetic.
     jnd_threshold: float | None = Field(default=None, ge=0)
 
+    @field_validator("model", "index_dir", "demo_collection", "embedding", "readout", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: object) -> object:
+        """`AFV_DEMO_COLLECTION=` means none, not the current folder (Path("") is ".")."""
+        return None if isinstance(v, str) and not v.strip() else v
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, v: object) -> object:

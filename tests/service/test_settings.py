@@ -30,3 +30,11 @@ def test_dotenv(monkeypatch, tmp_path):
 
 def test_get_settings_is_cached():
     assert get_settings() is get_settings()
+
+
+def test_empty_path_settings_mean_none_not_the_current_folder(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AFV_DEMO_COLLECTION", "")
+    monkeypatch.setenv("AFV_MODEL", " ")
+    s = Settings()
+    assert s.demo_collection is None and s.model is None
