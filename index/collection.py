@@ -173,7 +173,10 @@ class AFVIndex:
             if lock_fd is not None:
                 os.close(lock_fd)
             raise
-        return cls(index_dir, store, vindex, base_seq, read_only, lock_fd)
+        self = cls(index_dir, store, vindex, base_seq, read_only, lock_fd)
+        if not read_only and store.last_seq() != base_seq:
+            self._checkpoint_replayed()
+        return self
 
     @classmethod
     def repair(cls, index_dir: str | Path) -> AFVIndex:
@@ -422,6 +425,18 @@ class AFVIndex:
             if f.name != name:
                 f.unlink(missing_ok=True)
         self.base_seq = seq
+        try:  # the checkpoint is durable: the log rows it holds are never replayed again
+            self.store.compact_ops(seq)
+        except StoreError as e:  # harmless: they stay skipped, and the next checkpoint deletes them
+            log.warning("%s", e)
+
+    def _checkpoint_replayed(self) -> None:
+        """Checkpoint right after a writable open replayed a crash's ops, so the next open replays none."""
+        try:
+            self._checkpoint()
+        except (OSError, RuntimeError) as e:  # e.g. a full disk: the log still holds the ops, open anyway
+            log.warning("cannot checkpoint the replayed log of %s: %s", self.index_dir, e)
+
 
 
 def merge_hits(lists: list[list[Hit]], k: int) -> list[Hit]:
@@ -464,6 +479,25 @@ def _open_store(index_dir: Path, read_only: bool) -> MetadataStore:
 
 def _load_vectors(index_dir: Path, store: MetadataStore, read_only: bool) -> tuple[VectorIndex, int]:
     """Read the FAISS checkpoint named by the manifest and replay the log after it."""
+    for attempt in range(3):  # a read-only open may race a writer's checkpoint: then read the manifest again
+        try:
+            vindex, seq = _load_checkpoint(index_dir, store, read_only)
+        except IndexCorruptError:
+            if not read_only or attempt == 2:
+                raise
+            continue
+        if store.compacted_seq() <= seq:  # read after the ops: a compaction past `seq` cannot go unseen
+            return vindex, seq
+        if not read_only:
+            raise IndexCorruptError(
+                f"the op log of {index_dir} was compacted past its checkpoint (seq {seq}); "
+                "AFVIndex.repair(dir) rebuilds it"
+            )
+    raise IndexCorruptError(f"{index_dir} kept changing while it was opened read-only; try again")
+
+
+def _load_checkpoint(index_dir: Path, store: MetadataStore, read_only: bool) -> tuple[VectorIndex, int]:
+    """One attempt of `_load_vectors`."""
     try:
         manifest = wal.read_manifest(index_dir / MANIFEST_FILE)
         plan, seq, path = IndexPlan(**manifest["plan"]), int(manifest["seq"]), index_dir / manifest["faiss_file"]

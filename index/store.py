@@ -1,9 +1,10 @@
 """SQLite store beside the FAISS file: item metadata, full-precision sketches and the operation log.
 
 Tables: `items` (id, name, sha256 unique, size, added_at, user JSON), `vectors` (id, float32 blob),
-`ops` (seq, op 'add'|'del', item id: the write-ahead log the FAISS checkpoint is replayed from) and
-`meta` (key → JSON: model hash, projection, index plan, …). Each batch is one transaction, committed
-with synchronous=FULL before the caller is answered, so an acknowledged add survives a crash.
+`ops` (seq, op 'add'|'del', item id: the write-ahead log the FAISS checkpoint is replayed from; the
+rows a durable checkpoint holds are deleted by `compact_ops`) and `meta` (key → JSON: model hash,
+projection, index plan, …). Each batch is one transaction, committed with synchronous=FULL before
+the caller is answered, so an acknowledged add survives a crash.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 RESERVED = ("id", "name", "sha256", "size", "added_at")
+COMPACTED_KEY = "ops_compacted_seq"  # meta: ops at or below it were deleted after a checkpoint
 _FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
 SCHEMA = """
@@ -181,10 +183,30 @@ class MetadataStore:
         return self.db.execute("SELECT count(*) FROM items").fetchone()[0]
 
     def last_seq(self) -> int:
-        return self.db.execute("SELECT coalesce(max(seq), 0) FROM ops").fetchone()[0]
+        """The highest op sequence number ever logged (AUTOINCREMENT keeps it after compaction)."""
+        return self.db.execute(
+            "SELECT max(coalesce((SELECT max(seq) FROM ops), 0),"
+            " coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'ops'), 0))"
+        ).fetchone()[0]
 
     def ops_since(self, seq: int) -> list[tuple[int, str, int]]:
+        """Logged ops after `seq`, in order: a range search on the primary key, so only pending rows are read."""
         return self.db.execute("SELECT seq, op, item_id FROM ops WHERE seq > ? ORDER BY seq", (seq,)).fetchall()
+
+    def compact_ops(self, seq: int) -> int:
+        """Delete the logged ops at or below `seq` (held by a durable checkpoint); returns rows deleted."""
+        seq = max(int(seq), self.compacted_seq())
+        try:
+            with self._tx():
+                cur = self.db.execute("DELETE FROM ops WHERE seq <= ?", (seq,))
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (COMPACTED_KEY, json.dumps(seq)))
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot compact the op log of {self.path}: {e}") from e
+        return cur.rowcount
+
+    def compacted_seq(self) -> int:
+        """The sequence number up to which the op log was deleted (0 if never compacted)."""
+        return int(self.get_meta(COMPACTED_KEY, 0))
 
     def filter_ids(self, where: dict) -> np.ndarray:
         """Ids of items whose fields equal the given values (a list value means 'any of')."""

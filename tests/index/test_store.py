@@ -260,6 +260,68 @@ def test_op_log_records_adds_and_deletes_in_sequence(store):
     assert store.ops_since(3) == []
 
 
+def test_compact_ops_deletes_rows_at_or_below_seq_and_keeps_last_seq(store):
+    ids = [i for i, _ in store.add(vecs(3), [rec("a"), rec("b"), rec("c")])]
+    store.delete(ids[0])
+    assert store.compact_ops(3) == 3
+    assert store.ops_since(0) == [(4, "del", ids[0])]
+    assert store.last_seq() == 4 and store.compacted_seq() == 3
+    assert store.compact_ops(4) == 1
+    assert store.ops_since(0) == [] and store.last_seq() == 4  # an empty log still knows its position
+    store.add(vecs(1, seed=1), [rec("d")])
+    assert store.ops_since(4) == [(5, "add", ids[2] + 1)]  # sequence numbers are never reused
+
+
+def test_compaction_mark_never_goes_back(store):
+    store.add(vecs(2), [rec("a"), rec("b")])
+    store.compact_ops(2)
+    assert store.compact_ops(1) == 0
+    assert store.compacted_seq() == 2
+
+
+def test_last_seq_stays_monotonic_across_compaction_and_reopen(tmp_path):
+    path = tmp_path / "meta.sqlite"
+    s = MetadataStore(path)
+    s.add(vecs(3), [rec("a"), rec("b"), rec("c")])
+    s.compact_ops(3)
+    s.close()
+    s = MetadataStore(path)
+    try:
+        assert s.last_seq() == 3 and s.ops_since(0) == []
+        s.add(vecs(1, seed=1), [rec("d")])
+        assert s.last_seq() == 4 and [seq for seq, *_ in s.ops_since(0)] == [4]
+    finally:
+        s.close()
+    ro = MetadataStore(path, read_only=True)
+    try:
+        assert ro.last_seq() == 4 and ro.compacted_seq() == 3
+    finally:
+        ro.close()
+
+
+def test_compact_ops_on_a_read_only_store_raises_store_error(tmp_path):
+    path = tmp_path / "meta.sqlite"
+    s = MetadataStore(path)
+    s.add(vecs(1), [rec("a")])
+    s.close()
+    ro = MetadataStore(path, read_only=True)
+    try:
+        with pytest.raises(StoreError, match="cannot compact"):
+            ro.compact_ops(1)
+        assert ro.ops_since(0) != []
+    finally:
+        ro.close()
+
+
+def test_ops_since_reads_only_the_pending_rows_by_primary_key(store):
+    plan = store.db.execute(
+        "EXPLAIN QUERY PLAN SELECT seq, op, item_id FROM ops WHERE seq > ? ORDER BY seq", (0,)
+    ).fetchall()
+    detail = " ".join(row[-1] for row in plan)
+    assert "SEARCH ops USING INTEGER PRIMARY KEY (rowid>?)" in detail, detail
+    assert "TEMP B-TREE" not in detail  # no sort of the whole log
+
+
 def test_failed_batch_is_rolled_back_entirely(store):
     with pytest.raises(KeyError):
         store.add(vecs(2), [rec("ok"), {"name": "no sha"}])

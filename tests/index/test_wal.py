@@ -129,3 +129,13 @@ def test_replay_restores_the_same_search_results_as_a_fresh_build(store):
     fresh, _ = checkpoint(store)
     xq = np.random.default_rng(9).normal(size=(5, D)).astype(np.float32)
     np.testing.assert_array_equal(v.search(xq, 8)[1], fresh.search(xq, 8)[1])
+
+
+def test_replay_after_compacting_the_checkpointed_ops_gives_the_same_index(store):
+    old = add(store, ["a", "b", "c"])
+    v, seq = checkpoint(store)
+    new = add(store, ["d", "e"], seed=1)
+    store.delete(old[0])
+    store.compact_ops(seq)  # what every checkpoint now does
+    assert wal.replay(store, v, seq) == 3  # only the pending ops are left and read
+    assert ids_in(v) == sorted([old[1], old[2], *new])
