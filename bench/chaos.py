@@ -176,7 +176,7 @@ def kill_build(work: Path, model: Path, n_images: int, kills: int) -> dict:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        time.sleep(float(rng.uniform(3, 8)))
+        time.sleep(float(rng.uniform(5, 10)))  # start-up (imports, model) takes ~4 s
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         counts.append(index_count(idx) if (idx / "meta.sqlite").exists() else 0)
@@ -199,19 +199,22 @@ def kill_build(work: Path, model: Path, n_images: int, kills: int) -> dict:
     )
 
 
-async def _upload(url: str, batch: bool, acked: list[int], codes: Counter, stop: float) -> None:
+async def _upload(url: str, client: int, batch: bool, acked: list[int], codes: Counter, stop: float) -> None:
     async with httpx.AsyncClient(base_url=url, timeout=30, headers=AUTH) as c:
         i = 0
         while time.monotonic() < stop:
             try:
                 if batch:
-                    files = [("images", (f"b{i}-{j}.png", png_bytes(10 * i + j + 500_000))) for j in range(8)]
+                    files = [
+                        ("images", (f"b{i}-{j}.png", png_bytes(100_000 * client + 10 * i + j + 500_000)))
+                        for j in range(8)
+                    ]
                     r = await c.post("/v1/images:batch", files=files)
                     codes[r.status_code] += 1
                     if r.status_code == 200:
                         acked += [int(x["id"]) for x in r.json()["results"] if x.get("id")]
                 else:
-                    r = await c.post("/v1/images", files={"image": (f"u{i}.png", png_bytes(i))})
+                    r = await c.post("/v1/images", files={"image": (f"u{i}.png", png_bytes(100_000 * client + i))})
                     codes[r.status_code] += 1
                     if r.status_code == 201:
                         acked.append(int(r.json()["id"]))
@@ -230,7 +233,7 @@ def kill_server(work: Path, model: Path, batch: bool, seconds: float, clients: i
 
         async def run() -> None:
             stop = time.monotonic() + seconds + 30
-            tasks = [asyncio.create_task(_upload(url, batch, acked, codes, stop)) for _ in range(clients)]
+            tasks = [asyncio.create_task(_upload(url, k, batch, acked, codes, stop)) for k in range(clients)]
             await asyncio.sleep(seconds)
             proc.send_signal(signal.SIGKILL)
             await asyncio.gather(*tasks)
@@ -391,7 +394,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, default=None, help="Run directory (default: untrained tiny networks).")
     ap.add_argument("--only", action="append", choices=SCENARIOS, help="Run only these scenarios (repeatable).")
-    ap.add_argument("--images", type=int, default=600, help="Collection size for the build kills.")
+    ap.add_argument("--images", type=int, default=8000, help="Collection size for the build kills.")
     ap.add_argument("--kills", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=8.0, help="Upload time before the server is killed.")
     ap.add_argument("--clients", type=int, default=4)
