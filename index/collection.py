@@ -11,11 +11,15 @@ and `LOCK` (one writer process at a time). The SQLite log is the truth; FAISS is
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
+import sqlite3
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,6 +66,24 @@ class IndexReadOnlyError(AFVIndexError):
 
 class IndexLockedError(AFVIndexError):
     """Another process holds the index open for writing."""
+
+
+class IndexWriteError(AFVIndexError):
+    """Storage refused a write (disk full, I/O error, read-only file system); nothing was half-written.
+
+    `no_space` tells a full disk or quota (ENOSPC, EDQUOT, SQLITE_FULL) from other storage failures.
+    """
+
+    def __init__(self, message: str, *, no_space: bool = False):
+        super().__init__(message)
+        self.no_space = no_space
+
+
+class IndexFullError(IndexWriteError):
+    """A write found no space left (a full disk or quota): the IndexWriteError with `no_space` set."""
+
+    def __init__(self, message: str):
+        super().__init__(message, no_space=True)
 
 
 class ItemNotFoundError(AFVIndexError, KeyError):
@@ -221,7 +243,8 @@ class AFVIndex:
             raise InvalidInputError(f"{len(vectors)} vectors but {len(records)} records")
         with self._lock:
             self._check_writable()
-            results = self.store.add(vectors, records)  # durable (committed) from here on
+            with self._writing("add to the index"):  # a failed transaction rolls back whole; FAISS is untouched
+                results = self.store.add(vectors, records)  # durable (committed) from here on
             new = [(i, rid) for i, (rid, dup) in enumerate(results) if not dup]
             if new:
                 self.vindex.add(vectors[[i for i, _ in new]], np.array([r for _, r in new]))
@@ -243,8 +266,9 @@ class AFVIndex:
         """Delete an item by id; False if there is no such item."""
         with self._lock:
             self._check_writable()
-            if not self.store.delete(int(id)):
-                return False
+            with self._writing("delete from the index"):
+                if not self.store.delete(int(id)):
+                    return False
             self.vindex.remove(np.array([int(id)]))
             self._maybe_checkpoint()
             return True
@@ -340,20 +364,22 @@ class AFVIndex:
         """Checkpoint the FAISS index (retraining it first if the collection outgrew its structure)."""
         with self._lock:
             self._check_writable()
-            wanted = self._wanted_plan()
-            if _needs_rebuild(self.vindex.plan, wanted, self.store.count()):
-                self._rebuild(wanted)
-            else:
-                self._checkpoint()
+            with self._writing("checkpoint the index"):  # a failed checkpoint leaves its ops in the log
+                wanted = self._wanted_plan()
+                if _needs_rebuild(self.vindex.plan, wanted, self.store.count()):
+                    self._rebuild(wanted)
+                else:
+                    self._checkpoint()
 
     def optimize(self, kind: str | None = None) -> None:
         """Rebuild the FAISS structure for the current size (or as `kind`) and checkpoint it."""
         with self._lock:
             self._check_writable()
-            if kind is not None:
-                self.kind_request = kind
-                self.store.set_meta({"kind": kind})
-            self._rebuild(self._wanted_plan())
+            with self._writing("optimize the index"):
+                if kind is not None:
+                    self.store.set_meta({"kind": kind})
+                    self.kind_request = kind
+                self._rebuild(self._wanted_plan())
 
     def close(self) -> None:
         """Checkpoint (if writable) and release files; idempotent."""
@@ -395,7 +421,28 @@ class AFVIndex:
 
     def _maybe_checkpoint(self) -> None:
         if self.store.last_seq() - self.base_seq >= SAVE_EVERY:
-            self.save()
+            try:
+                self.save()
+            except IndexWriteError as e:  # the write itself is committed; its op stays in the log (replayed)
+                log.warning("checkpoint postponed: %s", e)
+
+    @contextmanager
+    def _writing(self, what: str) -> Iterator[None]:
+        """Turn a storage failure inside the block into IndexWriteError (after rolling back SQLite)."""
+        try:
+            yield
+        except (sqlite3.Error, OSError, RuntimeError) as e:
+            failure = None if isinstance(e, AFVIndexError) else _storage_failure(e)
+            if failure is None:
+                raise
+            if self.store.db.in_transaction:  # SQLite rolls back itself on a full disk, not on every error
+                try:
+                    self.store.db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            cause, no_space = failure
+            error = IndexFullError if no_space else IndexWriteError
+            raise error(f"cannot {what}: {cause}") from e
 
     def _rebuild(self, plan: IndexPlan) -> None:
         """Train `plan` on stored vectors, add them all, checkpoint."""
@@ -438,7 +485,6 @@ class AFVIndex:
             log.warning("cannot checkpoint the replayed log of %s: %s", self.index_dir, e)
 
 
-
 def merge_hits(lists: list[list[Hit]], k: int) -> list[Hit]:
     """Union of hit lists, each item at its smallest distance, nearest first, at most k."""
     best: dict[int, Hit] = {}
@@ -447,6 +493,25 @@ def merge_hits(lists: list[list[Hit]], k: int) -> list[Hit]:
             if h.id not in best or h.distance < best[h.id].distance:
                 best[h.id] = h
     return sorted(best.values(), key=lambda h: (h.distance, h.id))[:k]
+
+
+def _storage_failure(e: BaseException) -> tuple[str, bool] | None:
+    """(cause, no space?) if `e` or an error it masks is a storage failure; root cause first."""
+    chain: list[BaseException] = []
+    cur: BaseException | None = e
+    while cur is not None and len(chain) < 8:
+        chain.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    for err in reversed(chain):  # a failed ROLLBACK ("no transaction is active") masks "disk is full"
+        if isinstance(err, sqlite3.OperationalError) and "no transaction is active" not in str(err):
+            full = getattr(err, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "is full" in str(err)
+            return (f"{err} (no space left on the device)" if full else str(err)), full
+        if isinstance(err, OSError) and not isinstance(err, AFVIndexError):
+            no_space = err.errno in (errno.ENOSPC, errno.EDQUOT)
+            return (err.strerror or str(err)) + (" (no space left on the device)" if no_space else ""), no_space
+        if isinstance(err, RuntimeError) and "write error" in str(err):  # faiss's file writer
+            return str(err).splitlines()[0], "No space left" in str(err)
+    return None
 
 
 def _needs_rebuild(have: IndexPlan, want: IndexPlan, n: int) -> bool:

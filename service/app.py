@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from service.engine import Engine, Resources
+from service.engine import Engine, Resources, StartupError
 from service.errors import BodySizeLimitMiddleware, install_error_handlers
 from service.metrics import Metrics, MetricsMiddleware
 from service.routes import health, images, index, jnd, search, similarity, ui
@@ -45,12 +45,16 @@ def _lifespan(settings: Settings, resources: Resources | None):
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.api_keys = api_keys(settings)
-        loaded = resources if resources is not None else await run_in_threadpool(Resources.load, settings)
+        try:
+            loaded = resources if resources is not None else await run_in_threadpool(Resources.load, settings)
+        except StartupError as e:
+            log.error("cannot start: %s", e)
+            raise
         engine = Engine(loaded, settings, app.state.metrics)
         await engine.start()
         app.state.engine = engine
         demo = None
-        if settings.demo_collection is not None and settings.index_dir is None:
+        if settings.demo_collection is not None and settings.index_dir is None and not engine.read_only:
             demo = asyncio.create_task(engine.seed_demo(settings.demo_collection))
         try:
             yield

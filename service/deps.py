@@ -1,4 +1,4 @@
-"""`Annotated` dependency aliases: settings, loaded resources and API-key checks."""
+"""`Annotated` dependency aliases: settings, loaded resources, API-key checks and the read-only refusal."""
 
 from __future__ import annotations
 
@@ -56,6 +56,14 @@ def require_write_key(
     _check_key(request, creds)
 
 
+def require_writable(request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+    """Index writes: a key (401 first), then an index not served read-only (403 `read_only`, body unread)."""
+    _check_key(request, creds)
+    engine = getattr(request.app.state, "engine", None)
+    if engine is not None:  # not loaded yet: the route's EngineDep answers 503 not_ready
+        engine.check_writable()
+
+
 def require_read_key(
     request: Request,
     settings: Annotated[Settings, Depends(app_settings)],
@@ -68,5 +76,6 @@ def require_read_key(
 
 SettingsDep = Annotated[Settings, Depends(app_settings)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
-WriteAuth = Depends(require_write_key)
+WriteAuth = Depends(require_writable)  # routes that write to the index
+WriteKeyAuth = Depends(require_write_key)  # routes that need a key but write only on request (JND `save`)
 ReadAuth = Depends(require_read_key)

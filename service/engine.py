@@ -8,12 +8,19 @@ passes; the embedder's own lock is the one lock around the model. Index reads an
 threads (the index has its own lock). Images enter the index only through `service.ingest`.
 Routes call the async methods here and never touch torch or FAISS. Errors raised here are domain
 errors (index errors, `ItemNotFoundError`); `service.errors` maps them to HTTP in one place.
+
+Index writes the storage refuses (`IndexWriteError`: disk full, I/O error) are recorded here until the
+next successful write, for `/readyz` (`writable`, `write_error`) and `/metrics` (`afv_index_writes_failing`).
+An index served read-only (`Settings.read_only`) is opened memory-mapped without a LOCK file; its
+write routes are refused up front by `check_writable` (IndexReadOnlyError → 403 `read_only`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -22,7 +29,8 @@ import numpy as np
 import torch
 from anyio import to_thread
 
-from index import Hit, ItemNotFoundError
+from index import AFVIndexError, Hit, IndexReadOnlyError, IndexWriteError, ItemNotFoundError
+from index.collection import DB_FILE
 from model.embedder import Embedder
 from model.loading import load_embedder
 from service import jnd
@@ -35,6 +43,41 @@ from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
+NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+class StartupError(Exception):
+    """The index cannot be served as configured (a one-line reason for the operator, no traceback)."""
+
+
+def index_dir_problem(settings: Settings) -> str | None:
+    """Why the configured index folder cannot be served (one line), or None: checked before the model loads."""
+    index_dir = settings.resolved_index_dir
+    if settings.read_only:
+        if not (index_dir / DB_FILE).is_file():
+            return f"no index to serve read-only in {index_dir} (build one first, e.g. with `afv index build`)"
+        return None
+    if not _writable(index_dir):
+        return not_writable(index_dir)
+    return None
+
+
+def not_writable(index_dir: Path) -> str:
+    """The one-line error for an index folder the server cannot write to."""
+    return (
+        f"the index folder {index_dir} is not writable; serve it read-only with `afv serve --read-only` "
+        "(AFV_READ_ONLY=1), or choose a writable --index"
+    )
+
+
+def _writable(folder: Path) -> bool:
+    """The folder (or its nearest existing parent, where it is to be created) and its files are writable."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    files = [f for f in existing.iterdir() if f.is_file()] if existing == folder and folder.is_dir() else []
+    return all(os.access(p, os.W_OK) for p in [existing, *files])
+
 
 @dataclass
 class Resources:
@@ -45,15 +88,19 @@ class Resources:
 
     @classmethod
     def load(cls, settings: Settings) -> Resources:
-        """Load the model and open (or create) the index named by `settings`. Blocking: call from a thread."""
+        """Load the model and open (or create) the index named by `settings`. Blocking: call from a thread.
+
+        StartupError (one line) if the folder is not writable, or holds no index to serve read-only."""
+        problem = index_dir_problem(settings)
+        if problem is not None:
+            raise StartupError(problem)
         if settings.torch_threads is not None:
             torch.set_num_threads(settings.torch_threads)
         embedder = load_embedder(
             settings.model, device=settings.device, embedding=settings.embedding, readout=settings.readout
         )
         index_dir = settings.resolved_index_dir
-        index_dir.mkdir(parents=True, exist_ok=True)
-        index = ModelIndex.open_or_create(index_dir, embedder)
+        index = _open_index(index_dir, embedder, settings.read_only)
         log.info(
             "model %s (%s %s, dim %d) on %s; index %s with %d images",
             embedder.name,
@@ -65,6 +112,19 @@ class Resources:
             index.index.count,
         )
         return cls(embedder, index)
+
+
+def _open_index(index_dir: Path, embedder: Embedder, read_only: bool) -> ModelIndex:
+    """Open the index read-only (memory-mapped, no LOCK file), or open or create it writable."""
+    if read_only:
+        return ModelIndex.open(index_dir, embedder, read_only=True)
+    try:
+        index_dir.mkdir(parents=True, exist_ok=True)
+        return ModelIndex.open_or_create(index_dir, embedder)
+    except OSError as e:
+        if e.errno in NOT_WRITABLE:
+            raise StartupError(not_writable(index_dir)) from e
+        raise
 
 
 class Engine:
@@ -80,6 +140,7 @@ class Engine:
             observer=metrics,
         )
         self.jnd: JNDThreshold | None = None
+        self.write_error: str | None = None  # why the last index write failed; None after a success
         metrics.track_index_size(lambda: self.index.count)
 
     async def start(self) -> None:
@@ -88,7 +149,40 @@ class Engine:
 
     async def stop(self) -> None:
         await self.batcher.stop()
-        await to_thread.run_sync(self.resources.index.close)
+        try:
+            await to_thread.run_sync(self.resources.index.close)
+        except AFVIndexError as e:  # e.g. a full disk at the last checkpoint: the log keeps the ops
+            log.error("closing the index: %s", e)
+
+    # -- writes --------------------------------------------------------------------------------
+
+    @property
+    def read_only(self) -> bool:
+        return self.index.read_only
+
+    def check_writable(self) -> None:
+        """Refuse a write up front on an index served read-only (IndexReadOnlyError → 403 `read_only`)."""
+        if self.read_only:
+            raise IndexReadOnlyError(
+                "this server serves its index read-only (--read-only / AFV_READ_ONLY); send writes to a writable one"
+            )
+
+    async def _write(self, fn, *args, **kwargs):
+        """An index write; a storage failure is recorded (for /readyz and /metrics) and re-raised."""
+        self.check_writable()
+        try:
+            result = await self._index_call(fn, *args, **kwargs)
+        except IndexWriteError as e:
+            self.write_error = str(e)
+            self.metrics.write_failed(e.no_space)
+            log.error("index write failed: %s", e)
+            raise
+        return result
+
+    def _wrote(self) -> None:
+        """A write reached the store: writes work (again)."""
+        self.write_error = None
+        self.metrics.write_succeeded()
 
     # -- model work (worker thread) ------------------------------------------------------------
 
@@ -129,6 +223,8 @@ class Engine:
         return JNDThreshold(threshold=t, source="synthetic", n_pairs=len(d), accuracy=acc)
 
     async def calibrate_jnd(self, distances: np.ndarray, same: np.ndarray, save: bool) -> JNDThreshold:
+        if save:
+            self.check_writable()
         t, acc = jnd.fit_threshold(distances, same)
         self.jnd = JNDThreshold(threshold=t, source="calibrated", n_pairs=len(distances), accuracy=acc)
         if save:
@@ -149,9 +245,12 @@ class Engine:
         def embed(x: np.ndarray) -> np.ndarray:  # runs in the ingest thread; the batcher lives on the loop
             return asyncio.run_coroutine_threadsafe(self.embed(x), loop).result()
 
-        return await self._index_call(
+        outcomes = await self._write(
             ingest_batch, self.index, items, decode=decode, embed=embed, decode_errors=decode_errors
         )
+        if any(o.ok and not o.duplicate for o in outcomes):
+            self._wrote()
+        return outcomes
 
     async def search(self, vectors: np.ndarray, k: int, where: dict | None, rerank: bool) -> list[list[Hit]]:
         with self.metrics.stage("index_search"):
@@ -172,8 +271,9 @@ class Engine:
         return rec
 
     async def delete(self, image_id: int) -> None:
-        if not await self._index_call(self.index.delete, image_id):
+        if not await self._write(self.index.delete, image_id):
             raise ItemNotFoundError(f"image {image_id}")
+        self._wrote()
 
     async def vector_of(self, image_id: int) -> np.ndarray:
         """The stored sketch of an indexed image (404 if unknown)."""

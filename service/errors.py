@@ -1,10 +1,13 @@
 """Every error leaves the server as JSON `{"error": {"code", "message", "detail"?}}` with a 4xx status.
 
 Documented codes: 400 `invalid_image` (empty, corrupt, truncated, not an image) and `bad_request`;
-401 `unauthorized`; 404 `not_found`; 405 `method_not_allowed`; 413 `payload_too_large` (request or
-one image over the byte limit) and `too_many_pixels` (decompression bombs); 415
-`unsupported_media_type`; 422 `validation_error` (malformed JSON, missing/invalid fields);
-503 `not_ready` and `index_unavailable`. A 500 `internal_error` is a bug.
+401 `unauthorized`; 403 `read_only` (a write to a server started with `--read-only`); 404 `not_found`;
+405 `method_not_allowed`; 413 `payload_too_large` (request or one image over the byte limit) and
+`too_many_pixels` (decompression bombs); 415 `unsupported_media_type`; 422 `validation_error`
+(malformed JSON, missing/invalid fields); 503 `not_ready` and `index_unavailable` (also a write the
+storage refused: disk I/O error, read-only file system; the message names the cause); 507
+`insufficient_storage` (a write found the disk or quota full; nothing was half-written, retry once
+space is freed). A 500 `internal_error` is a bug.
 
 Below the routes, code raises domain errors (the index's, the model's); `DOMAIN_ERRORS` maps each to
 its HTTP status and code here, in one place, so the engine and the ingest pipeline stay HTTP-free.
@@ -23,7 +26,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from index import AFVIndexError, InvalidInputError, ItemNotFoundError
+from index import AFVIndexError, IndexFullError, IndexReadOnlyError, InvalidInputError, ItemNotFoundError
 from model.data import ImageDecodeError
 from service.batching import BatcherClosed
 
@@ -39,6 +42,7 @@ _STATUS_CODES = {
     415: "unsupported_media_type",
     422: "validation_error",
     503: "not_ready",
+    507: "insufficient_storage",
 }
 
 
@@ -86,6 +90,8 @@ DOMAIN_ERRORS: list[tuple[type[Exception], int, str]] = [
     (InvalidInputError, 422, "invalid_input"),
     (ImageDecodeError, 400, "invalid_image"),
     (BatcherClosed, 503, "not_ready"),
+    (IndexReadOnlyError, 403, "read_only"),
+    (IndexFullError, 507, "insufficient_storage"),  # IndexWriteError with no_space; other write failures: 503
     (AFVIndexError, 503, "index_unavailable"),
 ]
 

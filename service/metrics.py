@@ -1,4 +1,5 @@
-"""Prometheus metrics: per-route request counts and latencies, model batches, images embedded, index size.
+"""Prometheus metrics: per-route request counts and latencies, model batches, images embedded, index size,
+and failing index writes (`afv_index_writes_failing` 0/1, `afv_index_write_failures_total` by reason).
 
 Each app owns its own `CollectorRegistry` (so several apps can live in one test process). Requests are
 timed by a pure ASGI middleware labelled with the route *template* (`/v1/images/{image_id}`), never
@@ -71,10 +72,27 @@ class Metrics:
             registry=r,
         )
         self.index_size = Gauge("afv_index_images", "Images in the index.", registry=r)
+        self.writes_failing = Gauge(
+            "afv_index_writes_failing", "1 while index writes fail (until the next successful write).", registry=r
+        )
+        self.write_failures = Counter(
+            "afv_index_write_failures_total",
+            "Index writes the storage refused, by reason (no_space, storage).",
+            ["reason"],
+            registry=r,
+        )
 
     def track_index_size(self, count: Callable[[], int]) -> None:
         """Read the index size at scrape time."""
         self.index_size.set_function(lambda: float(count()))
+
+    def write_failed(self, no_space: bool) -> None:
+        """An index write failed on storage."""
+        self.write_failures.labels("no_space" if no_space else "storage").inc()
+        self.writes_failing.set(1)
+
+    def write_succeeded(self) -> None:
+        self.writes_failing.set(0)
 
     # BatchObserver protocol (service.batching)
     def batch_done(self, kind: str, size: int, seconds: float) -> None:

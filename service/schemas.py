@@ -270,3 +270,6 @@ class Ready(BaseModel):
 class Deleted(BaseModel):
     id: str
     deleted: bool = True
+    writable: bool = Field(True, description="False while index writes fail, or when serving read-only.")
+    read_only: bool = Field(False, description="Started with --read-only (AFV_READ_ONLY): write routes answer 403.")
+    write_error: str | None = Field(None, description="Why the last index write failed; cleared by the next success.")

@@ -37,6 +37,11 @@ class Settings(BaseSettings):
     demo_collection: Path | None = Field(
         default=DEMO_COLLECTION, description="Indexed once into an empty default index; None = never."
     )
+    read_only: bool = Field(
+        default=False,
+        description="Serve an existing index without writing to it (memory-mapped, no LOCK file): reads and "
+        "search only, write routes answer 403 read_only. Several replicas can serve one index folder this way.",
+    )
 
     # Auth: write endpoints always need a key; read endpoints only if `auth_reads`.
     api_keys: Annotated[list[str], NoDecode] = Field(

@@ -23,11 +23,18 @@ def serve_command(
     readout: Annotated[
         str | None, typer.Option(help="AFV models: global | pyramid-1-2-4 (spatial pyramid); default: the model's own.")
     ] = None,
+    read_only: Annotated[
+        bool,
+        typer.Option(
+            "--read-only", help="Serve an existing index without writing (no LOCK file; write routes answer 403)."
+        ),
+    ] = False,
 ) -> None:
     """Serve similarity, 2AFC/JND judgments and reverse image search over HTTP (OpenAPI docs at /docs)."""
     import uvicorn
 
     from service.app import create_app
+    from service.engine import index_dir_problem
     from service.settings import get_settings
 
     updates: dict[str, Any] = {"device": device}
@@ -39,12 +46,17 @@ def serve_command(
         updates["embedding"] = embedding
     if readout is not None:
         updates["readout"] = readout
+    if read_only:
+        updates["read_only"] = True
     try:
         settings = get_settings().model_copy(update=updates)
     except ValueError as e:  # invalid AFV_* environment / .env values
         fail(f"invalid settings: {e}")
     if model is not None and not model.exists():
         fail(f"no such model folder: {model}")
+    problem = index_dir_problem(settings)
+    if problem is not None:
+        fail(problem)
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("binding %s: the service is reachable from other machines", host)
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from fastapi import APIRouter, Request
 
-from service.deps import EngineDep, ReadAuth, SettingsDep, WriteAuth
+from service.deps import EngineDep, ReadAuth, SettingsDep, WriteKeyAuth
 from service.inputs import openapi_body, parse_body
 from service.routes.common import (
     AUTH_ERRORS,
@@ -41,10 +41,14 @@ async def threshold(engine: EngineDep) -> JNDThreshold:
 
 
 @router.post(
-    "/calibrate", response_model=JNDThreshold, dependencies=[WriteAuth], responses={**AUTH_ERRORS, **IMAGE_ERRORS}
+    "/calibrate", response_model=JNDThreshold, dependencies=[WriteKeyAuth], responses={**AUTH_ERRORS, **IMAGE_ERRORS}
 )
 async def calibrate(body: JNDCalibrateRequest, engine: EngineDep, settings: SettingsDep) -> JNDThreshold:
-    """Fit the threshold to judged pairs (distances or base64 image pairs; `same` ∈ [0, 1])."""
+    """Fit the threshold to judged pairs (distances or base64 image pairs; `same` ∈ [0, 1]).
+
+    `save` writes it to the data folder: refused (403 `read_only`) by a server started with `--read-only`."""
+    if body.save:
+        engine.check_writable()
     with_images = [i for i, p in enumerate(body.pairs) if p.distance is None]
     limit_images(2 * len(with_images), settings.max_images_per_request)
     d = np.array([p.distance or 0.0 for p in body.pairs], dtype=np.float64)
