@@ -13,7 +13,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from durable import atomic_write
+from durable import atomic_write_bytes
 
 KINDS = ("auto", "flat", "ivfpq", "opq-ivfpq")
 FLAT_MAX = 50_000  # above this many vectors flat search gets slow (≈ n·d flops per query)
@@ -149,8 +149,9 @@ class VectorIndex:
         return np.sqrt(np.maximum(D, 0)), I
 
     def save(self, path: Path) -> None:
-        """Atomically write the index file."""
-        atomic_write(Path(path), lambda tmp: faiss.write_index(self.index, tmp))
+        """Atomically write the index file (serialised here, so a full disk raises OSError ENOSPC rather than
+        depending on FAISS's C file writer noticing)."""
+        atomic_write_bytes(Path(path), faiss.serialize_index(self.index).tobytes())
 
     @classmethod
     def load(cls, path: Path, plan: IndexPlan, mmap: bool = False) -> VectorIndex:

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from anyio import to_thread
 
-from index import AFVIndexError, Hit, IndexReadOnlyError, IndexWriteError, ItemNotFoundError
+from index import AFVIndexError, Hit, IndexFullError, IndexReadOnlyError, IndexWriteError, ItemNotFoundError
 from index.collection import DB_FILE
 from model.embedder import Embedder
 from model.loading import load_embedder
@@ -228,8 +228,18 @@ class Engine:
         t, acc = jnd.fit_threshold(distances, same)
         self.jnd = JNDThreshold(threshold=t, source="calibrated", n_pairs=len(distances), accuracy=acc)
         if save:
-            await to_thread.run_sync(jnd.save, self.settings.jnd_file, self.jnd, self.extractor.model_hash)
+            await to_thread.run_sync(self._save_jnd)
         return self.jnd
+
+    def _save_jnd(self) -> None:
+        """Persist the calibration; a storage failure is a write error (507 on a full disk), not a 500."""
+        assert self.jnd is not None
+        try:
+            jnd.save(self.settings.jnd_file, self.jnd, self.extractor.model_hash)
+        except OSError as e:
+            full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+            error = IndexFullError if full else IndexWriteError
+            raise error(f"cannot save the JND calibration: {e.strerror or e}") from e
 
     # -- index ---------------------------------------------------------------------------------
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 import errno
 import logging
 import sqlite3
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+import durable
 import index.collection as collection
 import index.faiss_index as faiss_index
 import index.wal as wal
@@ -102,13 +104,21 @@ def test_failed_delete_keeps_the_item_in_store_and_faiss(idx):
     assert idx.search(_vectors(5)[0], k=1)[0][0].id == target
 
 
-def _enospc_faiss_write(monkeypatch) -> None:
-    def write_index(index, path: str) -> None:
-        with open(path, "wb") as f:
-            f.write(b"half a file")
-        raise OSError(errno.ENOSPC, "No space left on device", path)
+def _failing_faiss_write(monkeypatch, err: int, message: str) -> None:
+    """The FAISS checkpoint's file write fails half-way (the temp file got some bytes)."""
 
-    monkeypatch.setattr(faiss_index.faiss, "write_index", write_index)
+    def half_write(path, data: bytes) -> None:
+        def write(tmp: str) -> None:
+            Path(tmp).write_bytes(data[:11])
+            raise OSError(err, message, tmp)
+
+        durable.atomic_write(path, write)
+
+    monkeypatch.setattr(faiss_index, "atomic_write_bytes", half_write)
+
+
+def _enospc_faiss_write(monkeypatch) -> None:
+    _failing_faiss_write(monkeypatch, errno.ENOSPC, "No space left on device")
 
 
 def test_enospc_on_the_faiss_checkpoint_keeps_the_ops_in_the_log(idx, tmp_path, monkeypatch):
@@ -147,10 +157,7 @@ def test_enospc_on_the_manifest_leaves_the_old_checkpoint_current(idx, tmp_path,
 
 
 def test_erofs_on_optimize_is_a_write_error_without_no_space(idx, monkeypatch):
-    def read_only_fs(index, path: str) -> None:
-        raise OSError(errno.EROFS, "Read-only file system", path)
-
-    monkeypatch.setattr(faiss_index.faiss, "write_index", read_only_fs)
+    _failing_faiss_write(monkeypatch, errno.EROFS, "Read-only file system")
     with pytest.raises(IndexWriteError, match="Read-only file system") as e:
         idx.optimize()
     assert not e.value.no_space

@@ -60,3 +60,19 @@ def test_threshold_from_settings(tmp_path):
             "n_pairs": 0,
             "accuracy": None,
         }
+
+
+def test_a_full_disk_while_saving_the_calibration_is_a_507_not_a_500(tmp_path, monkeypatch):
+    import errno
+
+    def no_space(path, data) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(jnd, "atomic_write_bytes", no_space)
+    pairs = [{"distance": 1.0, "same": 1}, {"distance": 5.0, "same": 0}]
+    with fake_app(tmp_path)[0] as c:
+        r = c.post("/v1/jnd/calibrate", json={"pairs": pairs}, headers=AUTH)
+        assert r.status_code == 507 and r.json()["error"]["code"] == "insufficient_storage"
+        assert "JND calibration" in r.json()["error"]["message"]
+        unsaved = c.post("/v1/jnd/calibrate", json={"pairs": pairs, "save": False}, headers=AUTH)
+        assert unsaved.status_code == 200
