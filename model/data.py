@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -43,9 +44,21 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
         img.load()
     except ImageDecodeError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError as e:  # Pillow's own guard fired first: state the limit asked for
+        raise _too_large(e, max_pixels) from e
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ImageDecodeError(f"not a readable image: {e}") from e
     return to_rgb(img)
+
+
+def _too_large(e: Image.DecompressionBombError, max_pixels: int) -> ImageDecodeError:
+    """Pillow's bomb error (which quotes Pillow's limit) → "image too large" with the caller's limit."""
+    found = re.search(r"\((\d+) pixels\)", str(e))
+    if found is None:
+        return ImageDecodeError(f"image too large: over the limit of {max_pixels} pixels")
+    pixels = int(found.group(1))  # a limit above Pillow's still stops at Pillow's: then that one is named
+    limit = max_pixels if pixels > max_pixels else 2 * (Image.MAX_IMAGE_PIXELS or 0)
+    return ImageDecodeError(f"image too large: {pixels} pixels > {limit}")
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -65,15 +78,25 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def fit_to_square(img: Image.Image, resolution: int) -> Image.Image:
-    """Resize the short side to `resolution` (bicubic, antialiased) and center-crop to a square."""
+    """Resize the short side to `resolution` (bicubic, antialiased) and center-crop to a square.
+
+    Only the centre square's source box is resampled (`Image.resize(box=...)`), so the result is the
+    R×R crop of the whole resized image while time and memory stay bounded for any aspect ratio: a
+    1×400,000 strip no longer becomes a 32×12,800,000 intermediate before the crop.
+    """
     w, h = img.size
-    if (w, h) != (resolution, resolution):
-        scale = resolution / min(w, h)
-        nw, nh = max(resolution, round(w * scale)), max(resolution, round(h * scale))
-        img = img.resize((nw, nh), Image.Resampling.BICUBIC)
-        left, top = (nw - resolution) // 2, (nh - resolution) // 2
-        img = img.crop((left, top, left + resolution, top + resolution))
-    return img
+    if (w, h) == (resolution, resolution):
+        return img
+    return img.resize((resolution, resolution), Image.Resampling.BICUBIC, box=centre_box(w, h, resolution))
+
+
+def centre_box(w: int, h: int, resolution: int) -> tuple[float, float, float, float]:
+    """Source box of the centre R×R crop of the image resized to short side R (the old resize-then-crop)."""
+    scale = resolution / min(w, h)
+    nw, nh = max(resolution, round(w * scale)), max(resolution, round(h * scale))
+    left, top = (nw - resolution) // 2, (nh - resolution) // 2
+    # multiply before dividing: the right/bottom edges land exactly on w/h, never past them
+    return (left * w / nw, top * h / nh, (left + resolution) * w / nw, (top + resolution) * h / nh)
 
 
 def image_to_uint8(img: Image.Image, resolution: int) -> np.ndarray:

@@ -1,21 +1,26 @@
 """Request bodies that carry images: multipart/form-data uploads or JSON with base64 strings.
 
 A route names one pydantic model (service.schemas) whose image fields are `ImageBytes` (or lists of
-them). `parse_body` fills it from either content type; `openapi_body` documents both. Images are then
-decoded (size and pixel limits; any mode → RGB) and preprocessed in a thread, never on the event loop.
+them). `parse_body` fills it from either content type; `openapi_body` documents both. JSON bodies are
+validated strictly (`"k": "5"` or `"k": true` is a 422); form fields are text, so their values are
+converted (`k=5`, `rerank=true`). A model's `upload_names` fields default to the uploads' file names.
+Images are then decoded (size and pixel limits; any mode → RGB) and preprocessed in a thread, never on
+the event loop.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import re
 from typing import Any, TypeVar, get_args, get_origin
 
 import numpy as np
-from fastapi import HTTPException, Request
+from fastapi import Request
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
 from model.data import ImageDecodeError, decode_image
@@ -25,6 +30,8 @@ from service.settings import Settings
 M = TypeVar("M", bound=BaseModel)
 
 MULTIPART, JSON = "multipart/form-data", "application/json"
+MAX_UPLOAD_NAME = 255  # characters of an upload's file name kept as the default `name`
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _is_list(annotation: Any) -> bool:
@@ -68,9 +75,9 @@ async def parse_body(request: Request, model: type[M], settings: Settings) -> M:
     """Fill MODEL from a multipart or JSON body; 415/422/413 with a clear message otherwise."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == MULTIPART:
-        data = await _read_form(request, model, settings)
+        data, strict = await _read_form(request, model, settings), False  # text fields: "5" → 5
     elif ctype == JSON or ctype.endswith("+json"):
-        data = await _read_json(request)
+        data, strict = await _read_json(request), None  # the models' own (strict) field types
     else:
         raise APIError(
             415,
@@ -78,7 +85,7 @@ async def parse_body(request: Request, model: type[M], settings: Settings) -> M:
             f"send {MULTIPART} (file uploads) or {JSON} (base64 images), not {ctype or 'no content type'}",
         )
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, strict=strict)
     except ValidationError as e:
         errors = e.errors(include_input=False, include_url=False)
         raise APIError(
@@ -105,7 +112,7 @@ async def _read_form(request: Request, model: type[BaseModel], settings: Setting
     except BodyTooLarge:
         raise
     except (HTTPException, MultiPartException, ValueError) as e:  # malformed multipart
-        raise APIError(400, "bad_request", f"malformed multipart body: {getattr(e, 'detail', e)}") from None
+        raise APIError(400, "bad_request", f"malformed multipart body: {_multipart_reason(e)}") from None
     try:
         data: dict[str, Any] = {}
         for name, f in model.model_fields.items():
@@ -114,9 +121,40 @@ async def _read_form(request: Request, model: type[BaseModel], settings: Setting
                 continue
             values = [await _form_value(v, name, settings) for v in values]
             data[name] = values if _is_list(f.annotation) else values[0]
+        _default_upload_names(form, model, data)
         return data
     finally:
         await form.close()
+
+
+def _default_upload_names(form: FormData, model: type[BaseModel], data: dict[str, Any]) -> None:
+    """Fill a model's `upload_names` fields (`name` ← `image`) from the file names when not given."""
+    for target, source in getattr(model, "upload_names", {}).items():
+        uploads = form.getlist(source)
+        if target in data or not uploads:
+            continue
+        names = [upload_name(v.filename) if isinstance(v, UploadFile) else None for v in uploads]
+        data[target] = names if _is_list(model.model_fields[target].annotation) else names[0]
+
+
+def _multipart_reason(e: BaseException) -> str:
+    """The parser's reason, not just Starlette's "Invalid multipart data.": the chained causes say why."""
+    reason = str(getattr(e, "detail", e))
+    causes: list[str] = []
+    cause = e.__cause__ or e.__context__
+    while cause is not None and len(causes) < 4:
+        if str(cause) not in (reason, *causes):
+            causes.append(str(cause))
+        cause = cause.__cause__ or cause.__context__
+    if any("header size" in c.lower() for c in causes):
+        return f"{reason} A part's header is too long: is the upload's file name over about 4,000 characters?"
+    return f"{reason} ({'; '.join(causes)})" if causes else reason
+
+
+def upload_name(filename: str | None) -> str | None:
+    """An upload's file name as a record name: its base name, no control characters, ≤ MAX_UPLOAD_NAME."""
+    base = _CONTROL.sub("", re.split(r"[/\\]", filename or "")[-1]).strip()
+    return base[:MAX_UPLOAD_NAME] if base not in ("", ".", "..") else None
 
 
 async def _form_value(v: Any, name: str, settings: Settings) -> Any:

@@ -3,6 +3,8 @@
 Image fields (`ImageBytes`) arrive as multipart file uploads or, in JSON bodies, as base64 strings
 (a `data:image/...;base64,` prefix is accepted). `metadata` is a JSON object (in multipart: a JSON
 string). Both content types are documented in the OpenAPI schema by `service.inputs.openapi_body`.
+Numbers and booleans are strict in JSON (`"k": "5"` and `"k": true` are rejected); multipart form
+fields are text and are converted by `service.inputs.parse_body`.
 """
 
 from __future__ import annotations
@@ -10,9 +12,19 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    WithJsonSchema,
+    model_validator,
+)
 
 MAX_METADATA_CHARS = 16_384
 
@@ -36,11 +48,11 @@ def _json_object(v: Any) -> Any:
     if isinstance(v, (str, bytes)):
         try:
             v = json.loads(v)
-        except ValueError:
-            raise ValueError("metadata must be a JSON object") from None
+        except ValueError as e:
+            raise ValueError(f"not valid JSON ({e}); send a JSON object") from None
     if v is not None:
         if not isinstance(v, dict):
-            raise ValueError("metadata must be a JSON object")
+            raise ValueError(f"must be a JSON object, not {type(v).__name__}")
         if len(json.dumps(v)) > MAX_METADATA_CHARS:
             raise ValueError(f"metadata is larger than {MAX_METADATA_CHARS} characters of JSON")
     return v
@@ -68,6 +80,7 @@ ImageId = Annotated[str, Field(min_length=1, max_length=200)]
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    upload_names: ClassVar[dict[str, str]] = {}  # multipart: field ← the file names of this image field
 
 
 # ---- requests (multipart or JSON) --------------------------------------------------------------
@@ -100,10 +113,10 @@ class EmbedRequest(_Strict):
 class SearchRequest(_Strict):
     image: ImageBytes | None = Field(None, description="Query image (or give `id`).")
     id: ImageId | None = Field(None, description="Search with an already-indexed image.")
-    k: int = Field(10, ge=1, le=1000)
+    k: StrictInt = Field(10, ge=1, le=1000)
     where: Where = None
-    rerank: bool = Field(False, description="Re-rank candidates with exact distances.")
-    mirror: bool = Field(
+    rerank: StrictBool = Field(False, description="Re-rank candidates with exact distances.")
+    mirror: StrictBool = Field(
         True,
         description="Image queries: also search the query's mirror image (horizontal "
         "flip) and keep each item's nearer distance, so mirrored copies are found.",
@@ -117,14 +130,22 @@ class SearchRequest(_Strict):
 
 
 class AddImageRequest(_Strict):
+    upload_names: ClassVar[dict[str, str]] = {"name": "image"}
     image: ImageBytes
-    name: str | None = Field(None, max_length=1000, description="Default: the upload's file name.")
+    name: str | None = Field(
+        None,
+        max_length=1000,
+        description="Default (multipart): the upload's file name, without its path, at most 255 characters.",
+    )
     metadata: Metadata = None
 
 
 class BatchAddRequest(_Strict):
+    upload_names: ClassVar[dict[str, str]] = {"names": "images"}
     images: list[ImageBytes] = Field(min_length=1)
-    names: list[Annotated[str, Field(max_length=1000)]] | None = None
+    names: list[Annotated[str, Field(max_length=1000)] | None] | None = Field(
+        None, description="One per image, in order. Default (multipart): the uploads' file names."
+    )
     metadata: list[Metadata] | None = Field(None, description="One object per image, in order.")
 
     @model_validator(mode="after")
@@ -142,10 +163,12 @@ class BatchAddRequest(_Strict):
 class LabelledPair(_Strict):
     """One judged pair: either a precomputed `distance` or the two images (base64)."""
 
-    distance: float | None = Field(None, ge=0, allow_inf_nan=False)
+    distance: StrictFloat | None = Field(None, ge=0, allow_inf_nan=False)
     image_a: ImageBytes | None = None
     image_b: ImageBytes | None = None
-    same: float = Field(ge=0, le=1, description="1/true = judged the same; a fraction of judges works.")
+    same: Annotated[StrictFloat, Field(ge=0, le=1)] | StrictBool = Field(
+        description="1/true = judged the same; a fraction of judges works."
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> LabelledPair:
@@ -157,7 +180,7 @@ class LabelledPair(_Strict):
 
 class JNDCalibrateRequest(_Strict):
     pairs: list[LabelledPair] = Field(min_length=2, max_length=10_000)
-    save: bool = Field(True, description="Persist the threshold (DATA_DIR/jnd.json).")
+    save: StrictBool = Field(True, description="Persist the threshold (DATA_DIR/jnd.json).")
 
 
 # ---- responses ----------------------------------------------------------------------------------
@@ -265,11 +288,11 @@ class Ready(BaseModel):
     dim: int | None = Field(None, description="Length of the model's vectors (AFV: its parameter count).")
     device: str
     index_images: int | None = None
+    writable: bool = Field(True, description="False while index writes fail, or when serving read-only.")
+    read_only: bool = Field(False, description="Started with --read-only (AFV_READ_ONLY): write routes answer 403.")
+    write_error: str | None = Field(None, description="Why the last index write failed; cleared by the next success.")
 
 
 class Deleted(BaseModel):
     id: str
     deleted: bool = True
-    writable: bool = Field(True, description="False while index writes fail, or when serving read-only.")
-    read_only: bool = Field(False, description="Started with --read-only (AFV_READ_ONLY): write routes answer 403.")
-    write_error: str | None = Field(None, description="Why the last index write failed; cleared by the next success.")

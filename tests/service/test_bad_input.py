@@ -162,3 +162,103 @@ def test_still_ready_after_all_that(api):
         assert c.post("/v1/distance", files={"image_a": png(0), "image_b": png(1)}).status_code == 200
         metrics = c.get("/metrics").text
     assert 'status="500"' not in metrics
+
+
+# ---- issue 13: image shapes, limits in messages, upload names, strict JSON types ----------------
+
+
+@pytest.mark.parametrize("size", [(1, 400_000), (400_000, 1)], ids=str)
+@pytest.mark.parametrize("route", ["/v1/embed", "/v1/search"])
+def test_thin_images_are_answered(api, route, size):
+    """An 856-byte 1×400,000 PNG once took 7–13 s and 2.3 GB here; now it is preprocessed like any image."""
+    data = encode(Image.new("L", size, 128))
+    assert len(data) < 2_000
+    with api.client() as c:
+        r = c.post(route, files={"image": ("strip.png", data)})
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("size", [(1, 4_000_001), (4_000_001, 1), (20_000, 20_000)], ids=str)
+def test_pixel_limit_message_states_the_configured_limit(api, size):
+    data = png_header_only(*size) if size == (20_000, 20_000) else zero_strip(size)
+    with api.client() as c:
+        r = c.post("/v1/embed", files={"image": ("big.png", data)})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "too_many_pixels", r.text
+    message = r.json()["error"]["message"]
+    assert f"> {api.settings.max_pixels}" in message and "128000000" not in message, message
+
+
+def zero_strip(size: tuple[int, int]) -> bytes:
+    return encode(Image.new("L", size), "PNG", optimize=True)
+
+
+def added_name(c, **post) -> str | None:
+    r = c.post("/v1/images", **post)
+    assert r.status_code == 201, r.text
+    return c.get(f"/v1/images/{r.json()['id']}").json()["name"]
+
+
+def test_upload_file_name_is_the_default_name(api):
+    with api.client(headers=api.auth) as c:
+        assert added_name(c, files={"image": ("cat.png", png(50))}) == "cat.png"
+        assert added_name(c, files={"image": ("../../etc/dog.png", png(51))}) == "dog.png"
+        assert added_name(c, files={"image": ("C:\\photos\\bird.png", png(52))}) == "bird.png"
+        assert added_name(c, files={"image": ("x" * 1000 + ".png", png(53))}) == "x" * 255
+        assert added_name(c, files={"image": ("cat.png", png(54))}, data={"name": "given"}) == "given"
+        r = c.post("/v1/images:batch", files=[("images", ("a/one.png", png(55))), ("images", ("two.png", png(56)))])
+        ids = [item["id"] for item in r.json()["results"]]
+        assert [c.get(f"/v1/images/{i}").json()["name"] for i in ids] == ["one.png", "two.png"]
+
+
+def test_very_long_upload_file_name_is_a_clear_400(api):
+    with api.client(headers=api.auth) as c:
+        r = c.post("/v1/images", files={"image": ("n" * 5000 + ".png", png(57))})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "bad_request", r.text
+    assert "file name" in r.json()["error"]["message"] and "header" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "metadata, says",
+    [
+        ("{not json", "not valid JSON"),
+        ('{"a": 1', "not valid JSON"),
+        ("[1]", "must be a JSON object"),
+        ("3", "JSON object"),
+    ],
+)
+def test_metadata_messages_tell_invalid_json_from_non_objects(api, metadata, says):
+    with api.client(headers=api.auth) as c:
+        r = c.post("/v1/images", files={"image": png(58)}, data={"metadata": metadata})
+    assert r.status_code == 422 and says in r.json()["error"]["message"], r.text
+    if says == "not valid JSON":
+        assert "must be a JSON object" not in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "extra", [{"k": True}, {"k": "5"}, {"k": 5.0}, {"rerank": "true"}, {"rerank": 1}, {"mirror": "false"}], ids=str
+)
+def test_json_numbers_and_booleans_are_strict(api, extra):
+    with api.client(headers=api.auth) as c:
+        iid = c.post("/v1/images", files={"image": png(59)}).json()["id"]
+        assert c.post("/v1/search", json={"id": iid, "k": 5, "rerank": True}).status_code == 200
+        r = c.post("/v1/search", json={"id": iid, **extra})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "validation_error", r.text
+
+
+def test_multipart_form_numbers_and_booleans_still_convert(api):
+    with api.client(headers=api.auth) as c:
+        for i in range(60, 68):
+            c.post("/v1/images", files={"image": png(i)})
+        r = c.post("/v1/search", files={"image": png(60)}, data={"k": "5", "rerank": "true", "mirror": "false"})
+        assert r.status_code == 200 and len(r.json()["results"]) == 5, r.text
+        r = c.post("/v1/search", files={"image": png(60)}, data={"k": "five"})
+    assert r.status_code == 422 and r.json()["error"]["message"].startswith("k:"), r.text
+
+
+def test_jnd_calibrate_same_takes_numbers_and_booleans_not_strings(api):
+    with api.client(headers=api.auth) as c:
+        ok = [{"distance": 1, "same": True}, {"distance": 2.5, "same": 0}]
+        assert c.post("/v1/jnd/calibrate", json={"pairs": ok, "save": False}).status_code == 200
+        bad = [{"distance": 1, "same": "1"}, {"distance": 2, "same": 0}]
+        assert c.post("/v1/jnd/calibrate", json={"pairs": bad, "save": False}).status_code == 422
+        assert c.post("/v1/jnd/calibrate", json={"pairs": ok, "save": "no"}).status_code == 422

@@ -13,8 +13,8 @@ from PIL import Image
 from starlette.requests import Request
 
 from service.errors import APIError, BodyTooLarge
-from service.inputs import decode_images, decode_one, openapi_body, parse_body
-from service.schemas import AddImageRequest, BatchAddRequest, DistanceRequest, SetDistanceRequest
+from service.inputs import MAX_UPLOAD_NAME, decode_images, decode_one, openapi_body, parse_body, upload_name
+from service.schemas import AddImageRequest, BatchAddRequest, DistanceRequest, SearchRequest, SetDistanceRequest
 from tests.service.conftest import encode, test_settings
 
 R = 8  # preprocess output side
@@ -367,3 +367,78 @@ def test_decode_images_jpeg_and_webp(settings):
     items = [("a", encode(img, "JPEG", quality=95)), ("b", encode(img, "WEBP", lossless=True))]
     x = asyncio.run(decode_images(items, settings, preprocess))
     assert np.abs(x[:, :, 4, 4].astype(int) - [120, 60, 30]).max() <= 3
+
+
+# ---- issue 13: upload names, strict JSON vs converted form fields, clearer messages ------------
+
+
+@pytest.mark.parametrize(
+    "filename, want",
+    [
+        ("cat.png", "cat.png"),
+        ("a/b/c.jpg", "c.jpg"),
+        ("..\\..\\win.gif", "win.gif"),
+        ("/abs/path/", None),
+        ("..", None),
+        ("", None),
+        (None, None),
+        ("bad\x00name\n.png", "badname.png"),
+        ("y" * 5000, "y" * MAX_UPLOAD_NAME),
+    ],
+)
+def test_upload_name_is_a_bounded_base_name(filename, want):
+    assert upload_name(filename) == want
+
+
+def test_multipart_upload_file_name_is_the_default_name(settings):
+    body, ctype = multipart(files={"image": ("dir/cat.png", b"img")})
+    assert parse(request(body, ctype), AddImageRequest, settings).name == "cat.png"
+    body, ctype = multipart(files={"image": ("dir/cat.png", b"img")}, data={"name": "given"})
+    assert parse(request(body, ctype), AddImageRequest, settings).name == "given"
+
+
+def test_multipart_batch_file_names_are_the_default_names(settings):
+    body, ctype = multipart(files=[("images", ("x/1.png", b"a")), ("images", ("2.png", b"b"))])
+    assert parse(request(body, ctype), BatchAddRequest, settings).names == ["1.png", "2.png"]
+
+
+def test_json_has_no_file_name_to_default_to(settings):
+    body = json.dumps({"image": b64(b"img")}).encode()
+    assert parse(request(body, "application/json"), AddImageRequest, settings).name is None
+
+
+@pytest.mark.parametrize("field, value", [("k", True), ("k", "5"), ("k", 5.5), ("rerank", "true"), ("mirror", 0)])
+def test_json_numbers_and_booleans_are_strict(settings, field, value):
+    body = json.dumps({"id": "1", field: value}).encode()
+    e = parse_error(request(body, "application/json"), SearchRequest, settings)
+    assert e.status == 422 and e.message.startswith(f"{field}:")
+
+
+def test_json_right_types_are_accepted(settings):
+    body = json.dumps({"id": "1", "k": 5, "rerank": True, "mirror": False}).encode()
+    got = parse(request(body, "application/json"), SearchRequest, settings)
+    assert (got.k, got.rerank, got.mirror) == (5, True, False)
+
+
+def test_multipart_form_fields_are_converted(settings):
+    body, ctype = multipart(files={"image": ("q.png", b"img")}, data={"k": "5", "rerank": "true", "mirror": "0"})
+    got = parse(request(body, ctype), SearchRequest, settings)
+    assert (got.k, got.rerank, got.mirror) == (5, True, False)
+
+
+@pytest.mark.parametrize(
+    "metadata, says, not_says",
+    [("{oops", "not valid JSON", "must be a JSON object"), ('"text"', "must be a JSON object", "not valid JSON")],
+)
+def test_metadata_invalid_json_and_non_object_are_told_apart(settings, metadata, says, not_says):
+    body, ctype = multipart(files={"image": ("a.png", b"img")}, data={"metadata": metadata})
+    e = parse_error(request(body, ctype), AddImageRequest, settings)
+    assert e.status == 422 and e.message.startswith("metadata:")
+    assert says in e.message and not_says not in e.message
+
+
+def test_multipart_header_too_long_names_the_cause(settings):
+    body, ctype = multipart(files={"image": ("n" * 5000 + ".png", b"img")})
+    e = parse_error(request(body, ctype), AddImageRequest, settings)
+    assert (e.status, e.code) == (400, "bad_request")
+    assert "header is too long" in e.message and "file name" in e.message

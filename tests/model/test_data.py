@@ -1,0 +1,139 @@
+"""model.data preprocessing and decoding: any image shape in bounded time and memory, pixel-limit messages."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from model.data import MAX_PIXELS, ImageDecodeError, decode_image, fit_to_square, image_to_uint8
+
+ROOT = Path(__file__).parents[2]
+CIFAR = sorted((ROOT / "tests" / "fixtures" / "cifar10").rglob("*.jpg"))
+
+
+def encode(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares width×height with a tiny body (decoding stops at the size check)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+
+
+def resize_then_crop(img: Image.Image, resolution: int) -> Image.Image:
+    """The former preprocessing (whole image resized to short side R, then the centre crop): the reference."""
+    w, h = img.size
+    scale = resolution / min(w, h)
+    nw, nh = max(resolution, round(w * scale)), max(resolution, round(h * scale))
+    img = img.resize((nw, nh), Image.Resampling.BICUBIC)
+    left, top = (nw - resolution) // 2, (nh - resolution) // 2
+    return img.crop((left, top, left + resolution, top + resolution))
+
+
+def max_diff(img: Image.Image, resolution: int) -> int:
+    a = np.asarray(fit_to_square(img, resolution), dtype=np.int16)
+    b = np.asarray(resize_then_crop(img, resolution), dtype=np.int16)
+    return int(np.abs(a - b).max())
+
+
+@pytest.mark.parametrize("resolution", [16, 64])
+def test_cifar_fixtures_preprocess_as_before(resolution):
+    imgs = [decode_image(f.read_bytes()) for f in CIFAR[::10]]
+    assert imgs and max(max_diff(img, resolution) for img in imgs) == 0
+
+
+@pytest.mark.parametrize("size", [(256, 160), (160, 256), (50, 31), (31, 50), (640, 480), (300, 17), (97, 1001)])
+def test_non_square_images_preprocess_as_before(size):
+    mosaic = np.concatenate([np.asarray(decode_image(f.read_bytes())) for f in CIFAR[:8]], axis=1)  # 256×32
+    img = Image.fromarray(mosaic).resize(size, Image.Resampling.BILINEAR)
+    assert max(max_diff(img, r) for r in (32, 64)) <= 1  # the same filter taps; rounding may differ by 1
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 5000), (5000, 1), (3, 500), (32, 32), (33, 32)], ids=str)
+def test_any_shape_gives_the_model_resolution(size):
+    x = image_to_uint8(Image.new("RGB", size, (10, 200, 30)), 32)
+    assert x.shape == (3, 32, 32) and x.dtype == np.uint8
+    assert np.abs(x.astype(int) - np.array([10, 200, 30])[:, None, None]).max() <= 1
+
+
+def test_centre_of_a_strip_is_what_is_kept():
+    arr = np.zeros((3000, 1), np.uint8)
+    arr[1400:1600] = 255  # a bright band in the middle of a 1×3000 strip
+    x = image_to_uint8(Image.fromarray(arr), 32)
+    assert x.min() == 255  # the centre square of the strip lies inside the band
+
+
+MEASURE = """
+import io, json, resource, sys, time
+from PIL import Image
+from model.data import decode_image, image_to_uint8
+out = {}
+for w, h in json.loads(sys.argv[1]):
+    buf = io.BytesIO(); Image.new("L", (w, h), 128).save(buf, "PNG"); data = buf.getvalue()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t = time.perf_counter()
+    x = image_to_uint8(decode_image(data), 32)
+    seconds = time.perf_counter() - t
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    out[f"{w}x{h}"] = {"bytes": len(data), "seconds": seconds, "peak_kib": grown, "shape": list(x.shape)}
+print(json.dumps(out))
+"""
+
+
+def test_thin_images_preprocess_in_bounded_time_and_memory():
+    """1×400,000 and 400,000×1 (856-byte PNGs) once grew a 32×12.8 M intermediate: 9 s, +2.3 GB RSS."""
+    shapes = [[1, 400_000], [400_000, 1]]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", MEASURE, json.dumps(shapes)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    for shape, m in json.loads(done.stdout).items():
+        assert m["shape"] == [3, 32, 32], shape
+        assert m["peak_kib"] < 64 * 1024, f"{shape}: peak RSS grew by {m['peak_kib'] // 1024} MiB"
+        assert m["seconds"] < 5, f"{shape}: {m['seconds']:.1f} s"  # generous: it takes milliseconds
+
+
+@pytest.mark.parametrize("size", [(1, 1_000_000_000), (1_000_000_000, 1), (20_000, 20_000)], ids=str)
+def test_pixel_limit_message_names_the_limit_asked_for(size):
+    """Past Pillow's own bomb guard (2 × 64 M) the message still states the caller's limit."""
+    with pytest.raises(ImageDecodeError) as e:
+        decode_image(png_header_only(*size), max_pixels=4_000_000)
+    assert str(e.value) == f"image too large: {size[0] * size[1]} pixels > 4000000"
+
+
+@pytest.mark.parametrize("size", [(1, 4_001), (4_001, 1)], ids=str)
+def test_thin_image_over_the_pixel_limit_is_refused_before_decoding(size):
+    with pytest.raises(ImageDecodeError, match=rf"image too large: {size[0]}x{size[1]} pixels > 4000"):
+        decode_image(encode(Image.new("L", size)), max_pixels=4_000)
+    assert decode_image(encode(Image.new("L", size)), max_pixels=4_001).size == size
+
+
+def test_limit_above_pillows_names_pillows():
+    """A configured limit above Pillow's guard cannot be reached; the message says which limit applied."""
+    pixels = 3 * MAX_PIXELS
+    with pytest.raises(ImageDecodeError) as e:
+        decode_image(png_header_only(1, pixels), max_pixels=10 * MAX_PIXELS)
+    assert str(e.value) == f"image too large: {pixels} pixels > {2 * MAX_PIXELS}"
