@@ -10,11 +10,13 @@ the caller is answered, so an acknowledged add survives a crash.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sqlite3
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 
@@ -48,6 +50,22 @@ def _row_to_dict(row: tuple) -> dict:
     return {**json.loads(meta), "id": id_, "name": name, "sha256": sha, "size": size, "added_at": added}
 
 
+def _read_only_uri(path: Path) -> str:
+    """SQLite URI for reading. In a folder this process cannot write (a read-only mount, replicas sharing
+    one index), a WAL database cannot create its `-shm` file, so it is opened `immutable`: that is only
+    safe when every write has been checkpointed into the database file, which is checked here."""
+    uri = f"file:{quote(str(path))}?mode=ro"
+    if os.access(path.parent, os.W_OK):
+        return uri
+    wal = path.with_name(path.name + "-wal")
+    if wal.exists() and wal.stat().st_size > 0:
+        raise StoreError(
+            f"{path} has writes not yet checkpointed into it ({wal.name}) and its folder is read-only: "
+            "open the index writable once (afv index add/build, or serve without --read-only), then again"
+        )
+    return uri + "&immutable=1"
+
+
 class MetadataStore:
     """One SQLite database: items, their vectors, the op log and index-level settings."""
 
@@ -55,7 +73,7 @@ class MetadataStore:
         self.path, self.read_only = Path(path), read_only
         try:
             if read_only:
-                self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+                self.db = sqlite3.connect(_read_only_uri(self.path), uri=True, check_same_thread=False)
             else:
                 self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
                 self.db.execute("PRAGMA journal_mode=WAL")

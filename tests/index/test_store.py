@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
@@ -438,3 +439,39 @@ def test_validate_metadata_rejects_values_json_cannot_encode(value):
 def test_validate_metadata_rejects_nan_and_infinity(value):
     with pytest.raises(StoreError, match="JSON-serialisable"):
         validate_metadata({"v": value})
+
+
+def _unwritable_folder(monkeypatch, folder: Path) -> None:
+    """As if `folder` were on a read-only mount (tests may run as root, where chmod does not stop writes)."""
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == folder else real_access(p, mode))
+
+
+def test_read_only_store_in_an_unwritable_folder_creates_no_files(tmp_path: Path, monkeypatch):
+    s = MetadataStore(tmp_path / "meta.sqlite")
+    s.add(vecs(2), [{"sha256": f"{i:064x}"} for i in range(2)])
+    s.close()  # the last connection checkpoints the WAL into the database file
+    before = sorted(p.name for p in tmp_path.iterdir())
+    _unwritable_folder(monkeypatch, tmp_path)
+    ro = MetadataStore(tmp_path / "meta.sqlite", read_only=True)
+    assert ro.count() == 2
+    ro.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no -shm/-wal created
+
+
+def test_read_only_store_refuses_unwritable_folder_with_uncheckpointed_writes(tmp_path: Path, monkeypatch):
+    writer = MetadataStore(tmp_path / "meta.sqlite")
+    writer.add(vecs(1), [{"sha256": "a" * 64}])  # still open: the write sits in meta.sqlite-wal
+    _unwritable_folder(monkeypatch, tmp_path)
+    with pytest.raises(StoreError, match="not yet checkpointed"):
+        MetadataStore(tmp_path / "meta.sqlite", read_only=True)
+    writer.close()
+
+
+def test_paths_with_uri_characters_open_read_only(tmp_path: Path):
+    folder = tmp_path / "a?b#c%20d"
+    folder.mkdir()
+    MetadataStore(folder / "meta.sqlite").close()
+    ro = MetadataStore(folder / "meta.sqlite", read_only=True)
+    assert ro.count() == 0
+    ro.close()
