@@ -134,8 +134,12 @@ def server(data_dir: Path, model: Path, *args: str, **extra: str) -> Iterator[tu
                 time.sleep(0.2)
         yield proc, url
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
+        if proc.poll() is None:  # a clean shutdown (checkpoint, close); kill scenarios SIGKILL it themselves
+            proc.terminate()
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
         proc.wait()
 
 
@@ -303,11 +307,20 @@ def read_only(work: Path, model: Path) -> dict:
         ids = [
             c.post("/v1/images", files={"image": (f"r{i}.png", png_bytes(900_000 + i))}).json()["id"] for i in range(5)
         ]
-    mnt = work / "ro-mount"
-    mnt.mkdir()
-    subprocess.run(["mount", "--bind", str(data), str(mnt)], check=True)
-    subprocess.run(["mount", "-o", "remount,bind,ro", str(mnt)], check=True)
+    crashed = work / "ro-crashed"  # a writer killed before it could checkpoint its SQLite WAL
+    with server(crashed, model) as (proc, url), httpx.Client(base_url=url, timeout=30, headers=AUTH) as c:
+        for i in range(3):
+            c.post("/v1/images", files={"image": (f"c{i}.png", png_bytes(950_000 + i))})
+        proc.kill()
+    mnt, mnt_crashed = work / "ro-mount", work / "ro-crashed-mount"
+    for src, dst in ((data, mnt), (crashed, mnt_crashed)):
+        dst.mkdir()
+        subprocess.run(["mount", "--bind", str(src), str(dst)], check=True)
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(dst)], check=True)
     try:
+        with server(mnt_crashed, model, "--read-only") as (proc, url):
+            crashed_exit = proc.wait(timeout=120)
+            crashed_out = (proc.stdout.read() if proc.stdout else b"").decode(errors="replace").strip().splitlines()
         with server(mnt, model) as (proc, url):
             plain_exit = proc.wait(timeout=120)
             plain_out = (proc.stdout.read() if proc.stdout else b"").decode(errors="replace").strip().splitlines()
@@ -320,7 +333,8 @@ def read_only(work: Path, model: Path) -> dict:
             write = c.post("/v1/images", files={"image": ("w.png", png_bytes(999_999))})
             delete = c.delete(f"/v1/images/{ids[1]}").status_code
     finally:
-        subprocess.run(["umount", "-l", str(mnt)])
+        for dst in (mnt, mnt_crashed):
+            subprocess.run(["umount", "-l", str(dst)])
     return report(
         "read-only mount",
         {
@@ -330,6 +344,8 @@ def read_only(work: Path, model: Path) -> dict:
             "--read-only: get / search": f"{get} / {search}",
             "--read-only: add": f"{write.status_code} {write.json().get('error', {}).get('code', '')}",
             "--read-only: delete": delete,
+            "--read-only after a writer crash: exit": crashed_exit,
+            "… its last line / lines": f"{crashed_out[-1] if crashed_out else ''} / {len(crashed_out)}",
         },
     )
 

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from service.cli.options import DeviceOpt, EmbeddingOpt, ModelOpt, fail
+
+if TYPE_CHECKING:
+    from service.engine import Resources
+    from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -59,4 +63,16 @@ def serve_command(
         fail(problem)
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("binding %s: the service is reachable from other machines", host)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    resources = _load(settings)
+    uvicorn.run(create_app(settings, resources), host=host, port=port, log_level="info")
+
+
+def _load(settings: Settings) -> Resources:
+    """Model and index loaded before the server binds, so that a bad model or index is one line, not a trace."""
+    from index import AFVIndexError
+    from service.engine import Resources, StartupError
+
+    try:
+        return Resources.load(settings)
+    except (StartupError, AFVIndexError, ValueError, FileNotFoundError) as e:
+        fail(f"cannot serve: {e}")

@@ -130,6 +130,7 @@ def test_afv_serve_exits_1_with_one_line_and_serves_read_only_when_asked(built, 
     folder, _ = built
     served: list[object] = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.append(app))
+    monkeypatch.setattr(engine_module, "load_embedder", lambda *a, **kw: FakeEmbedder())  # what built the index
     if os.access(folder, os.W_OK):
         _not_writable(monkeypatch)
     res = CliRunner().invoke(cli, ["serve", "--index", str(folder)])
@@ -141,3 +142,17 @@ def test_afv_serve_exits_1_with_one_line_and_serves_read_only_when_asked(built, 
     res = CliRunner().invoke(cli, ["serve", "--index", str(folder), "--read-only"])
     assert res.exit_code == 0 and len(served) == 1, res.output
     assert served[0].state.settings.read_only is True
+
+
+def test_afv_serve_reports_an_unservable_index_in_one_line_before_binding(built, monkeypatch):
+    folder, _ = built
+    served: list[object] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.append(app))
+    monkeypatch.setattr(engine_module, "load_embedder", lambda *a, **kw: FakeEmbedder())
+    (folder / "meta.sqlite").write_bytes(b"not a database" * 100)
+    for f in folder.glob("meta.sqlite-*"):
+        f.unlink()
+    res = CliRunner().invoke(cli, ["serve", "--index", str(folder), "--read-only"])
+    assert res.exit_code == 1 and not served, res.output
+    assert "cannot serve" in res.stderr and "unreadable" in res.stderr and "Traceback" not in res.output
+    assert len(res.stderr.strip().splitlines()) == 1
