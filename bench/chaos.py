@@ -263,6 +263,10 @@ def full_disk(work: Path, model: Path, size_mb: int) -> dict:
     acked, ready = [], []
     try:
         with server(mnt / "data", model) as (_, url), httpx.Client(base_url=url, timeout=30, headers=AUTH) as c:
+            for i in range(10):  # acknowledged before the disk fills: must survive
+                r = c.post("/v1/images", files={"image": (f"pre{i}.png", png_bytes(600_000 + i))})
+                if r.status_code == 201:
+                    acked.append(int(r.json()["id"]))
             filler = mnt / "filler"
             with open(filler, "wb") as f:  # fill the disk, leaving the index as it is
                 try:
@@ -277,6 +281,7 @@ def full_disk(work: Path, model: Path, size_mb: int) -> dict:
                 if r.status_code == 201:
                     acked.append(int(r.json()["id"]))
             ready.append(c.get("/readyz").status_code)
+            ready.append(c.get("/readyz?writes=true").status_code)
             metrics_full = [
                 ln for ln in c.get("/metrics").text.splitlines() if "writes_failing" in ln and not ln.startswith("#")
             ]
@@ -285,6 +290,7 @@ def full_disk(work: Path, model: Path, size_mb: int) -> dict:
             if after.status_code == 201:
                 acked.append(int(after.json()["id"]))
             ready.append(c.get("/readyz").status_code)
+            ready.append(c.get("/readyz?writes=true").status_code)
         present = present_ids(next((mnt / "data").glob("index-*")), acked)
     finally:
         subprocess.run(["umount", "-l", str(mnt)])
@@ -292,7 +298,7 @@ def full_disk(work: Path, model: Path, size_mb: int) -> dict:
         "full disk (tmpfs)",
         {
             "status codes while full": dict(codes),
-            "/readyz while full, after freeing": ready,
+            "/readyz, ?writes=true: full; freed": ready,
             "metrics while full": metrics_full,
             "upload after freeing space": after.status_code,
             "acknowledged / present": f"{len(acked)} / {present}",
