@@ -16,13 +16,16 @@ embedded again: it gets the existing id, marked as a duplicate. An unreadable it
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from index import AFVIndex
-from model.data import ImageDecodeError, decode_image
+from model.data import ImageDecodeError, decode_image, image_to_uint8
 from model.embedder import Embedder
 
 Decode = Callable[[bytes, str], np.ndarray]
@@ -56,13 +59,35 @@ class Outcome:
         return self.error is None
 
 
+@dataclass(frozen=True)
+class FileDecoder:
+    """Decode any image file and fit it to `resolution` (no request limits). A plain picklable object, so
+    that worker processes can run it (`ingest(..., workers=N)`)."""
+
+    resolution: int
+
+    def __call__(self, data: bytes, source: str) -> np.ndarray:
+        return image_to_uint8(decode_image(data), self.resolution)
+
+
 def model_decoder(embedder: Embedder) -> Decode:
     """Decode any image file and preprocess it to the embedder's resolution (no request limits)."""
+    return FileDecoder(embedder.resolution)
 
-    def decode(data: bytes, source: str) -> np.ndarray:
-        return embedder.preprocess(decode_image(data))
 
-    return decode
+@dataclass
+class _Plan:
+    """A batch after hashing and the dedupe lookup: what must be decoded, and what is answered already."""
+
+    items: list[Item]
+    shas: list[str]
+    known: dict[str, int]
+    first: dict[str, int]  # content hash → position of its first new occurrence
+    outcomes: list[Outcome]
+
+    @property
+    def todo(self) -> list[int]:
+        return sorted(self.first.values())
 
 
 def ingest(
@@ -73,10 +98,45 @@ def ingest(
     embed: Embed,
     batch_size: int = 64,
     decode_errors: tuple[type[Exception], ...] = (ImageDecodeError,),
+    workers: int = 0,
 ) -> Iterator[tuple[Item, Outcome]]:
-    """Ingest any number of items in batches of `batch_size`; yields each item with its outcome, in order."""
-    for batch in batched(items, batch_size):
-        yield from zip(batch, ingest_batch(index, batch, decode=decode, embed=embed, decode_errors=decode_errors))
+    """Ingest any number of items in batches of `batch_size`; yields each item with its outcome, in order.
+
+    With `workers` > 0, `decode` (which must then be picklable, e.g. `FileDecoder`) runs in that many
+    processes, one batch ahead of the model: batch k+1 is decoded while batch k is embedded."""
+    if workers <= 0:
+        for batch in batched(items, batch_size):
+            yield from zip(batch, ingest_batch(index, batch, decode=decode, embed=embed, decode_errors=decode_errors))
+        return
+    # fork, as torch's DataLoader does on Linux: workers start at once and only run PIL/numpy decoding
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        ahead: deque[tuple[_Plan, list[Future]]] = deque()
+        for batch in batched(items, batch_size):
+            plan = _plan(index, batch)
+            ahead.append((plan, [pool.submit(decode, batch[i].data, batch[i].source) for i in plan.todo]))
+            if len(ahead) > 1:
+                yield from _finish_pipelined(index, *ahead.popleft(), decode, embed, decode_errors)
+        while ahead:
+            yield from _finish_pipelined(index, *ahead.popleft(), decode, embed, decode_errors)
+
+
+def _finish_pipelined(
+    index: AFVIndex,
+    plan: _Plan,
+    futures: list[Future],
+    decode: Decode,
+    embed: Embed,
+    decode_errors: tuple[type[Exception], ...],
+) -> Iterator[tuple[Item, Outcome]]:
+    """Collect a batch's decoded images from the workers, embed and add them."""
+    decoded: list[np.ndarray | Exception] = []
+    for fut in futures:
+        try:
+            decoded.append(fut.result())
+        except decode_errors as e:
+            decoded.append(e)
+    _complete(index, plan, decoded, decode, embed, decode_errors)
+    yield from zip(plan.items, plan.outcomes)
 
 
 def ingest_batch(
@@ -88,6 +148,15 @@ def ingest_batch(
     decode_errors: tuple[type[Exception], ...] = (ImageDecodeError,),
 ) -> list[Outcome]:
     """Ingest one batch with one model pass; an outcome per item, in order."""
+    plan = _plan(index, items)
+    _complete(
+        index, plan, [_decode_one(decode, items[i], decode_errors) for i in plan.todo], decode, embed, decode_errors
+    )
+    return plan.outcomes
+
+
+def _plan(index: AFVIndex, items: list[Item]) -> _Plan:
+    """Hash the batch and look the hashes up: stored items are answered, repeats point at their first."""
     shas = [item.sha256 for item in items]
     outcomes = [Outcome() for _ in items]
     known = index.find_sha256(shas)
@@ -97,36 +166,36 @@ def ingest_batch(
             outcomes[i] = Outcome(known[sha], duplicate=True)
         else:
             first.setdefault(sha, i)
-    _add_new(index, items, sorted(first.values()), outcomes, decode, embed, decode_errors)
-    _resolve_repeats(shas, first, outcomes)
-    _redo_deleted(
-        index, items, [i for i, sha in enumerate(shas) if sha in known], outcomes, decode, embed, decode_errors
-    )
-    return outcomes
+    return _Plan(items, shas, known, first, outcomes)
 
 
-def _add_new(
+def _decode_one(decode: Decode, item: Item, decode_errors: tuple[type[Exception], ...]) -> np.ndarray | Exception:
+    try:
+        return decode(item.data, item.source)
+    except decode_errors as e:
+        return e
+
+
+def _complete(
     index: AFVIndex,
-    items: list[Item],
-    todo: list[int],
-    outcomes: list[Outcome],
+    plan: _Plan,
+    decoded: list[np.ndarray | Exception],
     decode: Decode,
     embed: Embed,
     decode_errors: tuple[type[Exception], ...],
 ) -> None:
-    """Decode the items at positions `todo`, sketch the readable ones in one call and add them."""
-    arrays, ok = [], []
-    for i in todo:
-        try:
-            arrays.append(decode(items[i].data, items[i].source))
-            ok.append(i)
-        except decode_errors as e:
-            outcomes[i] = Outcome(error=e)
-    if not ok:
-        return
-    records = [_record(items[i]) for i in ok]
-    for i, result in zip(ok, index.add_embedded(embed(np.stack(arrays)), records)):
-        outcomes[i] = Outcome(result.id, result.duplicate)
+    """Sketch the readable new items in one call, add them, and settle repeats and concurrent deletes."""
+    ok = [(i, x) for i, x in zip(plan.todo, decoded) if not isinstance(x, Exception)]
+    for i, x in zip(plan.todo, decoded):
+        if isinstance(x, Exception):
+            plan.outcomes[i] = Outcome(error=x)
+    if ok:
+        vectors = embed(np.stack([x for _, x in ok]))
+        for (i, _), result in zip(ok, index.add_embedded(vectors, [_record(plan.items[i]) for i, _ in ok])):
+            plan.outcomes[i] = Outcome(result.id, result.duplicate)
+    _resolve_repeats(plan.shas, plan.first, plan.outcomes)
+    were_known = [i for i, sha in enumerate(plan.shas) if sha in plan.known]
+    _redo_deleted(index, plan.items, were_known, plan.outcomes, decode, embed, decode_errors)
 
 
 def _resolve_repeats(shas: list[str], first: dict[str, int], outcomes: list[Outcome]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,10 +71,22 @@ def _items(path: Path) -> Iterator[Item]:
         yield Item(rec.data, rec.name, collection_metadata(path, rec.name), source=_source(path, rec.name))
 
 
-def _ingest(mi: ModelIndex, items: Iterator[Item]):
-    """The pipeline with the model called directly (no service micro-batcher)."""
+PIPELINE_MIN_IMAGES = 256  # below this, starting worker processes costs more than it saves
+
+
+def decode_workers(requested: int | None, n_images: int | None) -> int:
+    """Worker processes for decoding: as asked, else one per core the model leaves (none for small jobs)."""
+    if requested is not None:
+        return max(0, requested)
+    if n_images is not None and n_images < PIPELINE_MIN_IMAGES:
+        return 0
+    return max(1, min(4, (os.cpu_count() or 2) - 1))
+
+
+def _ingest(mi: ModelIndex, items: Iterator[Item], workers: int = 0):
+    """The pipeline with the model called directly (no service micro-batcher), decoding in `workers`."""
     decode = model_decoder(mi.embedder)
-    return ingest(mi.index, items, decode=decode, embed=mi.sketch, batch_size=mi.embedder.batch_size)
+    return ingest(mi.index, items, decode=decode, embed=mi.sketch, batch_size=mi.embedder.batch_size, workers=workers)
 
 
 @index_app.command("build")
@@ -89,6 +102,11 @@ def build(
     ),
     dim: int | None = typer.Option(None, "--dim", help="Sketch dimension (default 1024)."),
     kind: str | None = typer.Option(None, "--kind", help="auto | flat | ivfpq | opq-ivfpq (default auto)."),
+    workers: int | None = typer.Option(
+        None,
+        "--workers",
+        help="Processes decoding images while the model runs (default: cores - 1, at most 4; 0 for small jobs).",
+    ),
 ) -> None:
     """Embed a collection into an index; resumable (images whose content is indexed are skipped).
 
@@ -97,7 +115,7 @@ def build(
     options = BuildOptions(dim=dim, mode=mode, kind=kind, memory_budget=budget)
     try:
         with ModelIndex.open_or_create(index, opts.load_model(model), options) as mi:
-            added, present, skipped = _build(mi, images)
+            added, present, skipped = _build(mi, images, workers)
             count = mi.index.count
     except (AFVIndexError, FileNotFoundError, ValueError) as e:
         fail(str(e))
@@ -106,11 +124,12 @@ def build(
         typer.echo(f"  skipped {name}: {why}", err=True)
 
 
-def _build(mi: ModelIndex, images: Path) -> tuple[int, int, list]:
+def _build(mi: ModelIndex, images: Path, workers: int | None = None) -> tuple[int, int, list]:
     added = present = 0
     skipped: list[tuple[str, str]] = []
-    with tqdm(total=_count(images), desc="indexing", unit="img") as bar:
-        for item, outcome in _ingest(mi, _items(images)):
+    total = _count(images)
+    with tqdm(total=total, desc="indexing", unit="img", smoothing=0.1) as bar:  # rate and, for folders, ETA
+        for item, outcome in _ingest(mi, _items(images), decode_workers(workers, total)):
             if outcome.error is not None:
                 skipped.append((item.name, str(outcome.error)))
             elif outcome.duplicate:

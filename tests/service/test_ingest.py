@@ -112,3 +112,18 @@ def test_model_decoder_preprocesses_to_the_model_resolution(extractor, images):
     assert x.shape == (3, extractor.resolution, extractor.resolution) and x.dtype == np.uint8
     with pytest.raises(ImageDecodeError):
         model_decoder(extractor)(b"not an image", "b.jpg")
+
+
+def test_worker_processes_decode_ahead_with_the_same_outcomes(tmp_path, images):
+    from service.ingest import FileDecoder
+
+    items = [Item(data, name) for name, data in images[:20]] + [Item(b"junk", "bad"), Item(images[0][1], "again")]
+    outcomes = {}
+    for workers in (0, 2):
+        with AFVIndex.create(tmp_path / f"idx{workers}", dim=DIM) as idx:
+            embed = CountingEmbed()
+            got = list(ingest(idx, items, decode=FileDecoder(32), embed=embed, batch_size=6, workers=workers))
+            outcomes[workers] = [(o.id, o.duplicate, type(o.error).__name__) for _, o in got]
+            assert [it for it, _ in got] == items and idx.count == 20 and embed.images == 20
+    assert outcomes[0] == outcomes[2]
+    assert outcomes[2][20][2] == "ImageDecodeError" and outcomes[2][21][1]  # junk fails alone; a repeat is a duplicate

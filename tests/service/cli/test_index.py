@@ -83,3 +83,22 @@ def test_parse_size():
     assert parse_size("256MB") == 256 * 2**20 and parse_size("1GiB") == 2**30
     with pytest.raises(typer.BadParameter):
         parse_size("lots")
+
+
+def test_decode_workers_default_to_the_spare_cores_for_large_jobs_only():
+    from service.cli.index import PIPELINE_MIN_IMAGES, decode_workers
+
+    assert decode_workers(3, 10) == 3 and decode_workers(-1, None) == 0
+    assert decode_workers(None, PIPELINE_MIN_IMAGES - 1) == 0
+    assert 1 <= decode_workers(None, PIPELINE_MIN_IMAGES) <= 4 and 1 <= decode_workers(None, None) <= 4
+
+
+def test_build_with_decode_workers_indexes_the_same_images(tmp_path, app, images):
+    src = tmp_path / "imgs"
+    src.mkdir()
+    for i, (_, data) in enumerate(images[:10]):
+        (src / f"{i}.jpg").write_bytes(data)
+    (src / "broken.jpg").write_bytes(b"nope")
+    res = CliRunner().invoke(app, ["index", "build", str(src), "--index", str(tmp_path / "idx"), "--workers", "2"])
+    assert res.exit_code == 0, res.output
+    assert "added 10, already indexed 0, unreadable 1" in res.output

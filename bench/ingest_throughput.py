@@ -1,0 +1,112 @@
+"""Indexing throughput against raw extraction: does `afv index build` keep up with its model?
+
+Makes N distinct JPEG photos-like files (size×size), then, in one run:
+
+* raw: the index sketch of the already decoded images, batch by batch (the model's own speed);
+* the ingest pipeline (`service.ingest.ingest`, what `afv index build` runs) from the files: read,
+  hash, dedupe, decode and resize, sketch, add to the index; once decoding inline (workers 0) and
+  once in worker processes one batch ahead of the model (`--workers`).
+
+    .venv/bin/python bench/ingest_throughput.py                                  # bundled default model
+    .venv/bin/python bench/ingest_throughput.py --readout global --images 1000   # the whole-image read-out
+    .venv/bin/python bench/ingest_throughput.py --model RUN_DIR --size 512 --workers 1 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def make_photos(folder: Path, n: int, size: int, seed: int = 0) -> None:
+    """n distinct size×size JPEGs: smooth random colour fields plus grain (decode cost like real photos)."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        coarse = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).resize((size, size), Image.BICUBIC)
+        grain = rng.normal(0, 12, (size, size, 3))
+        img = Image.fromarray(np.clip(np.asarray(coarse) + grain, 0, 255).astype(np.uint8))
+        img.save(folder / f"{i:06d}.jpg", quality=90)
+
+
+def raw_rate(embedder, folder: Path, work: Path) -> float:
+    """Images per second of the sketch alone, on images decoded beforehand."""
+    from model.data import iter_records
+    from service.ingest import FileDecoder
+    from service.model_index import ModelIndex
+
+    decode = FileDecoder(embedder.resolution)
+    x = np.stack([decode(rec.data, rec.name) for rec in iter_records(folder)])
+    with ModelIndex.create(work / "raw", embedder) as mi:
+        mi.sketch(x[: embedder.batch_size])  # warm-up
+        t0 = time.perf_counter()
+        for i in range(0, len(x), embedder.batch_size):
+            mi.sketch(x[i : i + embedder.batch_size])
+        return len(x) / (time.perf_counter() - t0)
+
+
+def pipeline_rate(embedder, folder: Path, work: Path, workers: int) -> tuple[float, int]:
+    """Images per second of the whole ingest pipeline from files (and how many it added)."""
+    from model.data import iter_records
+    from service.ingest import FileDecoder, Item, ingest
+    from service.model_index import ModelIndex
+
+    with ModelIndex.create(work / f"pipeline-{workers}", embedder) as mi:
+        t0 = time.perf_counter()
+        items = (Item(rec.data, rec.name, {"path": rec.name}, rec.name) for rec in iter_records(folder))
+        decode = FileDecoder(embedder.resolution)
+        n = sum(
+            not o.duplicate and o.ok
+            for _, o in ingest(
+                mi.index, items, decode=decode, embed=mi.sketch, batch_size=embedder.batch_size, workers=workers
+            )
+        )
+        mi.index.save()
+        return n / (time.perf_counter() - t0), n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, default=None, help="Run directory (default: the bundled model).")
+    ap.add_argument("--readout", default=None, help="AFV read-out (default: the model's).")
+    ap.add_argument("--images", type=int, default=512)
+    ap.add_argument("--size", type=int, default=256, help="Side of the generated JPEGs, in pixels.")
+    ap.add_argument("--workers", type=int, default=1, help="Decode processes for the pipelined run.")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's).")
+    args = ap.parse_args()
+
+    import torch
+
+    from model.loading import load_embedder
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    embedder = load_embedder(args.model, device="cpu", readout=args.readout)
+    with tempfile.TemporaryDirectory(prefix="afv-ingest-bench-") as tmp:
+        work = Path(tmp)
+        make_photos(work / "photos", args.images, args.size)
+        raw = raw_rate(embedder, work / "photos", work)
+        rows = [("raw sketch (pre-decoded)", raw, args.images)]
+        for workers in dict.fromkeys((0, args.workers)):
+            rate, n = pipeline_rate(embedder, work / "photos", work, workers)
+            rows.append((f"ingest, {workers} decode worker(s)", rate, n))
+    print(
+        f"model {embedder.name} ({getattr(embedder, 'readout', 'global')}), {args.images} JPEGs of "
+        f"{args.size}x{args.size}, batch {embedder.batch_size}, torch threads {torch.get_num_threads()}"
+    )
+    print(f"{'run':<28} {'img/s':>8} {'vs raw':>7} {'added':>6}")
+    for name, rate, n in rows:
+        print(f"{name:<28} {rate:>8.1f} {rate / raw:>6.0%} {n:>6}")
+
+
+if __name__ == "__main__":
+    main()
