@@ -151,7 +151,7 @@ class AFVExtractor(Embedder):
         """N×3×R×R uint8 (one batch) → N×P un-normalised V = diag(I)^-1/2 (∇θD(x) − mean), on device."""
         with self.lock:
             grads = fisher.per_sample_grads(self.d, uint8_to_model(x.to(self.device)))
-        return fisher.fisher_vectors(grads, self.stats, self.inv_std)
+        return grads.sub_(self.stats.mean).mul_(self.inv_std)  # fisher_vectors in place: no B×P temporaries
 
     def afv(self, x: torch.Tensor) -> torch.Tensor:
         """N×3×R×R uint8 (one batch) → N×P AFVs with this extractor's normalisation, on device."""

@@ -106,3 +106,48 @@ def test_block_slices_cover_every_parameter_once():
     assert covered[0][0] == 0 and covered[-1][1] == sum(p.numel() for p in d.parameters())
     assert all(a[1] == b[0] for a, b in zip(covered, covered[1:]))
     assert list(blocks) == ["blocks.0", "blocks.1", "blocks.2", "blocks.3", "head"]
+
+
+def _autograd_conv_weight_grads(m: torch.nn.Conv2d, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Reference: per image, autograd of <conv(a_b), g_b> with respect to the weight."""
+    rows = []
+    for i in range(a.shape[0]):
+        (w,) = torch.autograd.grad((m(a[i : i + 1]) * g[i : i + 1]).sum(), [m.weight])
+        rows.append(w)
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize(
+    "conv",
+    [
+        dict(in_channels=5, out_channels=7, kernel_size=3, padding=1),
+        dict(in_channels=3, out_channels=4, kernel_size=1),
+        dict(in_channels=4, out_channels=6, kernel_size=(3, 5), padding=(0, 2)),
+        dict(in_channels=4, out_channels=3, kernel_size=3, padding=1, stride=2),
+    ],
+    ids=["3x3pad1", "1x1", "3x5", "stride2"],
+)
+def test_every_conv_weight_gradient_method_equals_autograd_per_image(conv, channels_last):
+    torch.manual_seed(4)
+    m = torch.nn.Conv2d(**conv).double()
+    a = torch.randn(3, conv["in_channels"], 9, 11, dtype=torch.float64)
+    g = torch.randn_like(m(a))
+    if channels_last:
+        a, g = (t.contiguous(memory_format=torch.channels_last) for t in (a, g))
+    ref = _autograd_conv_weight_grads(m, a, g)
+    methods = [f for f in fisher._CONV_METHODS if f is not fisher._conv_w_shift or fisher._shift_applies(m)]
+    assert (fisher._conv_w_shift in methods) == (conv.get("stride", 1) == 1)
+    for fn in methods:
+        got = fn(m, a, g).reshape(ref.shape)
+        torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-12, msg=fn.__name__)
+    torch.testing.assert_close(fisher._conv_grads(m, a, g)["weight"], ref, rtol=1e-10, atol=1e-12)
+
+
+def test_chunked_channels_last_per_sample_grads_equal_the_loop_in_float32():
+    torch.manual_seed(5)
+    d = fold_spectral_norm(_warm_sn(Discriminator(TINY64)))
+    x = torch.rand(7, 3, 64, 64) * 2 - 1
+    loop = fisher.per_sample_grads_loop(d, x)
+    for chunk in (1, 3, 7):
+        torch.testing.assert_close(fisher.per_sample_grads(d, x, chunk=chunk), loop, rtol=1e-4, atol=1e-6)
