@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import torch
 import typer
 from tqdm import tqdm
 
@@ -74,13 +75,22 @@ def _items(path: Path) -> Iterator[Item]:
 PIPELINE_MIN_IMAGES = 256  # below this, starting worker processes costs more than it saves
 
 
-def decode_workers(requested: int | None, n_images: int | None) -> int:
-    """Worker processes for decoding: as asked, else one per core the model leaves (none for small jobs)."""
+def decode_workers(requested: int | None, n_images: int | None, cores: int | None = None) -> int:
+    """Worker processes for decoding: as asked, else a quarter of the cores (at most 4) on machines with
+    more than 2 — on 2 cores the model gains more from the second core than decoding does (see
+    bench/ingest_throughput.py) — and none for small jobs."""
     if requested is not None:
         return max(0, requested)
-    if n_images is not None and n_images < PIPELINE_MIN_IMAGES:
+    cores = cores or os.cpu_count() or 2
+    if cores <= 2 or (n_images is not None and n_images < PIPELINE_MIN_IMAGES):
         return 0
-    return max(1, min(4, (os.cpu_count() or 2) - 1))
+    return max(1, min(4, cores // 4))
+
+
+def _share_cores(workers: int) -> None:
+    """With decode workers, the model keeps the other cores (torch would otherwise use them all)."""
+    if workers > 0:
+        torch.set_num_threads(max(1, (os.cpu_count() or 2) - workers))
 
 
 def _ingest(mi: ModelIndex, items: Iterator[Item], workers: int = 0):
@@ -105,7 +115,8 @@ def build(
     workers: int | None = typer.Option(
         None,
         "--workers",
-        help="Processes decoding images while the model runs (default: cores - 1, at most 4; 0 for small jobs).",
+        help="Processes decoding images while the model runs (default: a quarter of the cores, at most 4; "
+        "none on 2 cores or for small jobs).",
     ),
 ) -> None:
     """Embed a collection into an index; resumable (images whose content is indexed are skipped).
@@ -128,8 +139,10 @@ def _build(mi: ModelIndex, images: Path, workers: int | None = None) -> tuple[in
     added = present = 0
     skipped: list[tuple[str, str]] = []
     total = _count(images)
+    workers = decode_workers(workers, total)
+    _share_cores(workers)
     with tqdm(total=total, desc="indexing", unit="img", smoothing=0.1) as bar:  # rate and, for folders, ETA
-        for item, outcome in _ingest(mi, _items(images), decode_workers(workers, total)):
+        for item, outcome in _ingest(mi, _items(images), workers):
             if outcome.error is not None:
                 skipped.append((item.name, str(outcome.error)))
             elif outcome.duplicate:

@@ -85,12 +85,13 @@ def test_parse_size():
         parse_size("lots")
 
 
-def test_decode_workers_default_to_the_spare_cores_for_large_jobs_only():
+def test_decode_workers_default_to_a_share_of_the_cores_for_large_jobs_on_larger_machines():
     from service.cli.index import PIPELINE_MIN_IMAGES, decode_workers
 
     assert decode_workers(3, 10) == 3 and decode_workers(-1, None) == 0
-    assert decode_workers(None, PIPELINE_MIN_IMAGES - 1) == 0
-    assert 1 <= decode_workers(None, PIPELINE_MIN_IMAGES) <= 4 and 1 <= decode_workers(None, None) <= 4
+    assert decode_workers(None, PIPELINE_MIN_IMAGES - 1, cores=16) == 0
+    assert decode_workers(None, PIPELINE_MIN_IMAGES, cores=16) == 4 and decode_workers(None, None, cores=8) == 2
+    assert decode_workers(None, 10**6, cores=2) == 0
 
 
 def test_build_with_decode_workers_indexes_the_same_images(tmp_path, app, images):
