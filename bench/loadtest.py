@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 IMAGES = ROOT / "tests" / "fixtures" / "cifar10"
 KEY = "loadtest-key"
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+MIRROR = ["true"]  # /v1/search's mirror flag for the load (set from --no-mirror)
 
 SERVER_CODE = """
 import json, logging, sys
@@ -126,6 +127,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def cpu_seconds(proc: subprocess.Popen | None) -> float:
+    """User + system CPU seconds of the server process so far (Linux /proc; nan for a --url server)."""
+    if proc is None:
+        return float("nan")
+    fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def start_server(args, data_dir: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
     cfg = {
@@ -192,7 +201,7 @@ async def one_request(client: httpx.AsyncClient, op: str, i: int, images: list[b
     t0 = time.perf_counter()
     try:
         if op == "search":
-            r = await client.post("/v1/search", files={"image": ("q.jpg", a)}, data={"k": "10"})
+            r = await client.post("/v1/search", files={"image": ("q.jpg", a)}, data={"k": "10", "mirror": MIRROR[0]})
         else:
             r = await client.post("/v1/distance", files={"image_a": ("a.jpg", a), "image_b": ("b.jpg", b)})
     except httpx.HTTPError as e:
@@ -259,7 +268,8 @@ def percentiles(xs: list[float]) -> dict[str, float]:
 
 def summarise(res: Results, elapsed: float, raw: dict, before: dict, after: dict) -> dict:
     n_search, n_dist = len(res.latencies["search"]), len(res.latencies["distance"])
-    afv_imgs, embed_imgs = 2 * n_dist, n_search
+    # what the model computes: 2 AFVs per distance; a search sketches its image and, with mirror, its mirror image
+    afv_imgs, embed_imgs = 2 * n_dist, n_search * (2 if MIRROR[0] == "true" else 1)
     raw_mix_seconds = afv_imgs / raw["afv_img_s"] + embed_imgs / raw["embed_img_s"]
     mean_batch = {
         k: (after.get(f"{k}_sum", 0) - before.get(f"{k}_sum", 0))
@@ -279,8 +289,9 @@ def summarise(res: Results, elapsed: float, raw: dict, before: dict, after: dict
             "distance": percentiles(res.latencies["distance"]),
         },
         "raw": raw,
-        "raw_same_mix_img_s": res.images / raw_mix_seconds if raw_mix_seconds else 0.0,
-        "service_vs_raw": (res.images / elapsed) / (res.images / raw_mix_seconds) if raw_mix_seconds else 0.0,
+        "model_images_per_s": (afv_imgs + embed_imgs) / elapsed,
+        "raw_same_mix_img_s": (afv_imgs + embed_imgs) / raw_mix_seconds if raw_mix_seconds else 0.0,
+        "service_vs_raw": raw_mix_seconds / elapsed if raw_mix_seconds else 0.0,
         "mean_model_batch": mean_batch,
     }
 
@@ -312,7 +323,15 @@ def print_report(s: dict, args) -> None:
         f"  used: afv {s['raw']['afv_img_s']:.1f}, embed {s['raw']['embed_img_s']:.1f}; "
         f"same request mix as the load: {s['raw_same_mix_img_s']:.1f} img/s"
     )
-    print(f"service throughput = {100 * s['service_vs_raw']:.0f}% of raw extraction throughput")
+    per, busy = s["cpu_s_per_request"], s["cpu_cores_busy"]
+    print(
+        f"CPU per request: server {1000 * per['server']:.1f} ms, load generator {1000 * per['load_generator']:.1f} ms "
+        f"(cores busy: server {busy['server']:.2f}, load generator {busy['load_generator']:.2f})"
+    )
+    print(
+        f"model images (AFVs + sketches, mirror images included): {s['model_images_per_s']:.1f}/s; "
+        f"service throughput = {100 * s['service_vs_raw']:.0f}% of raw extraction throughput"
+    )
 
 
 def parse_args(argv=None):
@@ -330,6 +349,7 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=32, help="server batch_max_size and raw timing batch")
     p.add_argument("--torch-threads", type=int, help="server's AFV_TORCH_THREADS (default: PyTorch's)")
     p.add_argument("--json", action="store_true", help="also print the summary as JSON")
+    p.add_argument("--no-mirror", action="store_true", help="searches without their mirror image (1 sketch each)")
     args = p.parse_args(argv)
     if args.url and urlparse(args.url).hostname not in LOOPBACK:
         p.error("--url must point at a loopback address (127.0.0.1, localhost, ::1)")
@@ -338,6 +358,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    MIRROR[0] = "false" if args.no_mirror else "true"
     images = load_images(max(args.index_images, 64))
     with tempfile.TemporaryDirectory(prefix="afv-loadtest-") as tmp:
         if args.preset:
@@ -348,10 +369,14 @@ def main(argv=None) -> None:
             raw = RawTimer(args, images)
             raw.measure()
             before = batch_stats(url)
+            cpu0 = (cpu_seconds(proc), time.process_time())
             res, elapsed = asyncio.run(drive(url, images, args))
+            cpu = {"server": cpu_seconds(proc) - cpu0[0], "load_generator": time.process_time() - cpu0[1]}
             after = batch_stats(url)
             raw.measure()
             summary = summarise(res, elapsed, raw.result(), before, after)
+            summary["cpu_s_per_request"] = {k: v / max(1, summary["requests_ok"]) for k, v in cpu.items()}
+            summary["cpu_cores_busy"] = {k: v / elapsed for k, v in cpu.items()}
         finally:
             if proc is not None:
                 proc.terminate()

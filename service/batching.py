@@ -1,8 +1,8 @@
 """Micro-batching in front of the model: requests arriving together share one batched model pass.
 
 Each request submits its images (n×3×R×R uint8) under a *kind* ("afv", "embed", …). One worker task
-takes the first waiting job, then gathers more for at most `max_wait_s` or until `max_batch` images,
-groups them by kind, and runs each kind's function once on the concatenated batch in a single
+takes the first waiting job, then gathers more for at most `max_wait_s` or until one kind has
+`max_batch` images, groups them by kind, and runs each kind's function once on the concatenated batch in a single
 dedicated worker thread (the event loop never runs model code; one model pass at a time). Results are
 split back to the waiting requests. A request larger than `max_batch` is split into chunks.
 """
@@ -112,16 +112,20 @@ class MicroBatcher:
             await self._execute(batch)
 
     async def _gather(self) -> list[_Job]:
-        """Take jobs until `max_batch` images are reached or `max_wait_s` has passed."""
+        """Take jobs, in order, until one kind has `max_batch` images or `max_wait_s` has passed.
+
+        Each kind is its own model pass, so each gets the whole `max_batch` (a search and a distance
+        request arriving together fill two passes of up to `max_batch` images, not half of one each)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.max_wait_s
-        batch, n = [], 0
+        batch: list[_Job] = []
+        n: collections.Counter[str] = collections.Counter()
         while True:
-            while self._pending and n + len(self._pending[0].x) <= self.max_batch:
+            while self._pending and n[self._pending[0].kind] + len(self._pending[0].x) <= self.max_batch:
                 job = self._pending.popleft()
                 batch.append(job)
-                n += len(job.x)
-            full = n >= self.max_batch or (self._pending and batch)
+                n[job.kind] += len(job.x)
+            full = any(v >= self.max_batch for v in n.values()) or (self._pending and batch)
             remaining = deadline - loop.time()
             if full or remaining <= 0:
                 return batch

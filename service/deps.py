@@ -15,7 +15,7 @@ from service.settings import Settings
 _bearer = HTTPBearer(auto_error=False, description="API key: `Authorization: Bearer <key>`.")
 
 
-def app_settings(request: Request) -> Settings:
+async def app_settings(request: Request) -> Settings:
     """The settings the app was created with (`create_app(settings)`; default: `get_settings()`).
 
     Read from app state rather than through `dependency_overrides`, which FastAPI re-analyses on
@@ -23,7 +23,7 @@ def app_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_engine(request: Request) -> Engine:
+async def get_engine(request: Request) -> Engine:
     engine = getattr(request.app.state, "engine", None)
     if engine is None:
         raise APIError(503, "not_ready", "the model and index are still loading")
@@ -49,14 +49,16 @@ def _check_key(request: Request, creds: HTTPAuthorizationCredentials | None) -> 
         )
 
 
-def require_write_key(
+async def require_write_key(
     request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> None:
     """Write endpoints: always need a key."""
     _check_key(request, creds)
 
 
-def require_writable(request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+async def require_writable(
+    request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> None:
     """Index writes: a key (401 first), then an index not served read-only (403 `read_only`, body unread)."""
     _check_key(request, creds)
     engine = getattr(request.app.state, "engine", None)
@@ -64,7 +66,7 @@ def require_writable(request: Request, creds: Annotated[HTTPAuthorizationCredent
         engine.check_writable()
 
 
-def require_read_key(
+async def require_read_key(
     request: Request,
     settings: Annotated[Settings, Depends(app_settings)],
     creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],

@@ -113,3 +113,14 @@ def test_submit_after_stop_fails_cleanly():
 def test_invalid_configuration():
     with pytest.raises(ValueError):
         MicroBatcher({"f": Recorder()}, max_batch=0)
+
+
+def test_each_kind_fills_its_own_pass():
+    rec_a, rec_b = Recorder(), Recorder()
+    b = MicroBatcher({"a": rec_a, "b": rec_b}, max_batch=4, max_wait_s=0.05)
+
+    async def interleaved():
+        return await asyncio.gather(*(b.submit(k, np.ones((2, 1))) for k in ("a", "b", "a")))
+
+    run(_with(b, interleaved))
+    assert rec_a.sizes == [4] and rec_b.sizes == [2]  # not a pass of 2 + 2 images shared by both kinds
