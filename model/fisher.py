@@ -147,8 +147,12 @@ def _candidates(m: nn.Conv2d, a: torch.Tensor) -> list:
 
 
 def _fastest_conv_method(m: nn.Conv2d, a: torch.Tensor, g: torch.Tensor):
-    """Pick (once per layer shape, layout and device) the fastest exact per-sample conv-gradient kernel."""
-    key: tuple = (tuple(a.shape), a.stride(), tuple(g.shape), g.stride(), tuple(m.weight.shape), m.stride)
+    """Pick (once per layer shape, layout, device and batch-size bucket) the fastest exact per-sample
+    conv-gradient kernel. Batch sizes share a power-of-two bucket: the service's micro-batches take any
+    size from 1 to `max_batch`, and timing the candidates again for every size cost more than it saved."""
+    layout = (a.is_contiguous(memory_format=torch.channels_last), g.is_contiguous(memory_format=torch.channels_last))
+    bucket = 1 << max(0, a.shape[0] - 1).bit_length()
+    key: tuple = (tuple(a.shape[1:]), tuple(g.shape[1:]), layout, bucket, tuple(m.weight.shape), m.stride)
     key += (m.padding, a.device.type, a.dtype)
     if key not in _conv_choice:
         timings = []

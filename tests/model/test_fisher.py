@@ -151,3 +151,18 @@ def test_chunked_channels_last_per_sample_grads_equal_the_loop_in_float32():
     loop = fisher.per_sample_grads_loop(d, x)
     for chunk in (1, 3, 7):
         torch.testing.assert_close(fisher.per_sample_grads(d, x, chunk=chunk), loop, rtol=1e-4, atol=1e-6)
+
+
+def test_conv_method_choice_is_shared_by_batch_sizes_of_one_bucket():
+    from torch import nn
+
+    from model import fisher
+
+    conv = nn.Conv2d(3, 4, 3, padding=1)
+    fisher._conv_choice.clear()
+    for b in (5, 6, 7, 8):  # one bucket (≤ 8): timed once, not once per micro-batch size
+        a, g = torch.randn(b, 3, 6, 6), torch.randn(b, 4, 6, 6)
+        fisher._fastest_conv_method(conv, a, g)
+    assert len(fisher._conv_choice) == 1
+    fisher._fastest_conv_method(conv, torch.randn(9, 3, 6, 6), torch.randn(9, 4, 6, 6))
+    assert len(fisher._conv_choice) == 2
