@@ -43,12 +43,17 @@ def test_build_resume_search_remove_stats(tmp_path, app, images):
     assert stats["count"] == 11 and stats["dim"] == 64 and stats["kind"] == "flat"
 
 
+def _flat_collection(folder, images, n: int):
+    """n fixture images as 0.jpg … plus one unreadable broken.jpg, in `folder`."""
+    folder.mkdir()
+    for i, (_, data) in enumerate(images[:n]):
+        (folder / f"{i}.jpg").write_bytes(data)
+    (folder / "broken.jpg").write_bytes(b"nope")
+    return folder
+
+
 def test_add_prints_ids_in_batches_and_reports_unreadable_files(tmp_path, app, images):
-    src = tmp_path / "imgs"
-    src.mkdir()
-    for i, (_, data) in enumerate(images[:4]):
-        (src / f"{i}.jpg").write_bytes(data)
-    (src / "broken.jpg").write_bytes(b"nope")
+    src = _flat_collection(tmp_path / "imgs", images, 4)
     run = CliRunner().invoke
     assert (
         run(app, ["index", "build", str(src / "0.jpg"), "--index", str(tmp_path / "idx"), "--dim", "32"]).exit_code == 0
@@ -95,11 +100,7 @@ def test_decode_workers_default_to_a_share_of_the_cores_for_large_jobs_on_larger
 
 
 def test_build_with_decode_workers_indexes_the_same_images(tmp_path, app, images):
-    src = tmp_path / "imgs"
-    src.mkdir()
-    for i, (_, data) in enumerate(images[:10]):
-        (src / f"{i}.jpg").write_bytes(data)
-    (src / "broken.jpg").write_bytes(b"nope")
+    src = _flat_collection(tmp_path / "imgs", images, 10)
     res = CliRunner().invoke(app, ["index", "build", str(src), "--index", str(tmp_path / "idx"), "--workers", "2"])
     assert res.exit_code == 0, res.output
     assert "added 10, already indexed 0, unreadable 1" in res.output
