@@ -8,6 +8,7 @@ package: it imports nothing of ours, so every layer may use it.
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Callable
@@ -49,3 +50,8 @@ def atomic_write(path: Path, write: Callable[[str], object]) -> None:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Atomically replace `path` with `data`."""
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def no_space(e: OSError) -> bool:
+    """Whether a failed write found the disk or the quota full (as opposed to another storage failure)."""
+    return e.errno in (errno.ENOSPC, errno.EDQUOT)

@@ -11,7 +11,6 @@ and `LOCK` (one writer process at a time). The SQLite log is the truth; FAISS is
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import logging
 import os
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from durable import no_space
 from index import wal
 from index.faiss_index import FaissIndexError, IndexPlan, VectorIndex, exact_rerank, plan_index
 from index.store import MetadataStore, StoreError, validate_metadata
@@ -254,8 +254,7 @@ class AFVIndex:
     def find_sha256(self, shas: list[str]) -> dict[str, int]:
         """{content hash: id} of the given hashes that are indexed."""
         with self._lock:
-            found = {sha: self.store.find_sha256(sha) for sha in set(shas)}
-        return {sha: int(i) for sha, i in found.items() if i is not None}
+            return self.store.ids_by_sha256(list(set(shas)))
 
     def vectors(self, ids: list[int]) -> dict[int, np.ndarray]:
         """The stored vectors of these ids (unknown ids are left out)."""
@@ -431,7 +430,7 @@ class AFVIndex:
         """Turn a storage failure inside the block into IndexWriteError (after rolling back SQLite)."""
         try:
             yield
-        except (sqlite3.Error, OSError, RuntimeError) as e:
+        except (sqlite3.Error, OSError) as e:
             failure = None if isinstance(e, AFVIndexError) else _storage_failure(e)
             if failure is None:
                 raise
@@ -480,9 +479,10 @@ class AFVIndex:
     def _checkpoint_replayed(self) -> None:
         """Checkpoint right after a writable open replayed a crash's ops, so the next open replays none."""
         try:
-            self._checkpoint()
-        except (OSError, RuntimeError) as e:  # e.g. a full disk: the log still holds the ops, open anyway
-            log.warning("cannot checkpoint the replayed log of %s: %s", self.index_dir, e)
+            with self._writing("checkpoint the replayed log"):
+                self._checkpoint()
+        except IndexWriteError as e:  # e.g. a full disk: the log still holds the ops, open anyway
+            log.warning("%s: %s", self.index_dir, e)
 
 
 def merge_hits(lists: list[list[Hit]], k: int) -> list[Hit]:
@@ -507,10 +507,8 @@ def _storage_failure(e: BaseException) -> tuple[str, bool] | None:
             full = getattr(err, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "is full" in str(err)
             return (f"{err} (no space left on the device)" if full else str(err)), full
         if isinstance(err, OSError) and not isinstance(err, AFVIndexError):
-            no_space = err.errno in (errno.ENOSPC, errno.EDQUOT)
-            return (err.strerror or str(err)) + (" (no space left on the device)" if no_space else ""), no_space
-        if isinstance(err, RuntimeError) and "write error" in str(err):  # faiss's file writer
-            return str(err).splitlines()[0], "No space left" in str(err)
+            full = no_space(err)
+            return (err.strerror or str(err)) + (" (no space left on the device)" if full else ""), full
     return None
 
 

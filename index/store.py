@@ -161,12 +161,16 @@ class MetadataStore:
         row = self.db.execute("SELECT id FROM items WHERE sha256 = ?", (sha,)).fetchone()
         return None if row is None else row[0]
 
-    def has_sha256(self, shas: list[str]) -> set[str]:
-        found: set[str] = set()
+    def ids_by_sha256(self, shas: list[str]) -> dict[str, int]:
+        """{content hash: id} of the given hashes that are stored (one query per 900 hashes)."""
+        found: dict[str, int] = {}
         for chunk in _chunks(shas, 900):
             q = ",".join("?" * len(chunk))
-            found.update(r[0] for r in self.db.execute(f"SELECT sha256 FROM items WHERE sha256 IN ({q})", chunk))
+            found.update(self.db.execute(f"SELECT sha256, id FROM items WHERE sha256 IN ({q})", chunk))
         return found
+
+    def has_sha256(self, shas: list[str]) -> set[str]:
+        return set(self.ids_by_sha256(shas))
 
     def vectors(self, ids: Iterable[int]) -> dict[int, np.ndarray]:
         out: dict[int, np.ndarray] = {}

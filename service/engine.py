@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from anyio import to_thread
 
+from durable import no_space
 from index import AFVIndexError, Hit, IndexFullError, IndexReadOnlyError, IndexWriteError, ItemNotFoundError
 from index.collection import DB_FILE
 from model.embedder import Embedder
@@ -237,8 +238,7 @@ class Engine:
         try:
             jnd.save(self.settings.jnd_file, self.jnd, self.extractor.model_hash)
         except OSError as e:
-            full = e.errno in (errno.ENOSPC, errno.EDQUOT)
-            error = IndexFullError if full else IndexWriteError
+            error = IndexFullError if no_space(e) else IndexWriteError
             raise error(f"cannot save the JND calibration: {e.strerror or e}") from e
 
     # -- index ---------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -41,8 +42,8 @@ class Item:
     metadata: dict = field(default_factory=dict)
     source: str = "image"  # named in error messages: a file path, a request field such as images[3]
 
-    @property
-    def sha256(self) -> str:
+    @cached_property
+    def sha256(self) -> str:  # computed once: the plan, the record and the delete re-check all use it
         return hashlib.sha256(self.data).hexdigest()
 
 

@@ -38,7 +38,6 @@ def serve_command(
     import uvicorn
 
     from service.app import create_app
-    from service.engine import index_dir_problem
     from service.settings import get_settings
 
     updates: dict[str, Any] = {"device": device}
@@ -58,9 +57,6 @@ def serve_command(
         fail(f"invalid settings: {e}")
     if model is not None and not model.exists():
         fail(f"no such model folder: {model}")
-    problem = index_dir_problem(settings)
-    if problem is not None:
-        fail(problem)
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("binding %s: the service is reachable from other machines", host)
     resources = _load(settings)
@@ -73,6 +69,8 @@ def _load(settings: Settings) -> Resources:
     from service.engine import Resources, StartupError
 
     try:
-        return Resources.load(settings)
-    except (StartupError, AFVIndexError, ValueError, FileNotFoundError) as e:
+        return Resources.load(settings)  # checks the index folder (StartupError) before loading the model
+    except StartupError as e:
+        fail(str(e))
+    except (AFVIndexError, ValueError, FileNotFoundError) as e:
         fail(f"cannot serve: {e}")
