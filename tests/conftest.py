@@ -48,43 +48,25 @@ def cifar_images() -> torch.Tensor:
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
     """A tiny model trained for a few steps on the fixture (a real run directory)."""
+    return _train_tiny(tmp_path_factory.mktemp("tiny_run"), "afv", steps=30, ckpt_every=15)
+
+
+def _train_tiny(out: Path, method: str, steps: int = 20, ckpt_every: int = 10, **kw) -> Path:
     from model.train import TrainConfig, train
 
-    out = tmp_path_factory.mktemp("tiny_run")
-    train(
-        TrainConfig(
-            data=str(CIFAR),
-            out=str(out),
-            preset="tiny",
-            steps=30,
-            ckpt_every=15,
-            device="cpu",
-            monitor_samples=64,
-            holdout=32,
-        ),
-        progress=False,
+    cfg = TrainConfig(
+        data=str(CIFAR),
+        out=str(out),
+        preset="tiny",
+        method=method,
+        steps=steps,
+        ckpt_every=ckpt_every,
+        device="cpu",
+        monitor_samples=64,
+        holdout=32,
+        **kw,
     )
-    return out
-
-
-def _train_tiny(out: Path, method: str, **kw) -> Path:
-    from model.train import TrainConfig, train
-
-    train(
-        TrainConfig(
-            data=str(CIFAR),
-            out=str(out),
-            preset="tiny",
-            method=method,
-            steps=20,
-            ckpt_every=10,
-            device="cpu",
-            monitor_samples=64,
-            holdout=32,
-            **kw,
-        ),
-        progress=False,
-    )
+    train(cfg, progress=False)
     return out
 
 
