@@ -7,6 +7,7 @@ index with a model and sketching images is `service.model_index`; the ingest pip
 Layout of an index folder: `meta.sqlite` (items, float32 sketches, op log, settings), `manifest.json`
 (which FAISS checkpoint is current, the op sequence it contains, its plan), `vectors-<seq>.faiss`
 and `LOCK` (one writer process at a time). The SQLite log is the truth; FAISS is rebuilt from it.
+A shard (`index.sharding`) is such a folder too, with a `shard` setting saying which one it is.
 """
 
 from __future__ import annotations
@@ -27,13 +28,14 @@ import numpy as np
 from durable import no_space
 from index import wal
 from index.faiss_index import FaissIndexError, IndexPlan, VectorIndex, exact_rerank, plan_index
-from index.store import MetadataStore, StoreError, validate_metadata
+from index.store import ItemRow, MetadataStore, StoreError, validate_metadata
 
 log = logging.getLogger(__name__)
 
 FORMAT = "afv-index/1"
 DB_FILE, MANIFEST_FILE, LOCK_FILE = "meta.sqlite", "manifest.json", "LOCK"
 PIN_KEYS = ("model_hash", "stats_hash", "model_name", "projection")  # what made the vectors
+SHARD_KEY = "shard"  # setting of an index made by index.sharding: which shard of which split it is
 SAVE_EVERY = 10_000  # logged ops between FAISS checkpoints (replay on open covers the rest)
 RERANK_FACTOR = 10  # candidates fetched per wanted neighbour when re-ranking exactly
 BRUTE_FORCE_MAX = 2_000  # filters matching at most this many items are searched exactly
@@ -179,6 +181,24 @@ class AFVIndex:
         return self
 
     @classmethod
+    def create_like(cls, source: AFVIndex, index_dir: str | Path, settings: dict | None = None) -> AFVIndex:
+        """An empty index with the pins, settings and trained FAISS structure (not the vectors) of `source`,
+        plus the extra `settings` (e.g. SHARD_KEY): vectors added to it get the distances they get in `source`."""
+        self = cls.create(
+            index_dir, dim=source.dim, pins=source.pins, kind=source.kind_request, memory_budget=source.memory_budget
+        )
+        try:
+            with source._lock:
+                self.vindex = source.vindex.empty_copy()
+            if settings:
+                self.store.set_meta(settings)
+            self._checkpoint()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    @classmethod
     def open(cls, index_dir: str | Path, *, read_only: bool = False) -> AFVIndex:
         """Open an index and replay the log; read-only opens take no lock and never write."""
         index_dir = Path(index_dir)
@@ -233,6 +253,12 @@ class AFVIndex:
         with self._lock:
             return {k: self.store.get_meta(k) for k in PIN_KEYS}
 
+    @property
+    def shard(self) -> dict | None:
+        """Which shard of which split this index is (`index.sharding`), or None for a whole index."""
+        with self._lock:
+            return self.store.get_meta(SHARD_KEY)
+
     # -- writes --------------------------------------------------------------------------------
 
     def add_embedded(self, vectors: np.ndarray, records: list[dict]) -> list[AddResult]:
@@ -243,6 +269,7 @@ class AFVIndex:
             raise InvalidInputError(f"{len(vectors)} vectors but {len(records)} records")
         with self._lock:
             self._check_writable()
+            self._check_not_shard()
             with self._writing("add to the index"):  # a failed transaction rolls back whole; FAISS is untouched
                 results = self.store.add(vectors, records)  # durable (committed) from here on
             new = [(i, rid) for i, (rid, dup) in enumerate(results) if not dup]
@@ -250,6 +277,32 @@ class AFVIndex:
                 self.vindex.add(vectors[[i for i, _ in new]], np.array([r for _, r in new]))
             self._maybe_checkpoint()
         return [AddResult(int(rid), bool(dup)) for rid, dup in results]
+
+    def add_items(self, rows: list[ItemRow], vectors: np.ndarray) -> None:
+        """Add items as another index stored them (`iter_items`), under their own ids. Logged, not checkpointed:
+        `checkpoint()` writes the FAISS file as it is (no retraining, unlike `save`)."""
+        vectors = self._as_queries(vectors)
+        if len(rows) != len(vectors):
+            raise InvalidInputError(f"{len(vectors)} vectors but {len(rows)} items")
+        with self._lock:
+            self._check_writable()
+            with self._writing("add to the index"):
+                try:
+                    self.store.insert_items(rows, vectors)
+                except StoreError as e:
+                    raise InvalidInputError(str(e)) from e
+            self.vindex.add(vectors, np.array([r.id for r in rows], dtype=np.int64))
+
+    def iter_items(self, batch: int = 10_000) -> Iterator[tuple[list[ItemRow], np.ndarray]]:
+        """Every item as stored, with its vector, in id order and batches of at most `batch`."""
+        last = -1
+        while True:
+            with self._lock:
+                rows, vectors = self.store.items_after(last, batch)
+            if not rows:
+                return
+            last = rows[-1].id
+            yield rows, vectors
 
     def find_sha256(self, shas: list[str]) -> dict[str, int]:
         """{content hash: id} of the given hashes that are indexed."""
@@ -354,6 +407,7 @@ class AFVIndex:
                 "pending_ops": self.store.last_seq() - self.base_seq,
                 "read_only": self.read_only,
                 "mmapped": self.vindex.mmapped,
+                "shard": self.store.get_meta(SHARD_KEY),
                 "path": str(self.index_dir),
             }
 
@@ -369,6 +423,13 @@ class AFVIndex:
                     self._rebuild(wanted)
                 else:
                     self._checkpoint()
+
+    def checkpoint(self) -> None:
+        """Write the FAISS index as it is (never retrained, unlike `save`) and compact the log it holds."""
+        with self._lock:
+            self._check_writable()
+            with self._writing("checkpoint the index"):
+                self._checkpoint()
 
     def optimize(self, kind: str | None = None) -> None:
         """Rebuild the FAISS structure for the current size (or as `kind`) and checkpoint it."""
@@ -407,6 +468,16 @@ class AFVIndex:
             raise AFVIndexError("the index is closed")
         if self.read_only:
             raise IndexReadOnlyError(f"{self.index_dir} was opened read-only")
+
+    def _check_not_shard(self) -> None:
+        """A new item's id would be the next of this shard's ids, not of the whole split, and could hash to
+        another shard: the split's shards only take the items they were made with."""
+        shard = self.store.get_meta(SHARD_KEY)
+        if shard is not None:
+            raise IndexReadOnlyError(
+                f"{self.index_dir} is shard {shard['index']} of {shard['count']} made by `afv index shard`: add "
+                "images to the index it was split from, then split that again"
+            )
 
     def _as_queries(self, vectors: np.ndarray) -> np.ndarray:
         x = np.asarray(vectors, dtype=np.float32)

@@ -103,6 +103,25 @@ class VectorIndex:
         index.train(np.ascontiguousarray(train, dtype=np.float32))
         return cls(index, plan)
 
+    def empty_copy(self) -> VectorIndex:
+        """A new, writable index with this one's trained structure (IVF centroids, PQ codebooks, OPQ rotation)
+        and no vectors: a vector added to it gets the same code, so searches find the same distances."""
+        if self.plan.kind == "flat":
+            return VectorIndex.build(self.plan)
+        ivf = faiss.extract_index_ivf(self.index)
+        lists, owned = ivf.invlists, ivf.own_invlists
+        # Clone with empty lists in place of the full ones: faiss cannot clone memory-mapped lists, and
+        # copying every code only to drop it costs the index's size in memory. The swap is undone at once.
+        empty = faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size)
+        ivf.own_invlists = False
+        ivf.invlists = empty
+        try:
+            index = faiss.clone_index(self.index)
+        finally:
+            ivf.invlists, ivf.own_invlists = lists, owned
+        index.reset()  # the clone's lists are its own empty copy; reset zeroes the copied ntotal
+        return VectorIndex(index, self.plan)
+
     @property
     def ntotal(self) -> int:
         return int(self.index.ntotal)

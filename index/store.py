@@ -16,6 +16,7 @@ import sqlite3
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import quote
 
 import numpy as np
@@ -37,6 +38,17 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 
 class StoreError(ValueError):
     """Invalid metadata, filter or an unreadable database."""
+
+
+class ItemRow(NamedTuple):
+    """One item exactly as stored (metadata as its JSON text): what copying an item to another index keeps."""
+
+    id: int
+    name: str | None
+    sha256: str
+    size: int | None
+    added_at: float
+    metadata: str
 
 
 def _check_field(name: str) -> str:
@@ -128,6 +140,22 @@ class MetadataStore:
                 out.append((id_, False))
         return out
 
+    def insert_items(self, rows: list[ItemRow], vectors: np.ndarray) -> None:
+        """Insert items under their own ids (logged as adds) in one transaction; StoreError if an id or
+        content hash is already stored (nothing is inserted then)."""
+        try:
+            with self._tx():
+                self.db.executemany(
+                    "INSERT INTO items (id, name, sha256, size, added_at, metadata) VALUES (?, ?, ?, ?, ?, ?)", rows
+                )
+                self.db.executemany(
+                    "INSERT INTO vectors VALUES (?, ?)",
+                    [(r.id, np.asarray(v, dtype=np.float32).tobytes()) for r, v in zip(rows, vectors)],
+                )
+                self.db.executemany("INSERT INTO ops (op, item_id) VALUES ('add', ?)", [(r.id,) for r in rows])
+        except sqlite3.IntegrityError as e:
+            raise StoreError(f"cannot insert items with their ids into {self.path}: {e}") from e
+
     def delete(self, id_: int) -> bool:
         """Delete an item and its vector (logged); False if it does not exist."""
         with self._tx():
@@ -194,6 +222,17 @@ class MetadataStore:
                 np.array([r[0] for r in rows], dtype=np.int64),
                 np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows]),
             )
+
+    def items_after(self, last_id: int, limit: int) -> tuple[list[ItemRow], np.ndarray]:
+        """Up to `limit` items with ids above `last_id`, in id order, as stored, with their n×d vectors."""
+        rows = self.db.execute(
+            "SELECT i.id, i.name, i.sha256, i.size, i.added_at, i.metadata, v.vec FROM items i "
+            "JOIN vectors v ON v.id = i.id WHERE i.id > ? ORDER BY i.id LIMIT ?",
+            (int(last_id), int(limit)),
+        ).fetchall()
+        if not rows:
+            return [], np.zeros((0, 0), np.float32)
+        return [ItemRow(*r[:-1]) for r in rows], np.stack([np.frombuffer(r[-1], dtype=np.float32) for r in rows])
 
     def sample_vectors(self, n: int, seed: int = 0) -> np.ndarray:
         ids = [r[0] for r in self.db.execute("SELECT id FROM vectors")]
