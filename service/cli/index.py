@@ -15,6 +15,8 @@ from tqdm import tqdm
 
 from index import AFVIndex, AFVIndexError
 from model.data import IMAGE_SUFFIXES, ImageDecodeError, decode_image, iter_records
+from service.bulk.ray_engine import RayOptions
+from service.bulk.sources import collection_metadata
 from service.cli import options as opts  # opts.load_model, looked up per call: tests swap it
 from service.cli.options import fail
 from service.ingest import Item, ingest, model_decoder
@@ -56,20 +58,11 @@ def _source(root: Path, name: str) -> str:
     return str(root / name) if root.is_dir() else (f"{root}::{name}" if root.name != name else str(root))
 
 
-def collection_metadata(root: Path, name: str) -> dict[str, str]:
-    """An image's place relative to its collection: {path: inside the folder/archive, collection: its name}.
-
-    Absolute paths of the machine that built the index are not stored: the service returns metadata to
-    its readers."""
-    if root.is_dir() or root.name != name:
-        return {"path": name, "collection": root.resolve().name}
-    return {"path": root.name, "collection": root.resolve().parent.name}
-
-
 def _items(path: Path) -> Iterator[Item]:
     """The images of a file, folder or archive as ingest items, with their place in the collection."""
     for rec in iter_records(path):
-        yield Item(rec.data, rec.name, collection_metadata(path, rec.name), source=_source(path, rec.name))
+        meta = collection_metadata(path, rec.name, path.is_dir())
+        yield Item(rec.data, rec.name, meta, source=_source(path, rec.name))
 
 
 PIPELINE_MIN_IMAGES = 256  # below this, starting worker processes costs more than it saves
@@ -99,9 +92,16 @@ def _ingest(mi: ModelIndex, items: Iterator[Item], workers: int = 0):
     return ingest(mi.index, items, decode=decode, embed=mi.sketch, batch_size=mi.embedder.batch_size, workers=workers)
 
 
+ENGINES = ("local", "ray")
+
+
 @index_app.command("build")
 def build(
-    images: Path = typer.Argument(..., help="Folder of images or .tar/.tar.gz archive."),
+    images: str = typer.Argument(
+        ...,
+        help="Folder of images or .tar/.tar.gz archive; with --engine ray also a Parquet/CSV list (column path or "
+        "url), a glob, or a URL (s3://, gs://: with their fsspec extra).",
+    ),
     index: Path = typer.Option(..., "--index", help="Index folder (created, or resumed)."),
     model: Path | None = typer.Option(None, "--model", help="Run directory of a trained model."),
     memory_budget: str | None = typer.Option(None, "--memory-budget", help="RAM for the vectors (default 256MB)."),
@@ -115,8 +115,34 @@ def build(
     workers: int | None = typer.Option(
         None,
         "--workers",
-        help="Processes decoding images while the model runs (default: a quarter of the cores, at most 4; "
-        "none on 2 cores or for small jobs).",
+        help="local: processes decoding images while the model runs (default: a quarter of the cores, at most 4; "
+        "none on 2 cores or for small jobs). ray: model workers (default: one per GPU, else one per 4 CPUs).",
+    ),
+    engine: str = typer.Option(
+        "local", "--engine", help="local: this process | ray: Ray Data workers (docs/scale-out.md)."
+    ),
+    address: str | None = typer.Option(
+        None,
+        "--address",
+        help="ray: the cluster (auto from inside it, ray://HOST:PORT from outside); default: a local Ray "
+        "instance with this machine's CPUs, shut down afterwards.",
+    ),
+    gpus_per_worker: float | None = typer.Option(
+        None, "--gpus-per-worker", min=0, help="ray: GPUs per model worker (default 1 if the cluster has GPUs, else 0)."
+    ),
+    cpus_per_worker: float | None = typer.Option(
+        None, "--cpus-per-worker", min=0.1, help="ray: CPUs (torch threads) per model worker (default: fitted)."
+    ),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", min=1, help="ray: images per model pass in each worker (default 64)."
+    ),
+    shard_size: int | None = typer.Option(
+        None, "--shard-size", min=1, help="ray: images per embedding shard (default 10000)."
+    ),
+    shards: Path | None = typer.Option(
+        None,
+        "--shards",
+        help="ray: folder of the embedding shards (default INDEX/shards); re-runs skip finished ones.",
     ),
 ) -> None:
     """Embed a collection into an index; resumable (images whose content is indexed are skipped).
@@ -124,15 +150,70 @@ def build(
     Options apply when the index is created; for an existing index they must match it (or be left out)."""
     budget = parse_size(memory_budget) if memory_budget is not None else None
     options = BuildOptions(dim=dim, mode=mode, kind=kind, memory_budget=budget)
+    ray_only = {
+        "--address": address,
+        "--gpus-per-worker": gpus_per_worker,
+        "--cpus-per-worker": cpus_per_worker,
+        "--batch-size": batch_size,
+        "--shard-size": shard_size,
+        "--shards": shards,
+    }
+    if engine not in ENGINES:
+        fail(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    if engine == "ray":
+        ray = RayOptions(address, workers, gpus_per_worker, cpus_per_worker, batch_size or RayOptions.batch_size)
+        _build_on_ray(images, index, model, options, ray, shard_size, shards)
+        return
+    if given := [name for name, value in ray_only.items() if value is not None]:
+        fail(f"{', '.join(given)} apply to --engine ray")
     try:
         with ModelIndex.open_or_create(index, opts.load_model(model), options) as mi:
-            added, present, skipped = _build(mi, images, workers)
+            added, present, skipped = _build(mi, Path(images), workers)
             count = mi.index.count
     except (AFVIndexError, FileNotFoundError, ValueError) as e:
         fail(str(e))
+    _report(added, present, skipped, count)
+
+
+def _report(added: int, present: int, skipped: list[tuple[str, str]], count: int) -> None:
     typer.echo(f"added {added}, already indexed {present}, unreadable {len(skipped)}; index holds {count} images")
     for name, why in skipped:
         typer.echo(f"  skipped {name}: {why}", err=True)
+
+
+def _build_on_ray(
+    source: str,
+    index: Path,
+    model: Path | None,
+    options: BuildOptions,
+    ray: RayOptions,
+    shard_size: int | None,
+    shards: Path | None,
+) -> None:
+    """`--engine ray`: the index opened here (model on the CPU: the workers have the GPUs), the work on Ray."""
+    from service.bulk.build import DEFAULT_SHARD_SIZE, BulkBuildError, build_with_ray
+    from service.bulk.ray_engine import RayUnavailableError
+
+    worker_model = str(model.resolve()) if model is not None else None  # workers may start elsewhere
+    try:
+        with ModelIndex.open_or_create(index, opts.load_model(model, device="cpu"), options) as mi:
+            report = build_with_ray(
+                mi,
+                source,
+                model=worker_model,
+                shards_dir=shards or index / "shards",
+                options=ray,
+                shard_size=shard_size or DEFAULT_SHARD_SIZE,
+            )
+            count = mi.index.count
+    except (AFVIndexError, FileNotFoundError, ValueError, ImportError, RayUnavailableError, BulkBuildError) as e:
+        fail(str(e))
+    done = report.shards - report.made
+    pool = report.workers
+    on = f" on {pool.count} worker(s) of {pool.gpus:g} GPU, {pool.cpus:g} CPU" if pool else ""
+    typer.echo(f"shards: {report.made} embedded{on}, {done} already done, {report.shards} in all")
+    out = report.outcomes
+    _report(out.added, out.present, out.skipped, count)
 
 
 def _build(mi: ModelIndex, images: Path, workers: int | None = None) -> tuple[int, int, list]:

@@ -1,0 +1,218 @@
+"""Where a bulk build's images come from: listed in a fixed order, read through fsspec.
+
+A source is a folder, an image file, a .tar/.tar.gz archive, a Parquet or CSV list of image paths or
+URLs (a column named `path` or `url`; its other columns become metadata), or a glob of any of these
+(`s3://bucket/shards-*.tar`). Local paths work as they are; `s3://`, `gs://`, … work once their fsspec
+extra (s3fs, gcsfs) is installed. A folder or archive is listed in the order, and with the names and
+collection metadata, of the local build (`model.data.iter_records`), so both builds give each image the
+same record and the same id. fsspec is imported on first use: the local build needs none of this.
+"""
+
+from __future__ import annotations
+
+import tarfile
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from index.store import StoreError, validate_metadata
+from model.data import _is_image_name, _member_name  # the local build's rules, so both list alike
+
+TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+LIST_COLUMNS = ("path", "url")
+GLOB_CHARS = "*?["
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One image of a source: the file holding it, its record name and metadata, and which bytes are it."""
+
+    url: str  # the image file, or the archive holding it (a local path or a URL)
+    name: str
+    metadata: dict = field(default_factory=dict)
+    member: str | None = None  # the member of the archive `url`
+    start: int = 0  # its bytes: url[start:end] (end None: to the end of the file)
+    end: int | None = None
+    sequential: bool = False  # a member of a compressed archive: found by reading the archive in order
+
+    @property
+    def source(self) -> str:
+        """Where it was read from, for messages (never stored)."""
+        return f"{self.url}::{self.member}" if self.member else self.url
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def collection_metadata(root: str | Path, name: str, is_dir: bool) -> dict[str, str]:
+    """An image's place relative to its collection: {path: inside the folder/archive/list, collection: its name}.
+
+    A local root is resolved (`.` is named after the folder it is); absolute paths of the machine that
+    built the index are not stored: the service returns metadata to its readers."""
+    place = Path(root).resolve() if isinstance(root, Path) else PurePosixPath(root)
+    if is_dir or place.name != name:
+        return {"path": name, "collection": place.name}
+    return {"path": place.name, "collection": place.parent.name}
+
+
+def list_source(source: str) -> list[Entry]:
+    """Every image of `source` (a folder, file, archive, path list or glob of these), in build order."""
+    fs, path = _filesystem(source)
+    if any(c in path for c in GLOB_CHARS):
+        matches = sorted(fs.glob(path))
+        if not matches:
+            raise FileNotFoundError(f"nothing matches {source}")
+        return [e for match in matches for e in _list_one(fs, match)]
+    if not fs.exists(path):
+        raise FileNotFoundError(f"no such file or folder: {source}")
+    return _list_one(fs, path)
+
+
+def _list_one(fs, path: str) -> list[Entry]:
+    url, root = _url(fs, path), _root(fs, path)
+    if fs.isdir(path):
+        return _list_folder(fs, path, root)
+    if path.endswith(TAR_SUFFIXES):
+        return _list_tar(fs, path, url, root)
+    if path.endswith((".parquet", ".csv")):
+        return _list_paths(fs, path, root)
+    return [Entry(url, PurePosixPath(path).name, collection_metadata(root, PurePosixPath(path).name, False))]
+
+
+def _list_folder(fs, path: str, root: str | Path) -> list[Entry]:
+    """The image files under a folder, sorted as `Path`s sort (part by part), as the local build does."""
+    base = path.rstrip("/") + "/"
+    names = [p[len(base) :] for p in fs.find(path) if p.startswith(base) and _is_image_name(p)]
+    return [
+        Entry(_url(fs, base + name), name, collection_metadata(root, name, True))
+        for name in sorted(names, key=lambda n: n.split("/"))
+    ]
+
+
+def _list_tar(fs, path: str, url: str, root: str | Path) -> list[Entry]:
+    """An archive's images in name order (archive order sorted, as `model.data._iter_tar` reads them).
+
+    Members of an uncompressed .tar are byte ranges of it (read directly); those of a .tar.gz are read
+    by streaming through the archive, once per chunk of work."""
+    compressed = not path.endswith(".tar")
+    with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|*" if compressed else "r:") as tar:
+        members = [m for m in tar if m.isfile() and _is_image_name(m.name)]
+    entries = [
+        Entry(
+            url,
+            _member_name(m),
+            collection_metadata(root, _member_name(m), False),
+            member=m.name,
+            start=0 if compressed else m.offset_data,
+            end=None if compressed else m.offset_data + m.size,
+            sequential=compressed,
+        )
+        for m in members
+    ]
+    return sorted(entries, key=lambda e: e.name)
+
+
+def _list_paths(fs, path: str, root: str | Path) -> list[Entry]:
+    """The rows of a Parquet/CSV list, in its order: its `path` (or `url`) column read relative to the
+    list's folder, its other columns as metadata."""
+    rows = _read_table(fs, path)
+    column = next((c for c in LIST_COLUMNS if c in rows), None)
+    if column is None:
+        raise ValueError(f"{path} needs a column named 'path' or 'url' (it has: {', '.join(rows) or 'none'})")
+    extra = [c for c in rows if c != column]
+    try:
+        validate_metadata(dict.fromkeys(extra))
+    except StoreError as e:
+        raise ValueError(f"{path}: its other columns become metadata, but {e}") from e
+    folder = PurePosixPath(path).parent
+    entries = []
+    for i, value in enumerate(rows[column]):
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"{path}: row {i} has no {column}")
+        meta = {c: rows[c][i] for c in extra if rows[c][i] is not None}
+        entries.append(Entry(_resolve(fs, folder, value), value, meta | collection_metadata(root, value, True)))
+    return entries
+
+
+def _read_table(fs, path: str) -> dict[str, list[Any]]:
+    with fs.open(path, "rb") as f:
+        if path.endswith(".parquet"):
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(f)
+        else:
+            import pyarrow.csv as pcsv
+
+            table = pcsv.read_csv(f)
+    return table.to_pydict()
+
+
+def _resolve(fs, folder: PurePosixPath, value: str) -> str:
+    """A list's path as a URL: URLs and absolute paths as they are, others relative to the list."""
+    if "://" in value or value.startswith("/"):
+        return value
+    return _url(fs, str(folder / value))
+
+
+def read_entries(entries: list[Entry]) -> list[bytes | Exception]:
+    """The bytes of each entry, in order, or the error that kept it from being read (it fails alone).
+
+    Files and byte ranges of one file system are fetched in one `cat_ranges` call (concurrent on object
+    stores); members of compressed archives by one pass through each archive."""
+    out: list[bytes | Exception | None] = [None] * len(entries)
+    direct: dict[str, list[int]] = defaultdict(list)  # protocol → positions
+    streamed: dict[str, list[int]] = defaultdict(list)  # archive → positions
+    for i, e in enumerate(entries):
+        (streamed[e.url] if e.sequential else direct[e.url.split("://")[0] if "://" in e.url else ""]).append(i)
+    for positions in direct.values():
+        fs, _ = _filesystem(entries[positions[0]].url)
+        paths = [_filesystem(entries[i].url)[1] for i in positions]
+        got = fs.cat_ranges(paths, [entries[i].start for i in positions], [entries[i].end for i in positions])
+        for i, data in zip(positions, got):
+            out[i] = data
+    for url, positions in streamed.items():
+        for i, data in zip(positions, _read_members(url, [entries[i].member or "" for i in positions])):
+            out[i] = data
+    return [x if x is not None else OSError("not read") for x in out]
+
+
+def _read_members(url: str, members: list[str]) -> list[bytes | Exception]:
+    """Members of a (compressed) archive, read in one pass that stops after the last one wanted."""
+    fs, path = _filesystem(url)
+    wanted = set(members)
+    found: dict[str, bytes | Exception] = {}
+    try:
+        with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
+            for m in tar:
+                if m.name in wanted:
+                    data = tar.extractfile(m)
+                    found[m.name] = data.read() if data else b""
+                    if len(found) == len(wanted):
+                        break
+    except (OSError, tarfile.TarError) as e:
+        return [found.get(m, e) for m in members]
+    return [found.get(m, FileNotFoundError(f"{m} is not in {url}")) for m in members]
+
+
+def _filesystem(url: str):
+    """(fsspec file system, path in it) of a local path or URL."""
+    try:
+        import fsspec
+    except ImportError as e:  # the ray extra brings it
+        raise ImportError("reading sources needs fsspec: pip install -e '.[ray]'") from e
+    return fsspec.core.url_to_fs(url)
+
+
+def _is_local(fs) -> bool:
+    return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+
+
+def _url(fs, path: str) -> str:
+    """A path of `fs` as something `_filesystem` opens again (on any machine of the cluster)."""
+    return path if _is_local(fs) else fs.unstrip_protocol(path)
+
+
+def _root(fs, path: str) -> str | Path:
+    """What collection metadata is named after: a local path (resolved) or the path inside the store."""
+    return Path(path) if _is_local(fs) else path.rstrip("/")
