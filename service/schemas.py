@@ -129,6 +129,18 @@ class SearchRequest(_Strict):
         return self
 
 
+class SketchRequest(_Strict):
+    image: ImageBytes | None = Field(None, description="Query image (or give `id`).")
+    id: ImageId | None = Field(None, description="An indexed image: its stored vector.")
+    mirror: StrictBool = Field(True, description="Image queries: also the sketch of the mirror image, as search uses.")
+
+    @model_validator(mode="after")
+    def _one_query(self) -> SketchRequest:
+        if (self.image is None) == (self.id is None):
+            raise ValueError("give exactly one of `image` or `id`")
+        return self
+
+
 class AddImageRequest(_Strict):
     upload_names: ClassVar[dict[str, str]] = {"name": "image"}
     image: ImageBytes
@@ -181,6 +193,27 @@ class LabelledPair(_Strict):
 class JNDCalibrateRequest(_Strict):
     pairs: list[LabelledPair] = Field(min_length=2, max_length=10_000)
     save: StrictBool = Field(True, description="Persist the threshold (DATA_DIR/jnd.json).")
+
+
+# A vector's entries: bounded, so that squared distances stay finite in float32.
+VectorEntry = Annotated[float, Field(ge=-1e12, le=1e12, allow_inf_nan=False)]
+
+
+class VectorSearchRequest(_Strict):
+    vectors: list[list[VectorEntry]] = Field(
+        min_length=1,
+        max_length=16,
+        description="Sketches of one query (e.g. from /v1/search:sketch); each item's nearest distance to any counts.",
+    )
+    k: StrictInt = Field(10, ge=1, le=1000)
+    where: Where = None
+    rerank: StrictBool = Field(False, description="Re-rank candidates with exact distances.")
+
+    @model_validator(mode="after")
+    def _one_length(self) -> VectorSearchRequest:
+        if len({len(v) for v in self.vectors}) > 1:
+            raise ValueError("all `vectors` must have the same length")
+        return self
 
 
 # ---- responses ----------------------------------------------------------------------------------
@@ -237,6 +270,10 @@ class SearchHit(BaseModel):
 
 class SearchResponse(BaseModel):
     results: list[SearchHit]
+
+
+class SketchResponse(BaseModel):
+    vectors: list[list[float]] = Field(description="The vectors /v1/search searches with for this query.")
 
 
 class ImageAdded(BaseModel):

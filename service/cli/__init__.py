@@ -16,6 +16,7 @@ from service.cli.bench import bench_app
 from service.cli.eval import eval_app
 from service.cli.index import index_app, search_command
 from service.cli.serve import serve_command
+from service.cli.shard import shard_command
 
 app = typer.Typer(
     help="Adversarial Fisher Vectors: perceptual similarity and reverse image search.",
@@ -42,5 +43,6 @@ app.command()(train.reconstruct)
 app.command("search")(search_command)
 app.command("serve")(serve_command)
 app.add_typer(bench_app, name="bench")
+index_app.command("shard")(shard_command)
 app.add_typer(index_app, name="index")
 app.add_typer(eval_app, name="eval")
