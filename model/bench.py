@@ -1,15 +1,19 @@
-"""Extraction benchmark: per-example autograd loop vs this project's extractor vs the batched floor."""
+"""Speed benchmarks: per-example autograd loop vs this project's extractor vs the batched floor
+(`bench_extract`), and the projections' speed and distance fidelity against exact AFVs (`bench_sketch`)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from model import fisher
+from model.data import uint8_to_model
 from model.nets import Discriminator, fold_spectral_norm
 from model.presets import Preset
+from model.sketch import ProjectionError, Projector, pairwise_distances
 
 
 def _sync(device: torch.device) -> None:
@@ -53,3 +57,47 @@ def bench_extract(
         "speedup_vs_loop": t_loop / t_ours,
         "slowdown_vs_floor": t_ours / t_floor,
     }
+
+
+def _img_s(fn: Callable[[torch.Tensor], object], x: torch.Tensor, bs: int, device: torch.device, repeats: int) -> float:
+    """Images per second of fn over x in batches of bs (best of `repeats`, after a warm-up batch)."""
+    def run() -> None:
+        for i in range(0, x.shape[0], bs):
+            fn(x[i : i + bs])
+
+    return 1 / time_per_image(run, x.shape[0], device, repeats)
+
+
+def _fidelity(ref: np.ndarray, est: np.ndarray) -> dict[str, float]:
+    ratio = est / np.maximum(ref, 1e-12)
+    return {
+        "pearson": float(np.corrcoef(ref, est)[0, 1]),
+        "rel_error_mean": float(np.abs(ratio - 1).mean()),
+        "rel_error_max": float(np.abs(ratio - 1).max()),
+        "ratio_mean": float(ratio.mean()),  # ≈ 1: unbiased; ≠ 1: distances scaled by that much
+    }
+
+
+def bench_sketch(extractor, x: torch.Tensor, configs: dict[str, dict], d: int = 1024, repeats: int = 3) -> dict:
+    """Speed and distance fidelity of each projection config {label: Projector kwargs} against exact AFVs.
+
+    Every time is measured in this one run, beside the batched-gradient floor and exact extraction, so
+    the ratios hold on a noisy machine. A config the model cannot use gets {"error": reason}.
+    """
+    bs, dev = extractor.batch_size, extractor.device
+    ref = pairwise_distances(torch.cat([extractor.embed(x[i : i + bs]) for i in range(0, x.shape[0], bs)]))
+    floor = _img_s(lambda b: fisher.summed_grad(extractor.d, uint8_to_model(b.to(dev))), x, bs, dev, repeats)
+    exact_afv = _img_s(extractor.embed, x, bs, dev, repeats)
+    out: dict = {"n_images": int(x.shape[0]), "afv_dim": extractor.dim, "d": d, "floor_img_s": floor}
+    out["exact_afv_img_s"], out["configs"] = exact_afv, {}
+    for label, kwargs in configs.items():
+        try:
+            proj = Projector(extractor, d=d, **kwargs)
+        except ProjectionError as e:
+            out["configs"][label] = {"error": str(e)}
+            continue
+        est = pairwise_distances(torch.from_numpy(proj.embed(x)))
+        speed = _img_s(proj.embed, x, bs, dev, repeats)
+        row = {"img_s": speed, "time_vs_floor": floor / speed, "speedup_vs_exact_afv": speed / exact_afv}
+        out["configs"][label] = {**row, **_fidelity(ref, est), "inner_dim": proj.inner_dim}
+    return out

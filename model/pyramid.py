@@ -140,14 +140,14 @@ def _head_cell_grads(m: nn.Linear, feature_map: torch.Tensor, g: torch.Tensor, n
     return out
 
 
-def capture_with_map(d: nn.Module, x: torch.Tensor):
+def capture_with_map(d: nn.Module, x: torch.Tensor, channels_last: bool = False):
     """`fisher.capture` plus the last block's output map (the head's input before pooling)."""
     maps: dict[str, torch.Tensor] = {}
     blocks = d.blocks
     assert isinstance(blocks, nn.Module), "d must be a Discriminator (its trunk is d.blocks)"
     handle = blocks.register_forward_hook(lambda _m, _a, out: maps.__setitem__("h", out.detach()))
     try:
-        captured = fisher.capture(d, x)
+        captured = fisher.capture(d, x, channels_last=channels_last)
     finally:
         handle.remove()
     return captured, maps["h"]

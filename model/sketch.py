@@ -1,12 +1,16 @@
 """Distance-preserving projection of AFVs (P dims) to d-dimensional sketches, seeded and reproducible.
 
-Two modes, both ending in the same seeded sparse Johnson–Lindenstrauss sketch (`SparseSketch`):
+The modes end in the same seeded sparse Johnson–Lindenstrauss sketch (`SparseSketch`):
 
 * ``exact``: sketch the exact normalised vector (`extractor.embed`), batch-wise. The reference; it
   works for every embedder (AFVs, BiGAN/BigBiGAN encoders, GFMN moment features).
+* ``sampled``: sketch a seeded coordinate sample of the AFV (`model.sampled.SampledAFV`): no per-sample
+  gradient is formed, squared distances are unbiased for normalisation ``none`` (ratio-estimated norms
+  for ``l2``/``power``), and every read-out works. ``auto`` picks it for large AFVs (`SAMPLED_MIN_DIM`).
 * ``identity``: no projection, for embedders whose vectors are already small (e.g. a 128-d BiGAN z);
   ``service.model_index.ModelIndex.create`` picks it when the embedder's dimension is at most the requested one.
-* ``fast``: never form the B×P per-sample gradient. For every large conv/linear layer the per-sample
+* ``fast`` (legacy, kept so that indexes built with it still open; biased, see docs/results.md):
+  never form the B×P per-sample gradient. For every large conv/linear layer the per-sample
   weight gradient is G_b A_bᵀ (output-gradients × unfolded input activations). Its diagonal Fisher
   std is approximated as Kronecker-factored, σ[o, i, t] ≈ u[o]·v[i]·w[t] (fitted to the exact
   diagonal in log space), so the Fisher-scaled gradient is sketched with a Kronecker random matrix
@@ -22,7 +26,6 @@ every coordinate of the AFV, so it raises `ProjectionError` — use ``exact`` fo
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -32,8 +35,10 @@ from torch.nn import functional as F
 
 from model import fisher
 from model.data import uint8_to_model
+from model.sampled import SampledAFV
 
-MODES = ("exact", "fast", "identity")
+MODES = ("exact", "sampled", "fast", "identity")
+DEFAULT_SAMPLES = 8192  # sampled weight coordinates per cell (docs/results.md: error vs speed)
 FORMAT = "afv-projection/1"
 
 
@@ -168,14 +173,17 @@ class Projector:
         nnz: int = 4,
         inner_factor: int = 32,
         exact_below: int = 4096,
+        samples: int = DEFAULT_SAMPLES,
     ):
         if mode not in MODES:
             raise ProjectionError(f"unknown projection mode {mode!r}; choose one of {MODES}")
-        if d < 1 or nnz < 1 or inner_factor < 1:
-            raise ProjectionError(f"d, nnz and inner_factor must be positive (got {d}, {nnz}, {inner_factor})")
-        if mode == "fast" and getattr(extractor, "kind", "afv") != "afv":
+        if d < 1 or nnz < 1 or inner_factor < 1 or samples < 1:
             raise ProjectionError(
-                f"the fast projection needs an AFV model; this is a '{extractor.kind}' embedder: use mode='exact'"
+                f"d, nnz, inner_factor and samples must be positive (got {d}, {nnz}, {inner_factor}, {samples})"
+            )
+        if mode in ("fast", "sampled") and getattr(extractor, "kind", "afv") != "afv":
+            raise ProjectionError(
+                f"the {mode} projection needs an AFV model; this is a '{extractor.kind}' embedder: use mode='exact'"
             )
         if mode == "fast" and getattr(extractor, "readout", "global") != "global":
             raise ProjectionError(
@@ -189,11 +197,12 @@ class Projector:
                 "AFV coordinate); use mode='exact' or a model with normalization none/l2"
             )
         self.extractor, self.d, self.mode, self.seed, self.nnz = extractor, d, mode, seed, nnz
-        self.inner_factor, self.exact_below = inner_factor, exact_below
+        self.inner_factor, self.exact_below, self.samples = inner_factor, exact_below, samples
         self.normalization = extractor.normalization
         self.plans = plan_layers(extractor.d, d, inner_factor, exact_below) if mode == "fast" else []
         self._build_fast() if mode == "fast" else None
-        self.inner_dim = self._fast_inner_dim() if mode == "fast" else extractor.dim
+        self.sampler = SampledAFV(extractor, samples, seed, exact_below) if mode == "sampled" else None
+        self.inner_dim = self._inner_dim()
         self.sketch = SparseSketch(self.inner_dim, d, seed, nnz, device=extractor.device)
 
     def _slot(self, name: str) -> fisher.ParamSlot | None:
@@ -216,7 +225,12 @@ class Projector:
                 )
         self.modules_by_id = {id(modules[p.name]): (p.name, p) for p in self.plans}
 
-    def _fast_inner_dim(self) -> int:
+    def _inner_dim(self) -> int:
+        """Length of the vector the sparse sketch reduces: the AFV, its sample, or the Kronecker parts."""
+        if self.sampler is not None:
+            return self.sampler.dim
+        if self.mode != "fast":
+            return self.extractor.dim
         bias = sum(s.numel for s in self.extractor.layout if s.name.endswith(".bias"))
         return bias + sum(p.out_dim for p in self.plans)
 
@@ -238,6 +252,8 @@ class Projector:
             return self.extractor.embed(x)
         if self.mode == "exact":
             return self.sketch(self.extractor.embed(x))
+        if self.sampler is not None:
+            return self.sketch(self.sampler(x))
         out = self.sketch(self.inner(x))
         return F.normalize(out, dim=1) if self.normalization == "l2" else out
 
@@ -275,12 +291,18 @@ class Projector:
             "nnz": self.nnz,
             "inner_factor": self.inner_factor,
             "exact_below": self.exact_below,
+            **({"samples": self.samples, "sampled": self._sample_plan()} if self.sampler is not None else {}),
             "normalization": self.normalization,
             "param_dim": self.extractor.dim,
             "inner_dim": self.inner_dim,
             "shapes": [[s.name, list(s.shape)] for s in self.extractor.layout],
             "layers": [{**asdict(p), "shape": list(p.shape)} for p in self.plans],
         }
+
+    def _sample_plan(self) -> list[list]:
+        """[layer, sampled coordinates or 'exact'] of the sampled mode, for the index's record."""
+        assert self.sampler is not None
+        return [[p.name, "exact" if p.coords is None else len(p.coords)] for p in self.sampler.plans]
 
     @classmethod
     def from_dict(cls, spec: dict, extractor) -> Projector:
@@ -305,8 +327,12 @@ class Projector:
             nnz=spec["nnz"],
             inner_factor=spec["inner_factor"],
             exact_below=spec["exact_below"],
+            samples=spec.get("samples", DEFAULT_SAMPLES),
         )
-        if proj.to_dict()["layers"] != spec["layers"] or proj.inner_dim != spec["inner_dim"]:
+        rebuilt = proj.to_dict()
+        if rebuilt["layers"] != spec["layers"] or rebuilt.get("sampled") != spec.get("sampled"):
+            raise ProjectionError("the stored projection's layer plan differs from the rebuilt one")
+        if proj.inner_dim != spec["inner_dim"]:
             raise ProjectionError("the stored projection's layer plan differs from the rebuilt one")
         return proj
 
@@ -319,58 +345,3 @@ def pairwise_distances(v: torch.Tensor) -> np.ndarray:
     v = v.double()
     i, j = torch.triu_indices(v.shape[0], v.shape[0], 1)
     return torch.cdist(v, v)[i, j].cpu().numpy()
-
-
-def _time(fn, x: torch.Tensor, bs: int, repeats: int) -> float:
-    """Images per second of fn over x in batches of bs (best of `repeats`)."""
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for i in range(0, x.shape[0], bs):
-            fn(x[i : i + bs])
-        best = min(best, time.perf_counter() - t0)
-    return x.shape[0] / best
-
-
-def benchmark(
-    extractor,
-    x: torch.Tensor,
-    *,
-    d: int = 1024,
-    seed: int = 0,
-    repeats: int = 3,
-    modes: tuple[str, ...] = MODES,
-    **proj_kwargs,
-) -> dict:
-    """Distance fidelity and speed of each mode against exact AFVs and the batched-gradient floor.
-
-    Returns {"floor_img_s", "exact_afv_img_s", modes: {mode: {"pearson", "rel_distortion_mean",
-    "rel_distortion_max", "img_s", "vs_floor", "inner_dim"}}} where vs_floor = time / floor time.
-    """
-    bs = extractor.batch_size
-    afv = torch.cat([extractor.embed(x[i : i + bs]) for i in range(0, x.shape[0], bs)])
-    ref = pairwise_distances(afv)
-    dev = extractor.device
-    floor = _time(lambda b: fisher.summed_grad(extractor.d, uint8_to_model(b.to(dev))), x, bs, repeats)
-    out = {
-        "n_images": int(x.shape[0]),
-        "param_dim": extractor.dim,
-        "d": d,
-        "floor_img_s": floor,
-        "exact_afv_img_s": _time(extractor.embed, x, bs, repeats),
-        "modes": {},
-    }
-    for mode in modes:
-        proj = Projector(extractor, d=d, mode=mode, seed=seed, **proj_kwargs)
-        est = pairwise_distances(torch.from_numpy(proj.embed(x)))
-        ratio = est / np.maximum(ref, 1e-12)
-        speed = _time(proj.embed, x, bs, repeats)
-        out["modes"][mode] = {
-            "pearson": float(np.corrcoef(ref, est)[0, 1]),
-            "rel_distortion_mean": float(np.abs(ratio - 1).mean()),
-            "rel_distortion_max": float(np.abs(ratio - 1).max()),
-            "img_s": speed,
-            "vs_floor": floor / speed,
-            "inner_dim": proj.inner_dim,
-        }
-    return out

@@ -20,6 +20,10 @@ from model.embedder import Embedder
 from model.sketch import ProjectionError, Projector
 
 DEFAULT_DIM = 1024
+# Below this AFV length the exact extractor is as fast as coordinate sampling on CPU (the whole-image
+# 32/64-px CPU models); above it (pyramid read-outs, the paper-size networks) sampling is several times
+# faster at < 1 % distance error: `afv bench sketch`, docs/results.md.
+SAMPLED_MIN_DIM = 262_144
 PINNED = (("model_hash", "model weights"), ("stats_hash", "Fisher statistics"))
 
 
@@ -28,7 +32,7 @@ class BuildOptions:
     """How a new index is made; None = the default (or, for an existing index, whatever it has)."""
 
     dim: int | None = None
-    mode: str | None = None  # auto (= exact; identity for small embeddings) | exact | fast | identity
+    mode: str | None = None  # auto (see _projector) | exact | sampled | fast (legacy) | identity
     seed: int | None = None
     kind: str | None = None  # auto | flat | ivfpq | opq-ivfpq
     memory_budget: int | None = None
@@ -112,12 +116,17 @@ class ModelIndex:
         self.close()
 
 
+def auto_mode(embedder: Embedder) -> str:
+    """'sampled' for AFVs of at least SAMPLED_MIN_DIM values (where it is measured faster), else 'exact'."""
+    return "sampled" if embedder.kind == "afv" and embedder.dim >= SAMPLED_MIN_DIM else "exact"
+
+
 def _projector(embedder: Embedder, options: BuildOptions) -> Projector:
-    """The projection a new index gets: 'auto' = exact, or identity when the embedding is already small."""
+    """The projection a new index gets: `auto_mode`, or identity when the embedding is already small."""
     dim, mode = options.dim or DEFAULT_DIM, options.mode or "auto"
     if mode == "auto":
-        mode = "exact"  # 'fast' runs at 0.6x the exact sketch's speed on the bundled model: opt-in
-    if mode != "fast" and embedder.dim <= dim:  # already small (e.g. a BiGAN z): store it as is
+        mode = auto_mode(embedder)
+    if mode not in ("fast", "sampled") and embedder.dim <= dim:  # already small (e.g. a BiGAN z): store it as is
         mode, dim = "identity", embedder.dim
     try:
         return Projector(embedder, d=dim, mode=mode, seed=options.seed or 0)

@@ -1,9 +1,11 @@
-"""`afv bench extract|index`: feature-extraction speed, and the index's recall, size, build time and queries/s."""
+"""`afv bench extract|sketch|index`: feature-extraction speed, the projections' speed and distance
+fidelity against exact AFVs, and the index's recall, size, build time and queries/s."""
 
 from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Annotated
 
 import faiss
@@ -12,7 +14,7 @@ import typer
 
 from index.faiss_index import VectorIndex, exact_rerank, plan_index
 from service.cli.index import parse_size
-from service.cli.options import DeviceOpt, JsonOpt, fail
+from service.cli.options import DeviceOpt, JsonOpt, ModelOpt, ReadoutOpt, fail, load_images, load_model
 
 bench_app = typer.Typer(help="Benchmarks (not part of the test suite).", no_args_is_help=True)
 
@@ -49,6 +51,93 @@ def bench_extract_cmd(
             f"{r['preset']:<8} {r['device']:<6} {r['params']:>9} {r['loop_img_s']:>10.1f} "
             f"{r['ours_img_s']:>10.1f} {r['floor_img_s']:>10.1f} {r['speedup_vs_loop']:>5.2f}x "
             f"{r['slowdown_vs_floor']:>5.2f}x"
+        )
+
+
+def _sketch_configs(modes: list[str], samples: list[int]) -> dict[str, dict]:
+    """Projection configs to compare: each mode once, 'sampled' once per sample size."""
+    configs: dict[str, dict] = {}
+    for mode in modes:
+        if mode == "sampled":
+            configs.update({f"sampled {n}": {"mode": "sampled", "samples": n} for n in samples})
+        else:
+            configs[mode] = {"mode": mode}
+    return configs
+
+
+def _untrained_with_stats(preset: str, device: str, normalization: str, readout: str | None, n: int):
+    """An untrained preset's extractor with Fisher statistics from n generator samples (speed benchmarks)."""
+    import torch
+
+    from model import fisher
+    from model.extract import AFVExtractor, resolve_device, untrained_networks
+    from model.nets import fold_spectral_norm
+    from model.pyramid import PyramidAFVExtractor, estimate_pyramid_stats, parse_readout
+
+    dev = resolve_device(device)
+    d, g = untrained_networks(preset)
+    stats = fisher.estimate_stats(fold_spectral_norm(d).to(dev), g.to(dev), n, batch_size=min(n, 32))
+    ex = AFVExtractor(d, g, stats, device=dev, normalization=normalization, batch_size=32, name=f"untrained-{preset}")
+    spec = parse_readout(readout)
+    if spec.is_plain:
+        return ex
+    with torch.no_grad():
+        return PyramidAFVExtractor(ex, spec, estimate_pyramid_stats(ex.d, ex.g, spec, n, batch_size=min(n, 32)))
+
+
+@bench_app.command("sketch")
+def bench_sketch_cmd(
+    images: Annotated[Path, typer.Option("--images", help="Folder or .tar(.gz) of images to measure on.")],
+    model: ModelOpt = None,
+    preset: Annotated[
+        str | None, typer.Option(help="Instead of --model: an untrained preset (speed; statistics of --stats-samples).")
+    ] = None,
+    readout: ReadoutOpt = None,
+    normalization: Annotated[str | None, typer.Option(help="none | l2 | power (default: the model's).")] = None,
+    mode: Annotated[list[str], typer.Option(help="Projection mode(s).")] = ["exact", "sampled", "fast"],  # noqa: B006
+    samples: Annotated[list[int], typer.Option(help="Sample sizes of the sampled mode.")] = [4096, 8192, 16384],  # noqa: B006
+    n: Annotated[int, typer.Option("-n", help="Images (pairwise distances of all of them are compared).")] = 96,
+    dim: int = 1024,
+    stats_samples: int = 256,
+    device: DeviceOpt = "auto",
+    repeats: int = 3,
+    json_out: JsonOpt = False,
+) -> None:
+    """Each projection's images/s (vs the batched-gradient floor and exact AFVs) and distance error vs exact AFVs."""
+    from model.bench import bench_sketch
+
+    if preset is not None and model is not None:
+        fail("give --model or --preset, not both")
+    try:
+        ex = (
+            _untrained_with_stats(preset, device, normalization or "power", readout, stats_samples)
+            if preset is not None
+            else load_model(model, device, normalization=normalization, readout=readout, batch_size=32)
+        )
+    except ValueError as e:
+        fail(str(e))
+    if getattr(ex, "kind", None) != "afv":
+        fail(f"projections are benchmarked against exact AFVs; this is a '{ex.kind}' model")
+    x = load_images(images, ex.resolution)[:n]
+    r = bench_sketch(ex, x, _sketch_configs(mode, samples), d=dim, repeats=repeats)
+    if json_out:
+        typer.echo(json.dumps(r, indent=2))
+        return
+    typer.echo(
+        f"{ex.name} ({r['afv_dim']:,} AFV values, {ex.normalization}), {r['n_images']} images, d={dim}: "
+        f"floor {r['floor_img_s']:.1f} img/s, exact AFVs {r['exact_afv_img_s']:.1f} img/s"
+    )
+    typer.echo(
+        f"{'projection':<14} {'img/s':>8} {'vs floor':>9} {'vs exact':>9} {'pearson':>8} {'mean err':>9} "
+        f"{'max err':>8} {'mean ratio':>10}   (vs floor: time / floor time; errors: |d/d_exact - 1|)"
+    )
+    for label, c in r["configs"].items():
+        if "error" in c:
+            typer.echo(f"{label:<14} n/a: {c['error']}")
+            continue
+        typer.echo(
+            f"{label:<14} {c['img_s']:>8.1f} {c['time_vs_floor']:>8.2f}x {c['speedup_vs_exact_afv']:>8.2f}x "
+            f"{c['pearson']:>8.4f} {c['rel_error_mean']:>8.2%} {c['rel_error_max']:>8.2%} {c['ratio_mean']:>10.4f}"
         )
 
 

@@ -35,6 +35,8 @@ def test_kronecker_fit_recovers_an_exact_kronecker_product():
         # model the Kronecker-factored Fisher alone gives Pearson ≈ 0.99 on CIFAR images (≈ 0.96 on
         # noise), so 0.95 leaves room for the sketch's own variance.
         ("fast", {"exact_below": 0, "inner_factor": 8}, 0.95),
+        # A coordinate sample (about a quarter of the tiny model's weights), then the same JL sketch.
+        ("sampled", {"exact_below": 0, "samples": 2000}, 0.95),
     ],
 )
 def test_sketch_distances_track_exact_afv_distances(extractor, image_batch, mode, kwargs, floor):
@@ -44,10 +46,10 @@ def test_sketch_distances_track_exact_afv_distances(extractor, image_batch, mode
     assert np.corrcoef(ref, est)[0, 1] >= floor
 
 
-@pytest.mark.parametrize("mode", ["exact", "fast"])
+@pytest.mark.parametrize("mode", ["exact", "fast", "sampled"])
 def test_seeded_and_reproducible_through_to_dict(extractor, image_batch, mode):
     x = image_batch[:6]
-    kw = {"exact_below": 0, "inner_factor": 4} if mode == "fast" else {}
+    kw = {"fast": {"exact_below": 0, "inner_factor": 4}, "sampled": {"exact_below": 0, "samples": 500}}.get(mode, {})
     a = Projector(extractor, d=128, mode=mode, seed=3, **kw)
     b = Projector.from_dict(a.to_dict(), extractor)
     np.testing.assert_array_equal(a.embed(x), b.embed(x))
@@ -75,3 +77,16 @@ def test_bad_input_is_rejected(extractor):
         Projector(extractor, d=32, mode="exact").embed(torch.zeros(2, 3, 32, 32))
     with pytest.raises(ProjectionError):
         Projector(extractor, mode="sloppy")
+
+
+def test_a_stored_sampled_projection_refuses_another_sample_plan(extractor):
+    spec = Projector(extractor, d=32, mode="sampled", exact_below=0, samples=500).to_dict()
+    assert spec["samples"] == 500 and any(n != "exact" for _, n in spec["sampled"])
+    with pytest.raises(ProjectionError, match="plan"):
+        Projector.from_dict({**spec, "samples": 400}, extractor)
+
+
+def test_sampled_mode_accepts_power_normalisation(extractor, image_batch):
+    ex = AFVExtractor(extractor.d, extractor.g, extractor.stats, device=extractor.device, normalization="power")
+    out = Projector(ex, mode="sampled", d=32, exact_below=0, samples=500).embed(image_batch[:4])
+    assert out.shape == (4, 32) and np.isfinite(out).all()

@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from index import IndexMismatchError, InvalidInputError
+from model import pyramid
 from model.data import decode_image
 from model.extract import AFVExtractor
 from model.fisher import FisherStats
-from service.model_index import BuildOptions, ModelIndex
+from service.model_index import SAMPLED_MIN_DIM, BuildOptions, ModelIndex, auto_mode
 
 
 def _batch(extractor, images) -> np.ndarray:
@@ -64,7 +65,7 @@ def test_existing_index_refuses_options_it_would_ignore(tmp_path, extractor, bui
         assert mi.index.count == 10
 
 
-def test_auto_mode_is_exact_and_small_embeddings_are_kept_whole(tmp_path):
+def test_auto_mode_is_exact_for_small_afvs_and_small_embeddings_are_kept_whole(tmp_path):
     torch.manual_seed(0)
     ext = AFVExtractor.untrained("tiny", torch.device("cpu"), normalization="power")
     with ModelIndex.create(tmp_path / "a", ext, BuildOptions(dim=64)) as mi:
@@ -77,3 +78,15 @@ def test_bad_projection_options_are_invalid_input(tmp_path, extractor):
     with pytest.raises(InvalidInputError, match="mode"):
         ModelIndex.create(tmp_path / "idx", extractor, BuildOptions(mode="sideways"))
     assert not (tmp_path / "idx").exists()
+
+
+def test_auto_mode_samples_coordinates_of_large_afvs(tmp_path, extractor):
+    """A pyramid read-out's AFV (cells × parameters) passes SAMPLED_MIN_DIM: auto indexes a coordinate sample."""
+    spec = pyramid.parse_readout("pyramid-1-2-4")
+    stats = pyramid.estimate_pyramid_stats(extractor.d, extractor.g, spec, 8, batch_size=8)
+    big = pyramid.PyramidAFVExtractor(extractor, spec, stats)
+    assert extractor.dim < SAMPLED_MIN_DIM <= big.dim
+    assert auto_mode(extractor) == "exact"
+    with ModelIndex.create(tmp_path / "idx", big, BuildOptions(dim=64)) as mi:
+        assert mi.projector.mode == "sampled" and mi.index.stats()["mode"] == "sampled"
+

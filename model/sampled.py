@@ -1,0 +1,276 @@
+"""Coordinate-sampled AFVs: an unbiased estimate of AFV distances that never forms per-sample gradients.
+
+An AFV's squared distance is a sum over P Fisher-scaled coordinates. For every large conv layer we
+keep a seeded uniform sample of m of its n weight coordinates (without replacement), weighted by
+n/m, and compute only those: coordinate (o, i, tap) of sample b's weight gradient is the dot product
+of output-gradient row o with the input row i shifted by the tap's offset, one gather per tap, no
+im2col and no o×i×taps product. Biases, the head and small layers are computed exactly. So
+
+    E_sample ‖v̂(x) − v̂(y)‖² = ‖v(x) − v(y)‖²  (for normalisation 'none'),
+
+and because every sampled coordinate is a real coordinate of the AFV, the Fisher normalisation is the
+model's own (per-coordinate mean and 1/σ), the signed square root of 'power' is applied exactly, and
+the L2 norms of 'l2'/'power' are estimated from the same weighted sample (a ratio estimator, unbiased
+up to O(1/m)). Spatial-pyramid read-outs split the dot products by image cell (the same sums,
+grouped), with each cell's own statistics and normalisation, so they are supported too.
+
+The m coordinates are spread over the layers by Neyman allocation: layer L gets m_L ∝ n_L / √pos_L
+(pos_L = its output positions), which minimises the estimate's variance for a fixed number of
+multiply-adds. A layer whose share would reach a quarter of its weights is computed exactly instead.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from model import fisher
+from model.data import uint8_to_model
+from model.pyramid import (
+    _cells,
+    _conv_cell_grads,
+    _head_cell_grads,
+    capture_with_map,
+    lowpass,
+    pooling_matrix,
+)
+
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
+
+EXACT_FRACTION = 0.25  # a layer whose sample would reach this share of its weights is computed exactly
+
+
+@dataclass(frozen=True)
+class LayerSample:
+    """The sampled weight coordinates of one conv layer (sorted by tap), or none: computed exactly."""
+
+    name: str
+    shape: tuple[int, ...]
+    positions: int
+    coords: torch.Tensor | None  # flat indices into the weight (o·i·taps + i·taps + tap), sorted by tap
+
+    @property
+    def exact(self) -> bool:
+        return self.coords is None
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def weight(self) -> float:
+        """n/m: each sampled coordinate stands for this many (its squared value's weight)."""
+        return 1.0 if self.coords is None else self.numel / len(self.coords)
+
+
+def _samplable(m: nn.Module) -> bool:
+    """Stride-1 convs are sampled with shifted windows; other layers are computed exactly."""
+    return (
+        isinstance(m, nn.Conv2d)
+        and m.stride == (1, 1)
+        and m.dilation == (1, 1)
+        and m.groups == 1
+        and not isinstance(m.padding, str)
+    )
+
+
+def output_positions(d: nn.Module, resolution: int) -> dict[str, int]:
+    """Output positions (H·W) of every conv layer of D at a resolution (one dry forward of a zero image)."""
+    sizes: dict[str, int] = {}
+    hooks = [
+        m.register_forward_hook(lambda _m, _a, out, name=name: sizes.__setitem__(name, out.shape[2] * out.shape[3]))
+        for name, m in d.named_modules()
+        if isinstance(m, nn.Conv2d)
+    ]
+    try:
+        with torch.no_grad():
+            d(torch.zeros(1, 3, resolution, resolution, device=next(d.parameters()).device))
+    finally:
+        for h in hooks:
+            h.remove()
+    return sizes
+
+
+def plan_samples(d: nn.Module, resolution: int, samples: int, seed: int, exact_below: int) -> list[LayerSample]:
+    """Seeded coordinate samples for D's conv layers: Neyman allocation of `samples` over the large ones."""
+    positions = output_positions(d, resolution)
+    convs = [(n, m) for n, m in d.named_modules() if isinstance(m, nn.Conv2d)]
+    big = [(n, m) for n, m in convs if _samplable(m) and m.weight.numel() >= exact_below]
+    share = {n: m.weight.numel() / math.sqrt(positions[n]) for n, m in big}
+    total = sum(share.values()) or 1.0
+    plans = []
+    for k, (name, m) in enumerate(convs):
+        n = m.weight.numel()
+        want = round(samples * share[name] / total) if name in share else n
+        coords = None
+        if want < EXACT_FRACTION * n:
+            rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5A3B1E, k]))
+            flat = torch.from_numpy(rng.choice(n, size=max(1, want), replace=False))
+            taps = math.prod(m.weight.shape[2:])
+            coords = flat[torch.argsort((flat % taps) * n + flat)]  # by tap, then (output, input) channel
+        plans.append(LayerSample(name, tuple(m.weight.shape), positions[name], coords))
+    return plans
+
+
+def tap_masks(coords: torch.Tensor, shape: tuple[int, ...]) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
+    """Per kernel tap: (tap, CSR row pointers over output channels, input-channel columns) of the sample."""
+    co, ci = shape[0], shape[1]
+    taps = math.prod(shape[2:])
+    out = []
+    for t in range(taps):
+        flat = coords[coords % taps == t]  # sorted by (o, i): plan_samples sorts by (tap, flat index)
+        o, i = flat // (ci * taps), (flat // taps) % ci
+        crow = torch.zeros(co + 1, dtype=torch.long)
+        crow[1:] = torch.cumsum(torch.bincount(o, minlength=co), 0)
+        if len(flat):
+            out.append((t, crow, i))
+    return out
+
+
+def sampled_weight_cells(
+    m: nn.Conv2d, a: torch.Tensor, g: torch.Tensor, masks: list[tuple[int, torch.Tensor, torch.Tensor]], grid: int
+) -> torch.Tensor:
+    """B×grid²×M: the sampled weight-gradient coordinates of each sample, split by image cell.
+
+    For tap (ki, kj) the weight gradient is g · a_pad[ki:ki+H, kj:kj+W]ᵀ summed over positions; a
+    sampled dense-dense matmul (`torch.sparse.sampled_addmm`, batched over samples and cells) computes
+    it only at the sampled (output, input) channel pairs.
+    """
+    b = a.shape[0]
+    co, ci, kh, kw = m.weight.shape
+    ph, pw = fisher.unfold_padding(m)
+    ap = F.pad(a, (pw, pw, ph, ph)) if ph or pw else a
+    ho, wo = g.shape[2:]
+    cells = grid * grid
+    gc = _cells(g, grid).reshape(b * cells, co, -1)
+    parts = []
+    for t, crow, col in masks:
+        ki, kj = divmod(t, kw)
+        window = _cells(ap[:, :, ki : ki + ho, kj : kj + wo], grid).reshape(b * cells, ci, -1)
+        n = len(col)
+        pattern = torch.sparse_csr_tensor(
+            crow.to(a.device).expand(b * cells, -1).contiguous(),
+            col.to(a.device).expand(b * cells, -1).contiguous(),
+            torch.zeros(b * cells, n, dtype=a.dtype, device=a.device),
+            (b * cells, co, ci),
+        )
+        parts.append(torch.sparse.sampled_addmm(pattern, gc, window.transpose(1, 2), beta=0.0).values())
+    return torch.cat(parts, dim=1).reshape(b, cells, -1)
+
+
+class SampledAFV:
+    """Images → weighted coordinate-sampled AFVs whose squared distances estimate the exact AFVs'.
+
+    Works for the whole-image extractor (`AFVExtractor`) and the spatial-pyramid one
+    (`PyramidAFVExtractor`, any levels, `+lowres`, `+blocks`), with normalisation none, l2 or power.
+    """
+
+    def __init__(self, extractor, samples: int = 16384, seed: int = 0, exact_below: int = 4096):
+        if getattr(extractor, "kind", "afv") != "afv":
+            raise ValueError(f"coordinate sampling needs an AFV model, not a '{extractor.kind}' embedder")
+        self.extractor, self.samples, self.seed, self.exact_below = extractor, samples, seed, exact_below
+        spec = getattr(extractor, "spec", None)
+        self.levels: tuple[int, ...] = spec.levels if spec is not None else (1,)
+        self.lowres = bool(spec is not None and spec.lowres)
+        self.grid = self.levels[-1]
+        self.channels_last = extractor.device.type == "cpu"  # NHWC kernels are faster there (fisher.capture)
+        self.plans = plan_samples(extractor.d, extractor.resolution, samples, seed, exact_below)
+        self._by_module = {id(m): p for p in self.plans for n, m in extractor.d.named_modules() if n == p.name}
+        self._masks = {p.name: tap_masks(p.coords, p.shape) for p in self.plans if p.coords is not None}
+        self.coords, self.weights, self.units = self._layout()
+        self.dim_per_cell = len(self.coords)
+        device = extractor.device
+        if spec is not None:
+            self.mean = extractor.cell_mean[:, self.coords.to(device)]
+            self.inv = extractor.cell_inv[:, self.coords.to(device)]
+            self.cell_weight = extractor.weights / math.sqrt(len(extractor.units))
+        else:
+            self.mean = extractor.stats.mean[self.coords.to(device)][None]
+            self.inv = extractor.inv_std[self.coords.to(device)][None]
+            self.cell_weight = torch.ones(1, device=device)
+        self.weights_dev = self.weights.to(device)
+        self.sqrt_w = self.weights_dev.sqrt()
+        self.unit_of = self.units.to(device)
+        self.n_units = int(self.units.max()) + 1
+        self.pool = pooling_matrix(self.levels).to(device)
+
+    @property
+    def dim(self) -> int:
+        """Length of one image's sampled vector: cells (all views and levels) × coordinates per cell."""
+        return self.mean.shape[0] * self.dim_per_cell
+
+    @property
+    def sampled_fraction(self) -> float:
+        """Share of D's parameters whose coordinates are computed (1.0 = everything exact)."""
+        return self.dim_per_cell / sum(s.numel for s in self.extractor.layout)
+
+    def _layout(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Flat-P indices of the kept coordinates (parameter order), their n/m weights and unit ids."""
+        ex = self.extractor
+        slots = {s.name: s for s in ex.layout}
+        plans = {p.name + ".weight": p for p in self.plans}
+        coords, weights = [], []
+        for name, _ in ex.d.named_parameters():
+            s, plan = slots[name], plans.get(name)
+            local = plan.coords if plan is not None and plan.coords is not None else torch.arange(s.numel)
+            coords.append(local + s.start)
+            weights.append(torch.full((len(local),), plan.weight if plan is not None else 1.0))
+        flat = torch.cat(coords)
+        units = getattr(ex, "units", [slice(0, ex.dim)])
+        unit_of = torch.zeros(len(flat), dtype=torch.long)
+        for k, u in enumerate(units):
+            unit_of[(flat >= u.start) & (flat < u.stop)] = k
+        return flat, torch.cat(weights), unit_of
+
+    def raw_cells(self, x: torch.Tensor) -> torch.Tensor:
+        """Model-space B×3×R×R (one view) → B×grid²×M raw gradient coordinates per finest cell."""
+        ex = self.extractor
+        with ex.lock:
+            captured, fmap = capture_with_map(ex.d, x, channels_last=self.channels_last)
+        per_param: dict[int, torch.Tensor] = {}
+        for m, a, g in captured:
+            plan = self._by_module.get(id(m))
+            if isinstance(m, nn.Linear):
+                grads = _head_cell_grads(m, fmap, g, self.grid)
+            elif plan is None or plan.exact:
+                grads = _conv_cell_grads(m, a, g, self.grid)
+            else:
+                grads = {"weight": sampled_weight_cells(m, a, g, self._masks[plan.name], self.grid)}
+                if m.bias is not None:
+                    grads["bias"] = _cells(g, self.grid).sum(-1)
+            for pname, grad in grads.items():
+                per_param[id(getattr(m, pname))] = grad
+        return torch.cat([per_param[id(p)] for p in ex.d.parameters()], dim=2)
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """N×3×R×R uint8 (one batch) → N×dim float32: ‖a − b‖² estimates the exact AFVs' squared distance."""
+        ex = self.extractor
+        xm = uint8_to_model(x.to(ex.device))
+        views = [xm, lowpass(xm)] if self.lowres else [xm]
+        raw = torch.cat([torch.matmul(self.pool, self.raw_cells(v)) for v in views], dim=1)  # B×R×M
+        v = self._normalize(raw.sub_(self.mean).mul_(self.inv))
+        return v.mul_(self.sqrt_w).mul_(self.cell_weight[None, :, None]).flatten(1)
+
+    def _normalize(self, v: torch.Tensor) -> torch.Tensor:
+        """The extractor's normalisation per cell and unit, norms estimated from the weighted sample (in place)."""
+        method = self.extractor.normalization
+        if method == "none":
+            return v
+        if method == "power":
+            v = v.sign().mul_(v.abs().sqrt_())
+        elif method != "l2":
+            raise ValueError(f"unknown normalization {method!r}")
+        sq = v.square() * self.weights_dev
+        if self.n_units == 1:
+            norms = sq.sum(2, keepdim=True)
+        else:
+            norms = torch.zeros(*v.shape[:2], self.n_units, device=v.device, dtype=v.dtype)
+            norms = norms.index_add_(2, self.unit_of, sq)[:, :, self.unit_of]
+        return v.mul_(norms.sqrt_().clamp_min_(1e-12).reciprocal_())
