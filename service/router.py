@@ -50,7 +50,7 @@ from service.deps import ReadAuth, SettingsDep
 from service.errors import APIError, BodySizeLimitMiddleware, error_response, install_error_handlers
 from service.inputs import openapi_body, parse_body
 from service.routes.common import IMAGE_ERRORS, NOT_FOUND, parse_id
-from service.schemas import ErrorResponse, Health, SearchHit, SearchRequest, SearchResponse
+from service.schemas import ErrorResponse, Health, SearchHit, SearchRequest, SearchResponse, SketchResponse
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -130,13 +130,13 @@ class ShardRouter:
         if body.id is not None:
             image_id = parse_id(body.id)
             owner = self.shards[int(shard_of([image_id], len(self.shards))[0])]
-            sketch = await self._one(owner, "/v1/search:sketch", headers, json={"id": str(image_id)})
+            vectors = await self._sketch(owner, headers, json={"id": str(image_id)})
         else:
             assert body.image is not None  # SearchRequest's validator: exactly one of `image` and `id`
             shard = self.shards[next(self._turn) % len(self.shards)]
             form = {"mirror": "true" if body.mirror else "false"}
-            sketch = await self._one(shard, "/v1/search:sketch", headers, files={"image": body.image}, data=form)
-        query = {"vectors": sketch.get("vectors"), "k": body.k, "where": body.where, "rerank": body.rerank}
+            vectors = await self._sketch(shard, headers, files={"image": body.image}, data=form)
+        query = {"vectors": vectors, "k": body.k, "where": body.where, "rerank": body.rerank}
         return merge_top_k(await self._each(lambda s: self._search_one(s, headers, query)), body.k)
 
     async def stats(self, auth: str | None) -> dict[str, Any]:
@@ -153,7 +153,7 @@ class ShardRouter:
         return merged
 
     async def ready(self) -> list[dict[str, Any]]:
-        """Each shard's /readyz answer (ShardFailure for a shard that is not ready)."""
+        """Each shard's /readyz answer (an APIError naming the shards that are not ready)."""
         return await self._each(lambda s: self._get_checked(s, "/readyz", self._headers(None)))
 
     async def check_all(self) -> list[ShardFailure]:
@@ -178,10 +178,14 @@ class ShardRouter:
             return {"Authorization": auth}
         return {"Authorization": f"Bearer {self.key}"} if self.key else {}
 
-    async def _one(self, shard: Shard, path: str, headers: dict[str, str], **kw: Any) -> dict[str, Any]:
-        """POST to one shard alone; its failure is the answer's."""
+    async def _sketch(self, shard: Shard, headers: dict[str, str], **kw: Any) -> list[list[float]]:
+        """The query's vectors, from one shard alone (its failure is the answer's)."""
         try:
-            return await self._post(shard, path, headers, **kw)
+            answer = await self._post(shard, "/v1/search:sketch", headers, **kw)
+            try:
+                return SketchResponse.model_validate(answer).vectors
+            except ValidationError as e:
+                raise ShardFailure(shard, 502, "shard_error", f"answered no query vectors: {e}") from e
         except ShardFailure as f:
             raise shard_error([f], len(self.shards)) from f
 
@@ -218,6 +222,7 @@ class ShardRouter:
         try:
             r = await self.client.request(method, shard.url + path, headers=headers, **kw)
         except httpx.TransportError as e:
+            shard.checked = False  # whatever answers there next (a restarted replica) is checked again
             raise ShardFailure(shard, 503, "shard_unavailable", f"cannot be reached: {type(e).__name__} {e}") from e
         try:
             data = r.json()

@@ -208,8 +208,11 @@ def test_afv_serve_shards_checks_the_replicas_before_binding(deployment, monkeyp
 # ---- without replicas: a mock network -------------------------------------------------------------
 
 
-def _mock_replicas(count: int, broken: int | None = None, seen: list | None = None) -> httpx.MockTransport:
-    """`count` replicas of one split answering every call; replica `broken` answers search with a 500."""
+def _mock_replicas(
+    count: int, broken: int | None = None, seen: list | None = None, sketch: object = None
+) -> httpx.MockTransport:
+    """`count` replicas of one split answering every call; replica `broken` answers search with a 500; `sketch`
+    replaces the query vectors' answer."""
 
     def handle(request: httpx.Request) -> httpx.Response:
         shard = int(request.url.host.removeprefix("shard"))
@@ -219,7 +222,7 @@ def _mock_replicas(count: int, broken: int | None = None, seen: list | None = No
             info = {"index": shard, "count": count, "split": "s", "hash": "splitmix64"}
             return httpx.Response(200, json={"count": 1, "shard": info})
         if request.url.path == "/v1/search:sketch":
-            return httpx.Response(200, json={"vectors": [[0.0, 1.0]]})
+            return httpx.Response(200, json=sketch or {"vectors": [[0.0, 1.0]]})
         if shard == broken:
             return httpx.Response(500, json={"error": {"code": "internal_error", "message": "internal error: boom"}})
         return httpx.Response(200, json={"results": [{"id": str(10 + shard), "distance": 1.0 / (shard + 1)}]})
@@ -240,6 +243,13 @@ def test_a_replica_answering_500_is_a_502_naming_it(tmp_path):
     assert (
         "shard 2 (http://shard2:8000) answered 500 internal_error: internal error: boom" in r.json()["error"]["message"]
     )
+
+
+def test_a_replica_answering_nonsense_is_a_502_naming_it(tmp_path):
+    with _mock_router(tmp_path, sketch={"vectors": "no"}) as c:
+        r = c.post("/v1/search", json={"id": "5"})  # held by shard_of(5, 3) == 2
+    assert r.status_code == 502 and r.json()["error"]["code"] == "shard_error"
+    assert "shard 2 (http://shard2:8000) answered no query vectors" in r.json()["error"]["message"]
 
 
 def test_hits_merge_by_distance_then_id(tmp_path):
