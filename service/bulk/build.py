@@ -1,8 +1,9 @@
 """`afv index build --engine ray` from start to end: list, shard, embed the missing shards, assemble.
 
-The index is opened (or created) first, so its pins (model, statistics, projection) are what the
-workers check their model against and what names the shards' sketches. Shards already on disk for the
-same listing and sketch are not embedded again, and Ray is not started when none is missing.
+The caller lists the source and opens (or creates) the index first: its pins (model, statistics,
+projection) are what the workers check their model against and what names the shards' sketches. Shards
+already on disk for the same listing and sketch are not embedded again, and Ray is not started when
+none is missing.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from tqdm import tqdm
 from service.bulk.assemble import Outcomes, assemble
 from service.bulk.ray_engine import RayOptions, Workers, connect, embed_shards
 from service.bulk.shards import ShardPlan, pending_shards, sketch_id, write_shard
-from service.bulk.sources import list_source
+from service.bulk.sources import Entry
 from service.model_index import ModelIndex
 
 DEFAULT_SHARD_SIZE = 10_000
@@ -37,7 +38,7 @@ class BulkReport:
 
 def build_with_ray(
     mi: ModelIndex,
-    source: str,
+    entries: list[Entry],
     *,
     model: str | None,
     shards_dir: Path,
@@ -45,13 +46,14 @@ def build_with_ray(
     shard_size: int = DEFAULT_SHARD_SIZE,
     progress: bool = True,
 ) -> BulkReport:
-    """Embed `source` on Ray into shards in `shards_dir` (resuming), then add them all to `mi`'s index.
+    """Embed a source's `entries` (`list_source`) on Ray into shards in `shards_dir` (resuming), then add
+    them all to `mi`'s index.
 
     `model` is what each worker loads (a run folder every worker can read; None: the bundled model):
     it must be the model `mi` was opened with."""
     if shard_size < 1:
         raise ValueError(f"the shard size must be positive, got {shard_size}")
-    plan = ShardPlan(list_source(source), shard_size)
+    plan = ShardPlan(entries, shard_size)
     sketch = sketch_id(mi.index.pins)
     shards_dir.mkdir(parents=True, exist_ok=True)
     todo = pending_shards(shards_dir, plan, sketch)

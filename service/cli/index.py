@@ -192,14 +192,17 @@ def _build_on_ray(
 ) -> None:
     """`--engine ray`: the index opened here (model on the CPU: the workers have the GPUs), the work on Ray."""
     from service.bulk.build import DEFAULT_SHARD_SIZE, BulkBuildError, build_with_ray
-    from service.bulk.ray_engine import RayUnavailableError
+    from service.bulk.ray_engine import RayUnavailableError, import_ray
+    from service.bulk.sources import list_source
 
     worker_model = str(model.resolve()) if model is not None else None  # workers may start elsewhere
     try:
+        import_ray()  # before anything is created
+        entries = list_source(source)
         with ModelIndex.open_or_create(index, opts.load_model(model, device="cpu"), options) as mi:
             report = build_with_ray(
                 mi,
-                source,
+                entries,
                 model=worker_model,
                 shards_dir=shards or index / "shards",
                 options=ray,
