@@ -1,8 +1,9 @@
-"""`afv bench extract`: timings of the three extraction methods."""
+"""`afv bench extract|sketch`: timings of the extraction methods and of the projections against exact AFVs."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from typer.testing import CliRunner
 
@@ -33,3 +34,33 @@ def test_bench_extract_reports_all_three_methods(tmp_path):
     assert res.exit_code == 0, res.output
     row = json.loads(res.stdout[res.stdout.index("[") :])[0]
     assert row["loop_img_s"] > 0 and row["ours_img_s"] > 0 and row["floor_img_s"] > 0
+
+
+def _sketch(*extra: str):
+    fixtures = Path(__file__).resolve().parents[2] / "fixtures" / "cifar10"
+    base = ["bench", "sketch", "--images", str(fixtures), "-n", "12", "--repeats", "1", "--device", "cpu"]
+    return runner.invoke(app, [*base, *extra])
+
+
+def test_bench_sketch_compares_each_projection_with_exact_afvs():
+    res = _sketch("--preset", "tiny", "--stats-samples", "16", "--normalization", "none", "--dim", "256",
+                  "--mode", "exact", "--mode", "sampled", "--samples", "800", "--json")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    r = json.loads(res.stdout[res.stdout.index("{") :])
+    assert r["n_images"] == 12 and r["floor_img_s"] > 0 and r["exact_afv_img_s"] > 0
+    assert set(r["configs"]) == {"exact", "sampled 800"}
+    for c in r["configs"].values():
+        assert c["img_s"] > 0 and 0.5 < c["ratio_mean"] < 1.5 and c["pearson"] > 0.5
+
+
+def test_bench_sketch_names_projections_a_model_cannot_use():
+    res = _sketch(
+        "--preset", "tiny", "--stats-samples", "16", "--readout", "pyramid-2", "--mode", "fast", "--mode", "exact"
+    )
+    assert res.exit_code == 0, res.output
+    assert "fast" in res.stdout and "n/a" in res.stdout and "pyramid-2" in res.stdout
+
+
+def test_bench_sketch_refuses_model_and_preset_together(tmp_path):
+    res = _sketch("--preset", "tiny", "--model", str(tmp_path))
+    assert res.exit_code == 1 and "not both" in res.output
