@@ -3,6 +3,8 @@ the estimate is unbiased over seeds, and every read-out and normalisation goes t
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -104,3 +106,21 @@ def test_coordinates_are_distinct_and_cover_every_parameter(extractor):
     for slot in fisher.param_layout(extractor.d):
         inside = int(((s.coords >= slot.start) & (s.coords < slot.start + slot.numel)).sum())
         assert inside == slot.numel if slot.name in exact or "head" in slot.name else 0 < inside < slot.numel
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("readout", ["global", "pyramid-2"])
+def test_on_cuda_exact_and_sampled_afvs_match_the_cpu(extractor, image_batch, readout):
+    cuda = torch.device("cuda")
+    ex = _with_norm(extractor, "power")
+    ex = ex if readout == "global" else _pyramid(ex, readout)
+    g = copy.deepcopy(extractor.g)  # AFVExtractor moves G to its device in place
+    on_gpu = AFVExtractor(extractor.d, g, extractor.stats, device=cuda, normalization="power")
+    on_gpu = on_gpu if readout == "global" else PyramidAFVExtractor(on_gpu, ex.spec, ex.cell_stats.to("cpu"))
+    x = image_batch[:6]
+    for cpu_fn, gpu_fn in [
+        (ex.embed, on_gpu.embed),
+        (SampledAFV(ex, 800, exact_below=0), SampledAFV(on_gpu, 800, exact_below=0)),
+    ]:
+        ref = cpu_fn(x)
+        torch.testing.assert_close(gpu_fn(x).cpu(), ref, rtol=1e-3, atol=1e-3 * float(ref.abs().max()))
