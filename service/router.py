@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -137,7 +138,8 @@ class ShardRouter:
             form = {"mirror": "true" if body.mirror else "false"}
             vectors = await self._sketch(shard, headers, files={"image": body.image}, data=form)
         query = {"vectors": vectors, "k": body.k, "where": body.where, "rerank": body.rerank}
-        return merge_top_k(await self._each(lambda s: self._search_one(s, headers, query)), body.k)
+        encoded = json.dumps(query).encode()  # once for all shards: ~2 ms of floats to text per copy
+        return merge_top_k(await self._each(lambda s: self._search_one(s, headers, encoded)), body.k)
 
     async def stats(self, auth: str | None) -> dict[str, Any]:
         """The shards' index statistics: counts summed, the rest as the shards report it, and each shard's."""
@@ -193,8 +195,9 @@ class ShardRouter:
         await self._check(shard, headers)
         return await self._call(shard, "POST", path, headers, **kw)
 
-    async def _search_one(self, shard: Shard, headers: dict[str, str], query: dict[str, Any]) -> list[SearchHit]:
-        answer = await self._post(shard, "/v1/search:vectors", headers, json=query)
+    async def _search_one(self, shard: Shard, headers: dict[str, str], query: bytes) -> list[SearchHit]:
+        json_headers = headers | {"Content-Type": "application/json"}
+        answer = await self._post(shard, "/v1/search:vectors", json_headers, content=query)
         try:
             return SearchResponse.model_validate(answer).results
         except ValidationError as e:
