@@ -22,6 +22,7 @@ multiply-adds. A layer whose share would reach a quarter of its weights is compu
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from dataclasses import dataclass
 
@@ -43,6 +44,7 @@ from model.pyramid import (
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
 
+DENSE_CHUNK_BYTES = 64 << 20  # bound on one chunk's whole per-cell gradients in the dense kernel
 EXACT_FRACTION = 0.25  # a layer whose sample would reach this share of its weights is computed exactly
 
 
@@ -133,15 +135,12 @@ def tap_masks(coords: torch.Tensor, shape: tuple[int, ...]) -> list[tuple[int, t
     return out
 
 
-def sampled_weight_cells(
+def _sparse_select(
     m: nn.Conv2d, a: torch.Tensor, g: torch.Tensor, masks: list[tuple[int, torch.Tensor, torch.Tensor]], grid: int
 ) -> torch.Tensor:
-    """B×grid²×M: the sampled weight-gradient coordinates of each sample, split by image cell.
-
-    For tap (ki, kj) the weight gradient is g · a_pad[ki:ki+H, kj:kj+W]ᵀ summed over positions; a
-    sampled dense-dense matmul (`torch.sparse.sampled_addmm`, batched over samples and cells) computes
-    it only at the sampled (output, input) channel pairs.
-    """
+    """Per tap (ki, kj) the weight gradient is g · a_pad[ki:ki+H, kj:kj+W]ᵀ summed over positions; a sampled
+    dense-dense matmul (`torch.sparse.sampled_addmm`, batched over samples and cells) computes it only at
+    the sampled (output, input) channel pairs."""
     b = a.shape[0]
     co, ci, kh, kw = m.weight.shape
     ph, pw = fisher.unfold_padding(m)
@@ -162,6 +161,57 @@ def sampled_weight_cells(
         )
         parts.append(torch.sparse.sampled_addmm(pattern, gc, window.transpose(1, 2), beta=0.0).values())
     return torch.cat(parts, dim=1).reshape(b, cells, -1)
+
+
+def _dense_select(m: nn.Conv2d, a: torch.Tensor, g: torch.Tensor, coords: torch.Tensor, grid: int) -> torch.Tensor:
+    """The whole per-cell gradient (one GEMM per sample and cell), then its sampled coordinates: faster
+    than the sparse kernel where cells hold few positions. Chunked so a chunk's gradients stay small."""
+    n = m.weight.numel()
+    step = max(1, DENSE_CHUNK_BYTES // (grid * grid * n * a.element_size()))
+    order = torch.argsort(coords).to(a.device)
+    ascending, back = coords.to(a.device)[order], torch.argsort(order)  # ascending gathers are several times faster
+    out = torch.empty(a.shape[0], grid * grid, len(coords), dtype=a.dtype, device=a.device)
+    for i in range(0, a.shape[0], step):
+        w = _conv_cell_grads(m, a[i : i + step], g[i : i + step], grid)["weight"]
+        out[i : i + step] = w.reshape(-1, n)[:, ascending].index_select(1, back).view(w.shape[0], grid * grid, -1)
+    return out
+
+
+_kernel_choice: dict[tuple, str] = {}
+
+
+def sampled_weight_cells(
+    m: nn.Conv2d, a: torch.Tensor, g: torch.Tensor, plan: LayerSample, masks, grid: int
+) -> torch.Tensor:
+    """B×grid²×M: the sampled weight-gradient coordinates of each sample, split by image cell.
+
+    Two kernels give the same values: the sparse one (work ∝ sampled coordinates) and dense-then-select
+    (a GEMM ∝ all coordinates, but far faster per multiply-add). The faster is timed once per layer,
+    grid, device and batch-size bucket, as `fisher` picks its exact conv kernels.
+    """
+    assert plan.coords is not None
+    run = {
+        "sparse": lambda: _sparse_select(m, a, g, masks, grid),
+        "dense": lambda: _dense_select(m, a, g, plan.coords, grid),
+    }
+    bucket = 1 << max(0, a.shape[0] - 1).bit_length()
+    key = (plan.name, plan.shape, len(plan.coords), tuple(a.shape[1:]), grid, bucket, a.device.type, a.dtype)
+    if key not in _kernel_choice:
+        _kernel_choice[key] = min(run, key=lambda k: _best_time(run[k], a.device))
+    return run[_kernel_choice[key]]()
+
+
+def _best_time(fn, device: torch.device) -> float:
+    """Best of two timed calls after a warm-up (a busy machine's one-off stall doesn't decide)."""
+    fn()
+    best = float("inf")
+    for _ in range(2):
+        fisher._sync(device)
+        t0 = time.perf_counter()
+        fn()
+        fisher._sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return best
 
 
 class SampledAFV:
@@ -241,7 +291,7 @@ class SampledAFV:
             elif plan is None or plan.exact:
                 grads = _conv_cell_grads(m, a, g, self.grid)
             else:
-                grads = {"weight": sampled_weight_cells(m, a, g, self._masks[plan.name], self.grid)}
+                grads = {"weight": sampled_weight_cells(m, a, g, plan, self._masks[plan.name], self.grid)}
                 if m.bias is not None:
                     grads["bias"] = _cells(g, self.grid).sum(-1)
             for pname, grad in grads.items():

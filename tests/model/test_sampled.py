@@ -10,11 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from model import fisher, pyramid
+from model import fisher, pyramid, sampled
 from model.data import uint8_to_model
 from model.extract import AFVExtractor
 from model.pyramid import PyramidAFVExtractor, parse_readout
-from model.sampled import SampledAFV, plan_samples, sampled_weight_cells, tap_masks
+from model.sampled import LayerSample, SampledAFV, plan_samples, sampled_weight_cells, tap_masks
 from model.sketch import pairwise_distances
 
 
@@ -28,8 +28,9 @@ def _pyramid(ex: AFVExtractor, readout: str) -> PyramidAFVExtractor:
     return PyramidAFVExtractor(ex, spec, pyramid.estimate_pyramid_stats(ex.d, ex.g, spec, 16, batch_size=16))
 
 
+@pytest.mark.parametrize("kernel", ["sparse", "dense", "chosen"])
 @pytest.mark.parametrize("grid", [1, 2, 4])
-def test_sampled_kernel_equals_the_exact_cell_gradient_at_its_coordinates(extractor, image_batch, grid):
+def test_sampled_kernels_equal_the_exact_cell_gradient_at_their_coordinates(extractor, image_batch, grid, kernel):
     d = extractor.d
     conv = next(m for m in d.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3) and m.in_channels > 3)
     captured, _ = pyramid.capture_with_map(d, uint8_to_model(image_batch[:3]))
@@ -38,7 +39,13 @@ def test_sampled_kernel_equals_the_exact_cell_gradient_at_its_coordinates(extrac
     n, taps = m.weight.numel(), 9
     flat = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:50]
     coords = flat[torch.argsort((flat % taps) * n + flat)]
-    got = sampled_weight_cells(m, a, g, tap_masks(coords, tuple(m.weight.shape)), grid)
+    masks = tap_masks(coords, tuple(m.weight.shape))
+    plan = LayerSample("conv", tuple(m.weight.shape), 0, coords)
+    got = {
+        "sparse": lambda: sampled._sparse_select(m, a, g, masks, grid),
+        "dense": lambda: sampled._dense_select(m, a, g, coords, grid),
+        "chosen": lambda: sampled_weight_cells(m, a, g, plan, masks, grid),
+    }[kernel]()
     torch.testing.assert_close(got, exact[:, :, coords], rtol=1e-4, atol=1e-5 * float(exact.abs().max()))
 
 
