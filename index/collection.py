@@ -475,8 +475,8 @@ class AFVIndex:
         shard = self.store.get_meta(SHARD_KEY)
         if shard is not None:
             raise IndexReadOnlyError(
-                f"{self.index_dir} is shard {shard['index']} of {shard['count']} made by `afv index shard`: add "
-                "images to the index it was split from, then split that again"
+                f"this index ({self.index_dir.name}) is shard {shard['index']} of {shard['count']} made by "
+                "`afv index shard`: add images to the index it was split from, then split that again"
             )
 
     def _as_queries(self, vectors: np.ndarray) -> np.ndarray:
