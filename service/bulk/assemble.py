@@ -2,8 +2,10 @@
 
 The records go through `AFVIndex.add_embedded` in listing order, as the local build adds them, so each
 image gets the id the local build gives it and a repeated image (same sha256, in the collection or
-already indexed) is a duplicate of the first. `AFVIndex.save` then trains the structure the collection's
-size calls for (IVF-PQ on a sample of the stored vectors above the flat limit) and checkpoints it.
+already indexed) is a duplicate of the first. The index retrains as it grows (`AFVIndex.save`: above
+the flat limit, (OPQ-)IVF-PQ trained on a sample of the stored vectors, then every vector added), as in
+the local build; its last retraining may be for a size up to 16x smaller, so if the final size calls
+for another structure (fewer PQ bytes to fit the memory budget), `AFVIndex.optimize` builds that one.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from index import AFVIndex
+from index.faiss_index import plan_index
 from service.bulk.shards import ShardPlan, is_complete, read_shard, shard_path
 
 ADD_BATCH = 4096  # rows per SQLite transaction
@@ -44,5 +47,17 @@ def assemble(
             dup = sum(r.duplicate for r in results)
             out.added, out.present = out.added + len(results) - dup, out.present + dup
         on_rows(len(shard.records))
-    index.save()  # trains IVF-PQ if the collection outgrew a flat index
+    index.save()  # retrains as the local build does when the collection outgrew its structure
+    if out.added and _structure(index) != _structure_for(index):
+        index.optimize()  # the last retraining was for a size up to 16x smaller: fit the final size
     return out
+
+
+def _structure(index: AFVIndex) -> tuple:
+    stats = index.stats()
+    return stats["kind"], stats["nlist"], stats["pq_bytes"]
+
+
+def _structure_for(index: AFVIndex) -> tuple:
+    plan = plan_index(index.count, index.dim, index.memory_budget, index.kind_request)
+    return plan.kind, plan.nlist, plan.m

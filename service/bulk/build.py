@@ -20,6 +20,7 @@ from service.bulk.sources import Entry
 from service.model_index import ModelIndex
 
 DEFAULT_SHARD_SIZE = 10_000
+EMBEDDINGS_DIR = "embeddings"  # the shards' default folder, inside the index folder
 
 
 class BulkBuildError(RuntimeError):
@@ -79,7 +80,7 @@ def build_with_ray(
                 left = len(pending_shards(shards_dir, plan, sketch))
                 raise BulkBuildError(
                     f"the Ray job stopped: {_last_line(e)}; {plan.count - left} of {plan.count} shards are done "
-                    "(run the build again to resume)"
+                    "(a re-run resumes from there)"
                 ) from e
     with _bar(len(plan.entries), "adding shards", progress) as bar:
         outcomes = assemble(mi.index, shards_dir, plan, sketch, on_rows=bar.update)

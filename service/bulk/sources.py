@@ -13,7 +13,7 @@ from __future__ import annotations
 import tarfile
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PurePath, PurePosixPath
 from typing import Any
 
 from index.store import StoreError, validate_metadata
@@ -51,7 +51,12 @@ def collection_metadata(root: str | Path, name: str, is_dir: bool) -> dict[str, 
     A local root is resolved (`.` is named after the folder it is); absolute paths of the machine that
     built the index are not stored: the service returns metadata to its readers."""
     place = Path(root).resolve() if isinstance(root, Path) else PurePosixPath(root)
-    if is_dir or place.name != name:
+    return _metadata(place, name, is_dir or PurePosixPath(root).name != name)
+
+
+def _metadata(place: PurePath, name: str, inside: bool) -> dict[str, str]:
+    """`place`: the resolved root; `inside`: the image is in it (not the root itself)."""
+    if inside:
         return {"path": name, "collection": place.name}
     return {"path": place.name, "collection": place.parent.name}
 
@@ -77,20 +82,20 @@ def _list_one(fs, path: str) -> list[Entry]:
         return _list_tar(fs, path, url, root)
     if path.endswith((".parquet", ".csv")):
         return _list_paths(fs, path, root)
-    return [Entry(url, PurePosixPath(path).name, collection_metadata(root, PurePosixPath(path).name, False))]
+    return [Entry(url, PurePosixPath(path).name, _metadata(root, PurePosixPath(path).name, False))]
 
 
-def _list_folder(fs, path: str, root: str | Path) -> list[Entry]:
+def _list_folder(fs, path: str, root: PurePath) -> list[Entry]:
     """The image files under a folder, sorted as `Path`s sort (part by part), as the local build does."""
     base = path.rstrip("/") + "/"
     names = [p[len(base) :] for p in fs.find(path) if p.startswith(base) and _is_image_name(p)]
     return [
-        Entry(_url(fs, base + name), name, collection_metadata(root, name, True))
+        Entry(_url(fs, base + name), name, _metadata(root, name, True))
         for name in sorted(names, key=lambda n: n.split("/"))
     ]
 
 
-def _list_tar(fs, path: str, url: str, root: str | Path) -> list[Entry]:
+def _list_tar(fs, path: str, url: str, root: PurePath) -> list[Entry]:
     """An archive's images in name order (archive order sorted, as `model.data._iter_tar` reads them).
 
     Members of an uncompressed .tar are byte ranges of it (read directly); those of a .tar.gz are read
@@ -102,7 +107,7 @@ def _list_tar(fs, path: str, url: str, root: str | Path) -> list[Entry]:
         Entry(
             url,
             _member_name(m),
-            collection_metadata(root, _member_name(m), False),
+            _metadata(root, _member_name(m), PurePosixPath(path).name != _member_name(m)),
             member=m.name,
             start=0 if compressed else m.offset_data,
             end=None if compressed else m.offset_data + m.size,
@@ -113,7 +118,7 @@ def _list_tar(fs, path: str, url: str, root: str | Path) -> list[Entry]:
     return sorted(entries, key=lambda e: e.name)
 
 
-def _list_paths(fs, path: str, root: str | Path) -> list[Entry]:
+def _list_paths(fs, path: str, root: PurePath) -> list[Entry]:
     """The rows of a Parquet/CSV list, in its order: its `path` (or `url`) column read relative to the
     list's folder, its other columns as metadata."""
     rows = _read_table(fs, path)
@@ -131,7 +136,7 @@ def _list_paths(fs, path: str, root: str | Path) -> list[Entry]:
         if not isinstance(value, str) or not value:
             raise ValueError(f"{path}: row {i} has no {column}")
         meta = {c: rows[c][i] for c in extra if rows[c][i] is not None}
-        entries.append(Entry(_resolve(fs, folder, value), value, meta | collection_metadata(root, value, True)))
+        entries.append(Entry(_resolve(fs, folder, value), value, meta | _metadata(root, value, True)))
     return entries
 
 
@@ -213,6 +218,6 @@ def _url(fs, path: str) -> str:
     return path if _is_local(fs) else fs.unstrip_protocol(path)
 
 
-def _root(fs, path: str) -> str | Path:
-    """What collection metadata is named after: a local path (resolved) or the path inside the store."""
-    return Path(path) if _is_local(fs) else path.rstrip("/")
+def _root(fs, path: str) -> PurePath:
+    """What collection metadata is named after: a local path (resolved once) or the path inside the store."""
+    return Path(path).resolve() if _is_local(fs) else PurePosixPath(path.rstrip("/"))

@@ -139,10 +139,10 @@ def build(
     shard_size: int | None = typer.Option(
         None, "--shard-size", min=1, help="ray: images per embedding shard (default 10000)."
     ),
-    shards: Path | None = typer.Option(
+    embeddings: Path | None = typer.Option(
         None,
-        "--shards",
-        help="ray: folder of the embedding shards (default INDEX/shards); re-runs skip finished ones.",
+        "--embeddings",
+        help="ray: folder of the embedding shards (default INDEX/embeddings); re-runs skip finished ones.",
     ),
 ) -> None:
     """Embed a collection into an index; resumable (images whose content is indexed are skipped).
@@ -156,13 +156,13 @@ def build(
         "--cpus-per-worker": cpus_per_worker,
         "--batch-size": batch_size,
         "--shard-size": shard_size,
-        "--shards": shards,
+        "--embeddings": embeddings,
     }
     if engine not in ENGINES:
         fail(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     if engine == "ray":
         ray = RayOptions(address, workers, gpus_per_worker, cpus_per_worker, batch_size or RayOptions.batch_size)
-        _build_on_ray(images, index, model, options, ray, shard_size, shards)
+        _build_on_ray(images, index, model, options, ray, shard_size, embeddings)
         return
     if given := [name for name, value in ray_only.items() if value is not None]:
         fail(f"{', '.join(given)} apply to --engine ray")
@@ -188,10 +188,10 @@ def _build_on_ray(
     options: BuildOptions,
     ray: RayOptions,
     shard_size: int | None,
-    shards: Path | None,
+    embeddings: Path | None,
 ) -> None:
     """`--engine ray`: the index opened here (model on the CPU: the workers have the GPUs), the work on Ray."""
-    from service.bulk.build import DEFAULT_SHARD_SIZE, BulkBuildError, build_with_ray
+    from service.bulk.build import DEFAULT_SHARD_SIZE, EMBEDDINGS_DIR, BulkBuildError, build_with_ray
     from service.bulk.ray_engine import RayUnavailableError, import_ray
     from service.bulk.sources import list_source
 
@@ -204,7 +204,7 @@ def _build_on_ray(
                 mi,
                 entries,
                 model=worker_model,
-                shards_dir=shards or index / "shards",
+                shards_dir=embeddings or index / EMBEDDINGS_DIR,
                 options=ray,
                 shard_size=shard_size or DEFAULT_SHARD_SIZE,
             )
@@ -214,7 +214,7 @@ def _build_on_ray(
     done = report.shards - report.made
     pool = report.workers
     on = f" on {pool.count} worker(s) of {pool.gpus:g} GPU, {pool.cpus:g} CPU" if pool else ""
-    typer.echo(f"shards: {report.made} embedded{on}, {done} already done, {report.shards} in all")
+    typer.echo(f"embedding shards: {report.made} made{on}, {done} already done, {report.shards} in all")
     out = report.outcomes
     _report(out.added, out.present, out.skipped, count)
 
