@@ -108,7 +108,8 @@ def build(
     mode: str | None = typer.Option(
         None,
         "--mode",
-        help="Projection: auto (= exact; identity for small embeddings) | exact | fast (Kronecker, opt-in).",
+        help="Projection: auto (sampled for AFVs of >= 262,144 values, else exact; identity for small embeddings) "
+        "| exact | sampled | fast (legacy Kronecker, biased).",
     ),
     dim: int | None = typer.Option(None, "--dim", help="Sketch dimension (default 1024)."),
     kind: str | None = typer.Option(None, "--kind", help="auto | flat | ivfpq | opq-ivfpq (default auto)."),
