@@ -33,6 +33,7 @@ def main() -> None:
     ap.add_argument("--kind", default="opq-ivfpq", choices=["ivfpq", "opq-ivfpq"])
     ap.add_argument("--queries", type=int, default=100)
     ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--nprobe", type=int, default=None, help="IVF lists searched (default: the index's rule).")
     args = ap.parse_args()
 
     from index import AFVIndex
@@ -51,7 +52,8 @@ def main() -> None:
     truth = bid[np.argsort(d2, axis=1)[:, : args.k]]
     auto = plan_index(max(len(xb), 10_000), x.shape[1], 2**40, args.kind)  # the structure, not the size limit
     nlist = max(16, min(auto.nlist, 2 ** int(np.log2(len(xb) // 39))))
-    plan = type(auto)(args.kind, x.shape[1], nlist=nlist, m=args.pq_bytes, nprobe=max(8, min(nlist // 16, 64)))
+    nprobe = args.nprobe or max(8, min(nlist // 16, 64))
+    plan = type(auto)(args.kind, x.shape[1], nlist=nlist, m=args.pq_bytes, nprobe=nprobe)
     vi = VectorIndex.build(plan, xb)
     vi.add(xb, bid)
     _, plain = vi.search(xq, args.k)

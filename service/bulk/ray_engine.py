@@ -4,9 +4,9 @@
         ─map_batches(Sketcher), an actor pool: the model loaded once per worker, its GPU if it has one─▶
     rows with sketches ─▶ the driver gathers them into shards and writes each one whole (`shards`)
 
-Ray is imported here only, when `--engine ray` runs. With no address a local Ray instance is started
-with this machine's CPUs and shut down afterwards; with `--address auto` (inside a cluster) or
-`ray://HOST:PORT` (from outside) an existing cluster is used. A Ray already initialised in this process
+Ray is imported here only, when `--engine ray` runs. With no address (and no $RAY_ADDRESS) a local Ray
+instance is started with this machine's CPUs and shut down afterwards; with `--address auto` (inside a
+cluster) or `ray://HOST:PORT` (from outside) an existing cluster is used. A Ray already initialised in this process
 (a notebook, the tests) is used as it is and left running.
 """
 
@@ -47,14 +47,16 @@ def import_ray() -> Any:
 
 @contextmanager
 def connect(address: str | None) -> Iterator[Any]:
-    """Ray, connected: to `address`, else to a new local instance with this machine's CPUs (shut down
-    afterwards); a Ray this process already initialised is used as it is and left running."""
+    """Ray, connected: to `address` (else $RAY_ADDRESS, which `ray job submit` sets), else to a new local
+    instance with this machine's CPUs, shut down afterwards. A Ray this process already initialised is
+    used as it is and left running."""
     ray = import_ray()
     logging.getLogger("ray.data").setLevel(logging.ERROR)  # its plan and progress notes: the build has a bar
     if ray.is_initialized():
         yield ray
         return
     quiet = {"logging_level": logging.WARNING, "log_to_driver": False}
+    address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, **quiet)
     else:
@@ -90,16 +92,17 @@ class Workers:
 
 
 def plan_workers(options: RayOptions, cluster: dict[str, float]) -> Workers:
-    """One worker per GPU when the cluster has GPUs (1 CPU each), else one per 4 cores sharing the CPUs
-    that decoding leaves (on 2 cores: one worker of 1.5 CPUs, 2 threads, beside one decode task)."""
+    """One worker per GPU when the cluster has GPUs (1 CPU each), else one per 4 cores with 3.5 of them,
+    so that each 4 cores keep half a core for a decode task (on 2 cores: one worker of 1.5 CPUs, 2
+    threads, beside one decode task)."""
     cpus, gpus = float(cluster.get("CPU", 1)), float(cluster.get("GPU", 0))
     per_gpu = options.gpus_per_worker if options.gpus_per_worker is not None else (1.0 if gpus >= 1 else 0.0)
     if per_gpu > 0:
         count = options.workers or max(1, int(gpus // per_gpu))
         return Workers(count, per_gpu, options.cpus_per_worker or 1.0)
     count = options.workers or max(1, int(cpus // CORES_PER_CPU_WORKER))
-    share = options.cpus_per_worker or max(1.0, (cpus - DECODE_CPUS) / count)
-    return Workers(count, 0.0, share)
+    fair = min(CORES_PER_CPU_WORKER - DECODE_CPUS, (cpus - DECODE_CPUS) / count)
+    return Workers(count, 0.0, options.cpus_per_worker or max(1.0, fair))
 
 
 def decode_chunks(plan: ShardPlan, todo: list[int]) -> list[dict]:

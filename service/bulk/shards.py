@@ -97,7 +97,8 @@ def write_shard(folder: Path, k: int, plan: ShardPlan, sketch: str, shard: Shard
             "vector": pa.FixedSizeListArray.from_arrays(flat, d),
         }
     ).replace_schema_metadata({META_KEY: json.dumps(meta)})
-    atomic_write(shard_path(folder, k), lambda tmp: pq.write_table(table, tmp))
+    # no dictionary pages: sketches never repeat (they would cost 15 % more space)
+    atomic_write(shard_path(folder, k), lambda tmp: pq.write_table(table, tmp, use_dictionary=False))
 
 
 def read_shard(path: Path) -> Shard:

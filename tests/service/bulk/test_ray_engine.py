@@ -36,12 +36,22 @@ class FakeRay:
 def test_connect_starts_ray_and_shuts_down_what_it_started(monkeypatch, address):
     fake = FakeRay()
     monkeypatch.setattr(ray_engine, "import_ray", lambda: fake)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
     with pytest.raises(KeyError), connect(address):  # shut down on errors too
         assert fake.running
         raise KeyError("boom")
     assert not fake.running and fake.calls[-1] == ("shutdown",)
     init = fake.calls[0]
     assert init[1] == address and (init[2:] == (None, None) if address else init[2] >= 1 and init[3] is False)
+
+
+def test_inside_a_ray_job_connect_joins_its_cluster(monkeypatch):
+    fake = FakeRay()
+    monkeypatch.setattr(ray_engine, "import_ray", lambda: fake)
+    monkeypatch.setenv("RAY_ADDRESS", "http://head:8265")
+    with connect(None):
+        pass
+    assert fake.calls == [("init", "http://head:8265", None, None), ("shutdown",)]
 
 
 def test_connect_leaves_a_ray_it_did_not_start_running(monkeypatch):
@@ -73,11 +83,12 @@ def test_ray_options_are_refused_with_the_local_engine_and_unknown_engines(tmp_p
     assert not (tmp_path / "idx").exists()
 
 
-def test_the_pool_has_a_worker_per_gpu_else_one_per_four_cores_sharing_what_decoding_leaves():
+def test_the_pool_has_a_worker_per_gpu_else_one_per_four_cores_leaving_room_to_decode():
     assert plan_workers(RayOptions(), {"CPU": 32, "GPU": 4}) == Workers(4, 1.0, 1.0)
     assert plan_workers(RayOptions(gpus_per_worker=0.5), {"CPU": 32, "GPU": 4}) == Workers(8, 0.5, 1.0)
     assert plan_workers(RayOptions(), {"CPU": 2}) == Workers(1, 0.0, 1.5) and Workers(1, 0.0, 1.5).threads == 2
-    assert plan_workers(RayOptions(), {"CPU": 16}).count == 4
+    assert plan_workers(RayOptions(), {"CPU": 16}) == Workers(4, 0.0, 3.5)  # 2 CPUs left: 4 decode tasks
+    assert plan_workers(RayOptions(workers=2), {"CPU": 16}) == Workers(2, 0.0, 3.5)
     assert plan_workers(RayOptions(workers=3, cpus_per_worker=2), {"CPU": 16}) == Workers(3, 0.0, 2.0)
 
 
