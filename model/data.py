@@ -114,7 +114,8 @@ def model_to_uint8(x: torch.Tensor) -> torch.Tensor:
     return x.add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8)
 
 
-def _is_image_name(name: str) -> bool:
+def is_image_name(name: str) -> bool:
+    """An image file's name by its suffix (macOS '._' resource forks excluded): what every listing keeps."""
     return Path(name).suffix.lower() in IMAGE_SUFFIXES and not Path(name).name.startswith("._")
 
 
@@ -134,7 +135,7 @@ def iter_records(path: str | Path, subdir: str | None = None) -> Iterator[ImageR
     if _is_tar(path):
         yield from _iter_tar(path, prefix)
     elif path.is_dir():
-        for f in sorted(p for p in path.rglob("*") if p.is_file() and _is_image_name(p.name)):
+        for f in sorted(p for p in path.rglob("*") if p.is_file() and is_image_name(p.name)):
             rel = f.relative_to(path).as_posix()
             if prefix is None or rel.startswith(prefix):
                 yield ImageRecord(rel, f.read_bytes())
@@ -150,11 +151,11 @@ def iter_names(path: str | Path) -> Iterator[str]:
     if _is_tar(path):
         with tarfile.open(path, "r:*") as tar:
             for m in tar.getmembers():
-                if m.isfile() and _is_image_name(m.name):
+                if m.isfile() and is_image_name(m.name):
                     yield m.name[2:] if m.name.startswith("./") else m.name
     elif path.is_dir():
         for f in path.rglob("*"):
-            if f.is_file() and _is_image_name(f.name):
+            if f.is_file() and is_image_name(f.name):
                 yield f.relative_to(path).as_posix()
     elif path.is_file():
         yield path.name
@@ -168,20 +169,21 @@ def _iter_tar(path: Path, prefix: str | None) -> Iterator[ImageRecord]:
         members = [
             m
             for m in tar.getmembers()
-            if m.isfile() and _is_image_name(m.name) and (prefix is None or _member_name(m).startswith(prefix))
+            if m.isfile() and is_image_name(m.name) and (prefix is None or member_name(m).startswith(prefix))
         ]
         in_order = all(a.name <= b.name for a, b in zip(members, members[1:]))
         records = (_read_member(tar, m) for m in members)
         yield from records if in_order else sorted(records, key=lambda r: r.name)
 
 
-def _member_name(m: tarfile.TarInfo) -> str:
+def member_name(m: tarfile.TarInfo) -> str:
+    """A tar member's name without a leading './' (as the image is named in the index)."""
     return m.name[2:] if m.name.startswith("./") else m.name
 
 
 def _read_member(tar: tarfile.TarFile, m: tarfile.TarInfo) -> ImageRecord:
     f = tar.extractfile(m)
-    return ImageRecord(_member_name(m), f.read() if f else b"")
+    return ImageRecord(member_name(m), f.read() if f else b"")
 
 
 def load_collection(

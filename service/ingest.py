@@ -192,7 +192,7 @@ def _complete(
             plan.outcomes[i] = Outcome(error=x)
     if ok:
         vectors = embed(np.stack([x for _, x in ok]))
-        for (i, _), result in zip(ok, index.add_embedded(vectors, [_record(plan.items[i]) for i, _ in ok])):
+        for (i, _), result in zip(ok, index.add_embedded(vectors, [index_record(plan.items[i]) for i, _ in ok])):
             plan.outcomes[i] = Outcome(result.id, result.duplicate)
     _resolve_repeats(plan.shas, plan.first, plan.outcomes)
     were_known = [i for i, sha in enumerate(plan.shas) if sha in plan.known]
@@ -228,7 +228,8 @@ def _redo_deleted(
             outcomes[i] = outcome
 
 
-def _record(item: Item) -> dict:
+def index_record(item: Item) -> dict:
+    """The record an item is stored under (the local and the Ray build write the same)."""
     return {"name": item.name, "sha256": item.sha256, "size": len(item.data), "metadata": item.metadata}
 
 

@@ -70,7 +70,7 @@ class ModelIndex:
         """Open an existing index; IndexMismatchError if `embedder` did not build it."""
         index = AFVIndex.open(index_dir, read_only=read_only)
         try:
-            return cls(embedder, _check_pins(index.pins, embedder), index)
+            return cls(embedder, check_pins(index.pins, embedder), index)
         except BaseException:
             index.close()
             raise
@@ -93,9 +93,9 @@ class ModelIndex:
     @classmethod
     def repair(cls, index_dir: str | Path, embedder: Embedder) -> ModelIndex:
         """Rebuild the FAISS file from stored vectors, after checking that `embedder` built the index."""
-        _check_pins(AFVIndex.read_pins(index_dir), embedder)
+        check_pins(AFVIndex.read_pins(index_dir), embedder)
         index = AFVIndex.repair(index_dir)
-        return cls(embedder, _check_pins(index.pins, embedder), index)
+        return cls(embedder, check_pins(index.pins, embedder), index)
 
     def sketch(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
         """N×3×R×R uint8 images → N×dim float32 sketches (model work only; the embedder's lock)."""
@@ -134,7 +134,7 @@ def _projector(embedder: Embedder, options: BuildOptions) -> Projector:
         raise InvalidInputError(str(e)) from e
 
 
-def _check_pins(pins: dict, embedder: Embedder) -> Projector:
+def check_pins(pins: dict, embedder: Embedder) -> Projector:
     """The index's projection rebuilt for `embedder`; IndexMismatchError if another model made it."""
     for key, what in PINNED:
         want, have = pins[key], getattr(embedder, key)

@@ -17,7 +17,7 @@ from pathlib import Path, PurePath, PurePosixPath
 from typing import Any
 
 from index.store import StoreError, validate_metadata
-from model.data import _is_image_name, _member_name  # the local build's rules, so both list alike
+from model.data import is_image_name, member_name  # the local build's rules, so both list alike
 
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 LIST_COLUMNS = ("path", "url")
@@ -88,7 +88,7 @@ def _list_one(fs, path: str) -> list[Entry]:
 def _list_folder(fs, path: str, root: PurePath) -> list[Entry]:
     """The image files under a folder, sorted as `Path`s sort (part by part), as the local build does."""
     base = path.rstrip("/") + "/"
-    names = [p[len(base) :] for p in fs.find(path) if p.startswith(base) and _is_image_name(p)]
+    names = [p[len(base) :] for p in fs.find(path) if p.startswith(base) and is_image_name(p)]
     return [
         Entry(_url(fs, base + name), name, _metadata(root, name, True))
         for name in sorted(names, key=lambda n: n.split("/"))
@@ -102,12 +102,12 @@ def _list_tar(fs, path: str, url: str, root: PurePath) -> list[Entry]:
     by streaming through the archive, once per chunk of work."""
     compressed = not path.endswith(".tar")
     with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|*" if compressed else "r:") as tar:
-        members = [m for m in tar if m.isfile() and _is_image_name(m.name)]
+        members = [m for m in tar if m.isfile() and is_image_name(m.name)]
     entries = [
         Entry(
             url,
-            _member_name(m),
-            _metadata(root, _member_name(m), PurePosixPath(path).name != _member_name(m)),
+            member_name(m),
+            _metadata(root, member_name(m), PurePosixPath(path).name != member_name(m)),
             member=m.name,
             start=0 if compressed else m.offset_data,
             end=None if compressed else m.offset_data + m.size,

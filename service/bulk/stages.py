@@ -17,7 +17,7 @@ import numpy as np
 
 from model.data import ImageDecodeError
 from service.bulk.sources import Entry, read_entries
-from service.ingest import FileDecoder, Item, _record  # the local build's record of an item
+from service.ingest import FileDecoder, Item, index_record
 
 
 def chunk_row(shard: int, first: int, entries: list[Entry]) -> dict:
@@ -49,8 +49,8 @@ class DecodeChunk:
         try:
             pixels = FileDecoder(self.resolution)(item.data, item.source)
         except ImageDecodeError as e:
-            return _row(_record(item), str(e), pixels)
-        return _row(_record(item), "", pixels)
+            return _row(index_record(item), str(e), pixels)
+        return _row(index_record(item), "", pixels)
 
 
 def _row(record: dict, error: str, pixels: np.ndarray) -> dict:
@@ -64,12 +64,12 @@ class Sketcher:
         import torch
 
         from model.loading import load_embedder
-        from service.model_index import _check_pins  # the index's projection, refused for another model
+        from service.model_index import check_pins
 
         if threads > 0:
             torch.set_num_threads(threads)
         embedder = load_embedder(model, batch_size=batch_size)  # device auto: CUDA when the worker has it
-        self.projector = _check_pins(pins, embedder)
+        self.projector = check_pins(pins, embedder)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Rows with pixels → the same rows with sketches instead (zeros for the unreadable)."""

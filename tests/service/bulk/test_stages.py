@@ -15,7 +15,7 @@ from model.loading import load_embedder
 from service.bulk.sources import list_source
 from service.bulk.stages import DecodeChunk, Sketcher, chunk_row
 from service.cli.index import _items
-from service.ingest import FileDecoder, _record
+from service.ingest import FileDecoder, index_record
 from service.model_index import BuildOptions, ModelIndex
 
 CIFAR = Path(__file__).parents[2] / "fixtures" / "cifar10"
@@ -41,7 +41,7 @@ def test_decoded_rows_carry_the_local_builds_records_pixels_and_errors(folder):
     assert [r["pos"] for r in rows] == list(range(30, 30 + len(local))) and {r["shard"] for r in rows} == {3}
     for row, item in zip(rows, local):
         record = {**{k: row[k] for k in ("name", "sha256", "size")}, "metadata": json.loads(row["metadata"])}
-        assert record == _record(item)
+        assert record == index_record(item)
         if item.data == b"nope":
             with pytest.raises(ImageDecodeError) as e:
                 FileDecoder(32)(item.data, item.source)
@@ -57,7 +57,8 @@ def test_the_sketcher_gives_the_index_sketch_and_zeros_for_unreadable_rows(folde
         out = Sketcher(str(tiny_model_dir), mi.index.pins, batch_size=4)(batch)
         ok = batch["error"] == ""
         assert "image" not in out and out["vector"].shape == (len(rows), 64)
-        assert np.allclose(out["vector"][ok], mi.sketch(batch["image"][ok]))
+        want = mi.sketch(batch["image"][ok])  # float noise only: other batch sizes, other kernels
+        assert np.allclose(out["vector"][ok], want, rtol=1e-4, atol=1e-5 * float(np.abs(want).max()))
         assert not out["vector"][~ok].any() and (~ok).sum() == 1
 
 
