@@ -61,6 +61,7 @@ def bench_extract(
 
 def _img_s(fn: Callable[[torch.Tensor], object], x: torch.Tensor, bs: int, device: torch.device, repeats: int) -> float:
     """Images per second of fn over x in batches of bs (best of `repeats`, after a warm-up batch)."""
+
     def run() -> None:
         for i in range(0, x.shape[0], bs):
             fn(x[i : i + bs])

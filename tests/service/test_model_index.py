@@ -89,4 +89,3 @@ def test_auto_mode_samples_coordinates_of_large_afvs(tmp_path, extractor):
     assert auto_mode(extractor) == "exact"
     with ModelIndex.create(tmp_path / "idx", big, BuildOptions(dim=64)) as mi:
         assert mi.projector.mode == "sampled" and mi.index.stats()["mode"] == "sampled"
-
