@@ -124,9 +124,16 @@ class AFVExtractor(Embedder):
 
     @classmethod
     def untrained(
-        cls, preset_name: str, device: torch.device, normalization: str = "none", batch_size: int = 64, seed: int = 0
+        cls,
+        preset_name: str,
+        device: torch.device,
+        normalization: str = "none",
+        batch_size: int = 64,
+        seed: int = 0,
+        fisher_samples: int | None = None,
     ) -> AFVExtractor:
-        """A seeded, freshly initialised model: a stand-in and the 'afv-random' baseline."""
+        """A seeded, freshly initialised model: a stand-in and the 'afv-random' baseline (statistics from
+        `fisher_samples` generator samples, default the preset's)."""
         log.warning(
             "!!! NO TRAINED MODEL: using a freshly initialised '%s' discriminator (seed %d). "
             "Distances are NOT perceptually meaningful; pass --model RUN_DIR. !!!",
@@ -134,9 +141,8 @@ class AFVExtractor(Embedder):
             seed,
         )
         d, g = untrained_networks(preset_name, seed)
-        stats = fisher.estimate_stats(
-            fold_spectral_norm(d).to(device), g.to(device), d.preset.fisher_samples, seed=seed
-        )
+        n = fisher_samples or d.preset.fisher_samples
+        stats = fisher.estimate_stats(fold_spectral_norm(d).to(device), g.to(device), n, seed=seed)
         return cls(
             d,
             g,

@@ -155,19 +155,22 @@ def _fastest_conv_method(m: nn.Conv2d, a: torch.Tensor, g: torch.Tensor):
     key: tuple = (tuple(a.shape[1:]), tuple(g.shape[1:]), layout, bucket, tuple(m.weight.shape), m.stride)
     key += (m.padding, a.device.type, a.dtype)
     if key not in _conv_choice:
-        timings = []
-        for fn in _candidates(m, a):
-            fn(m, a, g)  # warm-up
-            best = float("inf")
-            for _ in range(2):  # best of two: a busy machine's one-off stall doesn't decide
-                _sync(a.device)
-                t0 = time.perf_counter()
-                fn(m, a, g)
-                _sync(a.device)
-                best = min(best, time.perf_counter() - t0)
-            timings.append((best, fn))
-        _conv_choice[key] = min(timings, key=lambda t: t[0])[1]
+        _conv_choice[key] = min(_candidates(m, a), key=lambda fn: best_time(lambda: fn(m, a, g), a.device))
     return _conv_choice[key]
+
+
+def best_time(fn, device: torch.device) -> float:
+    """Seconds of `fn()`: best of two timed calls after a warm-up (a busy machine's one-off stall doesn't
+    decide). For picking the fastest of equivalent kernels once."""
+    fn()
+    best = float("inf")
+    for _ in range(2):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return best
 
 
 def _sync(device: torch.device) -> None:

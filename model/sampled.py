@@ -22,7 +22,6 @@ multiply-adds. A layer whose share would reach a quarter of its weights is compu
 from __future__ import annotations
 
 import math
-import time
 import warnings
 from dataclasses import dataclass
 
@@ -198,21 +197,8 @@ def sampled_weight_cells(
     bucket = 1 << max(0, a.shape[0] - 1).bit_length()
     key = (plan.name, plan.shape, len(plan.coords), tuple(a.shape[1:]), grid, bucket, a.device.type, a.dtype)
     if key not in _kernel_choice:
-        _kernel_choice[key] = min(run, key=lambda k: _best_time(run[k], a.device))
+        _kernel_choice[key] = min(run, key=lambda k: fisher.best_time(run[k], a.device))
     return run[_kernel_choice[key]]()
-
-
-def _best_time(fn, device: torch.device) -> float:
-    """Best of two timed calls after a warm-up (a busy machine's one-off stall doesn't decide)."""
-    fn()
-    best = float("inf")
-    for _ in range(2):
-        fisher._sync(device)
-        t0 = time.perf_counter()
-        fn()
-        fisher._sync(device)
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 class SampledAFV:
@@ -232,7 +218,8 @@ class SampledAFV:
         self.grid = self.levels[-1]
         self.channels_last = extractor.device.type == "cpu"  # NHWC kernels are faster there (fisher.capture)
         self.plans = plan_samples(extractor.d, extractor.resolution, samples, seed, exact_below)
-        self._by_module = {id(m): p for p in self.plans for n, m in extractor.d.named_modules() if n == p.name}
+        modules = dict(extractor.d.named_modules())
+        self._by_module = {id(modules[p.name]): p for p in self.plans}
         self._masks = {p.name: tap_masks(p.coords, p.shape) for p in self.plans if p.coords is not None}
         self.coords, self.weights, self.units = self._layout()
         self.dim_per_cell = len(self.coords)

@@ -69,15 +69,10 @@ def _untrained_with_stats(preset: str, device: str, normalization: str, readout:
     """An untrained preset's extractor with Fisher statistics from n generator samples (speed benchmarks)."""
     import torch
 
-    from model import fisher
-    from model.extract import AFVExtractor, resolve_device, untrained_networks
-    from model.nets import fold_spectral_norm
+    from model.extract import AFVExtractor, resolve_device
     from model.pyramid import PyramidAFVExtractor, estimate_pyramid_stats, parse_readout
 
-    dev = resolve_device(device)
-    d, g = untrained_networks(preset)
-    stats = fisher.estimate_stats(fold_spectral_norm(d).to(dev), g.to(dev), n, batch_size=min(n, 32))
-    ex = AFVExtractor(d, g, stats, device=dev, normalization=normalization, batch_size=32, name=f"untrained-{preset}")
+    ex = AFVExtractor.untrained(preset, resolve_device(device), normalization, batch_size=32, fisher_samples=n)
     spec = parse_readout(readout)
     if spec.is_plain:
         return ex
