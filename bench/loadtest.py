@@ -247,6 +247,8 @@ def batch_stats(url: str) -> dict[str, float]:
             for stat in ("sum", "count"):
                 if line.startswith(f'afv_model_batch_size_{stat}{{kind="{kind}"}}'):
                     out[f"{kind}_{stat}"] = float(line.rsplit(" ", 1)[1])
+            if line.startswith(f'afv_model_batch_seconds_sum{{kind="{kind}"}}'):
+                out[f"{kind}_seconds"] = float(line.rsplit(" ", 1)[1])
     return out
 
 
@@ -293,6 +295,15 @@ def summarise(res: Results, elapsed: float, raw: dict, before: dict, after: dict
         "raw_same_mix_img_s": (afv_imgs + embed_imgs) / raw_mix_seconds if raw_mix_seconds else 0.0,
         "service_vs_raw": raw_mix_seconds / elapsed if raw_mix_seconds else 0.0,
         "mean_model_batch": mean_batch,
+        # images/s inside the server's passes (compare with raw: contention slows passes down)
+        "in_pass_img_s": {
+            k: (after.get(f"{k}_sum", 0) - before.get(f"{k}_sum", 0))
+            / max(1e-9, after.get(f"{k}_seconds", 0) - before.get(f"{k}_seconds", 0))
+            for k in ("afv", "embed")
+        },
+        # share of the wall time the model thread spent in batched passes (the rest it waited for work)
+        "model_busy": sum(after.get(f"{k}_seconds", 0) - before.get(f"{k}_seconds", 0) for k in ("afv", "embed"))
+        / elapsed,
     }
 
 
@@ -311,7 +322,11 @@ def print_report(s: dict, args) -> None:
     )
     print(
         f"mean images per model pass: afv {s['mean_model_batch']['afv']:.1f}, "
-        f"embed {s['mean_model_batch']['embed']:.1f}"
+        f"embed {s['mean_model_batch']['embed']:.1f}; model thread busy {100 * s['model_busy']:.0f}% of the time"
+    )
+    print(
+        f"images/s inside the server's passes: afv {s['in_pass_img_s']['afv']:.1f}, "
+        f"embed {s['in_pass_img_s']['embed']:.1f}"
     )
     print(f"raw model work, batch {args.batch_size}, server idle (img/s; main thread / worker thread):")
     for when, r in zip(("before", "after"), s["raw"]["runs"]):

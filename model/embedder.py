@@ -23,6 +23,16 @@ from model.data import image_to_uint8
 from model.presets import Preset
 
 
+def squared_diff(va: torch.Tensor | np.ndarray, vb: torch.Tensor | np.ndarray) -> np.ndarray:
+    """(va − vb)² per coordinate in float64, in NumPy.
+
+    NumPy, not torch: the service calls this on its event loop while the model thread runs, and a torch
+    op there would start a second intra-op thread pool competing with the model's for the same cores."""
+    a = va.detach().cpu().numpy() if isinstance(va, torch.Tensor) else np.asarray(va)
+    b = vb.detach().cpu().numpy() if isinstance(vb, torch.Tensor) else np.asarray(vb)
+    return np.square(a.astype(np.float64) - b.astype(np.float64))
+
+
 @dataclass
 class DistanceReport:
     """Distance between two images, each block's share of the squared distance and, for spatial
@@ -148,16 +158,16 @@ class Embedder:
         v = self.embed(torch.stack([a, b]))
         return self.explain(v[0], v[1])
 
-    def explain(self, va: torch.Tensor, vb: torch.Tensor) -> DistanceReport:
+    def explain(self, va: torch.Tensor | np.ndarray, vb: torch.Tensor | np.ndarray) -> DistanceReport:
         """Distance of two embedded vectors with each block's share of the squared distance."""
-        diff2 = (torch.as_tensor(va).double() - torch.as_tensor(vb).double()).pow(2)
+        diff2 = squared_diff(va, vb)
         total = float(diff2.sum())
         layers = {k: (float(diff2[s].sum()) / total if total > 0 else 0.0) for k, s in self.blocks.items()}
         return DistanceReport(total**0.5, layers)
 
-    def pair_distance(self, va: torch.Tensor, vb: torch.Tensor) -> float:
+    def pair_distance(self, va: torch.Tensor | np.ndarray, vb: torch.Tensor | np.ndarray) -> float:
         """‖va − vb‖ of two embedded vectors, in float64 (the distance `explain` reports)."""
-        return float((torch.as_tensor(va).double() - torch.as_tensor(vb).double()).norm())
+        return float(np.sqrt(squared_diff(va, vb).sum()))
 
     def set_distance(self, xa: torch.Tensor, xb: torch.Tensor) -> float:
         """Distance between two image sets (N×3×R×R uint8 each), streamed in batches."""

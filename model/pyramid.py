@@ -33,6 +33,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -40,7 +41,7 @@ from torch.nn import functional as F
 from model import fisher
 from model.checkpoint import load_networks, state_hash
 from model.data import uint8_to_model
-from model.embedder import DistanceReport
+from model.embedder import DistanceReport, squared_diff
 from model.extract import AFVExtractor, load_or_estimate_stats, save_stats
 from model.nets import Generator
 
@@ -280,9 +281,9 @@ class PyramidAFVExtractor(AFVExtractor):
         for i in range(0, x.shape[0], self.batch_size):
             yield self.embed(x[i : i + self.batch_size])
 
-    def explain(self, va: torch.Tensor, vb: torch.Tensor) -> DistanceReport:
+    def explain(self, va: torch.Tensor | np.ndarray, vb: torch.Tensor | np.ndarray) -> DistanceReport:
         """Distance with each block's share (over all cells) and each cell's share (over views), per level."""
-        diff2 = (torch.as_tensor(va) - torch.as_tensor(vb)).double().pow(2).reshape(self.r, -1)
+        diff2 = squared_diff(va, vb).reshape(self.r, -1)
         total = float(diff2.sum())
         scale = 1.0 / total if total > 0 else 0.0
         layers = {k: float(diff2[:, s].sum()) * scale for k, s in self.blocks.items()}

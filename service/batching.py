@@ -1,10 +1,11 @@
 """Micro-batching in front of the model: requests arriving together share one batched model pass.
 
-Each request submits its images (n×3×R×R uint8) under a *kind* ("afv", "embed", …). One worker task
-takes the first waiting job, then gathers more for at most `max_wait_s` or until one kind has
-`max_batch` images, groups them by kind, and runs each kind's function once on the concatenated batch in a single
-dedicated worker thread (the event loop never runs model code; one model pass at a time). Results are
-split back to the waiting requests. A request larger than `max_batch` is split into chunks.
+Each request submits its images (n×3×R×R uint8) under a *kind* ("afv", "embed", …). One dedicated model
+thread takes the first waiting job, then gathers more for at most `max_wait_s` or until one kind has
+`max_batch` images, groups them by kind, and runs each kind's function once on the concatenated batch.
+The thread gathers its next batch itself as soon as a pass ends, so the model never waits for the event
+loop (which only parses requests and writes responses); results go back to the waiting requests with
+`call_soon_threadsafe`. A request larger than `max_batch` is split into chunks.
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -49,12 +50,37 @@ class _Job:
     enqueued: float = field(default_factory=time.perf_counter)
 
 
+@dataclass
+class _Call:
+    fn: Callable
+    args: tuple
+    future: asyncio.Future
+
+
 class BatcherClosed(RuntimeError):
     """The batcher was stopped (server shutting down)."""
 
 
+def _settle(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
+    """Resolve a request's future on its own event loop, unless its client went away."""
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+def _resolve(future: asyncio.Future, result: Any = None, error: BaseException | None = None) -> None:
+    """From the model thread: hand a result (or error) to the future's event loop."""
+    try:
+        future.get_loop().call_soon_threadsafe(_settle, future, result, error)
+    except RuntimeError:  # that loop is closed: nobody is waiting any more
+        pass
+
+
 class MicroBatcher:
-    """Bounded-wait, bounded-size batching of model calls, executed in one worker thread."""
+    """Bounded-wait, bounded-size batching of model calls, executed in one dedicated model thread."""
 
     def __init__(
         self,
@@ -68,56 +94,83 @@ class MicroBatcher:
         self.fns, self.max_batch, self.max_wait_s = fns, max_batch, max_wait_s
         self.observer = observer or _NullObserver()
         self._pending: collections.deque[_Job] = collections.deque()
-        self._wake = asyncio.Event()
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="afv-model")
-        self._task: asyncio.Task | None = None
+        self._calls: collections.deque[_Call] = collections.deque()
+        self._cond = threading.Condition()
+        self._closed = True
+        self._thread: threading.Thread | None = None
 
     async def start(self) -> None:
-        self._wake = asyncio.Event()  # bind to the running loop
-        self._task = asyncio.create_task(self._run(), name="afv-micro-batcher")
+        """Start the model thread."""
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="afv-model", daemon=True)
+        self._thread.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-        while self._pending:
-            job = self._pending.popleft()
-            if not job.future.done():
-                job.future.set_exception(BatcherClosed("server is shutting down"))
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        """Let the running pass finish, stop the thread and fail what still waits with BatcherClosed."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
+            self._thread = None
+        with self._cond:
+            waiting: list[_Job | _Call] = [*self._pending, *self._calls]
+            self._pending.clear()
+            self._calls.clear()
+        for w in waiting:
+            _settle(w.future, None, BatcherClosed("server is shutting down"))
 
-    async def run_in_worker(self, fn: Callable, *args):
-        """Run other model work (not batchable) in the same worker thread, serialised with batches."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+    async def run_in_worker(self, fn: Callable, *args: Any) -> Any:
+        """Run other model work (not batchable) in the model thread, serialised with batches."""
+        call = _Call(fn, args, asyncio.get_running_loop().create_future())
+        self._enqueue(lambda: self._calls.append(call))
+        return await call.future
 
     async def submit(self, kind: str, x: np.ndarray) -> np.ndarray:
         """n×… input → n×… output of `fns[kind]`, computed together with concurrent requests."""
         if kind not in self.fns:
             raise KeyError(f"unknown batch kind {kind!r}")
-        if self._task is None:
-            raise BatcherClosed("batcher is not running")
         loop = asyncio.get_running_loop()
         jobs = [_Job(kind, x[i : i + self.max_batch], loop.create_future()) for i in range(0, len(x), self.max_batch)]
-        self._pending.extend(jobs)
-        self._wake.set()
+        self._enqueue(lambda: self._pending.extend(jobs))
         return np.concatenate(await asyncio.gather(*(j.future for j in jobs)))
 
-    async def _run(self) -> None:
-        while True:
-            while not self._pending:
-                self._wake.clear()
-                await self._wake.wait()
-            batch = await self._gather()
-            await self._execute(batch)
+    def _enqueue(self, add: Callable[[], None]) -> None:
+        with self._cond:
+            if self._closed:
+                raise BatcherClosed("batcher is not running")
+            add()
+            self._cond.notify()
 
-    async def _gather(self) -> list[_Job]:
-        """Take jobs, in order, until one kind has `max_batch` images or `max_wait_s` has passed.
+    # -- the model thread ----------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            work = self._next_work()
+            if work is None:
+                return
+            if isinstance(work, _Call):
+                self._run_call(work)
+            else:
+                self._execute(work)
+
+    def _next_work(self) -> _Call | list[_Job] | None:
+        """Block until there is work: a queued call, or a gathered batch; None once closed."""
+        with self._cond:
+            while not (self._pending or self._calls or self._closed):
+                self._cond.wait()
+            if self._closed:
+                return None
+            if self._calls:
+                return self._calls.popleft()
+            return self._gather()
+
+    def _gather(self) -> list[_Job] | None:
+        """Take jobs, in order, until one kind has `max_batch` images or `max_wait_s` has passed (lock held).
 
         Each kind is its own model pass, so each gets the whole `max_batch` (a search and a distance
         request arriving together fill two passes of up to `max_batch` images, not half of one each)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.max_wait_s
+        deadline = time.monotonic() + self.max_wait_s
         batch: list[_Job] = []
         n: collections.Counter[str] = collections.Counter()
         while True:
@@ -125,17 +178,22 @@ class MicroBatcher:
                 job = self._pending.popleft()
                 batch.append(job)
                 n[job.kind] += len(job.x)
+            if self._closed:  # hand the jobs back for stop() to fail
+                self._pending.extendleft(reversed(batch))
+                return None
             full = any(v >= self.max_batch for v in n.values()) or (self._pending and batch)
-            remaining = deadline - loop.time()
+            remaining = deadline - time.monotonic()
             if full or remaining <= 0:
                 return batch
-            self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), remaining)
-            except TimeoutError:
-                pass
+            self._cond.wait(remaining)
 
-    async def _execute(self, batch: list[_Job]) -> None:
+    def _run_call(self, call: _Call) -> None:
+        try:
+            _resolve(call.future, call.fn(*call.args))
+        except Exception as e:
+            _resolve(call.future, error=e)
+
+    def _execute(self, batch: list[_Job]) -> None:
         now = time.perf_counter()
         live = [j for j in batch if not j.future.done()]  # drop requests whose client went away
         for j in live:
@@ -144,22 +202,20 @@ class MicroBatcher:
         for j in live:
             by_kind.setdefault(j.kind, []).append(j)
         for kind, jobs in by_kind.items():
-            await self._execute_kind(kind, jobs)
+            self._execute_kind(kind, jobs)
 
-    async def _execute_kind(self, kind: str, jobs: list[_Job]) -> None:
+    def _execute_kind(self, kind: str, jobs: list[_Job]) -> None:
         x = np.concatenate([j.x for j in jobs])
         t0 = time.perf_counter()
         try:
-            out = await self.run_in_worker(self.fns[kind], x)
+            out = self.fns[kind](x)
         except Exception as e:
             log.exception("model batch (%s, %d images) failed", kind, len(x))
             for j in jobs:
-                if not j.future.done():
-                    j.future.set_exception(e)
+                _resolve(j.future, error=e)
             return
         self.observer.batch_done(kind, len(x), time.perf_counter() - t0)
         start = 0
         for j in jobs:
-            if not j.future.done():
-                j.future.set_result(out[start : start + len(j.x)])
+            _resolve(j.future, out[start : start + len(j.x)])
             start += len(j.x)

@@ -124,3 +124,36 @@ def test_each_kind_fills_its_own_pass():
 
     run(_with(b, interleaved))
     assert rec_a.sizes == [4] and rec_b.sizes == [2]  # not a pass of 2 + 2 images shared by both kinds
+
+
+def test_the_model_thread_keeps_working_while_the_event_loop_is_busy():
+    rec = Recorder(delay=0.02)
+    b = MicroBatcher({"f": rec}, max_batch=1, max_wait_s=0.0)
+
+    async def blocked_loop():
+        tasks = [asyncio.create_task(b.submit("f", np.ones((1, 1)))) for _ in range(3)]
+        await asyncio.sleep(0)  # the three submissions are queued
+        time.sleep(0.5)  # the event loop is busy (e.g. parsing requests): passes must not wait for it
+        passes_while_blocked = len(rec.sizes)
+        await asyncio.gather(*tasks)
+        return passes_while_blocked
+
+    assert run(_with(b, blocked_loop)) == 3
+
+
+def test_other_model_work_runs_in_the_model_thread_and_stop_fails_what_waits():
+    rec = Recorder(delay=0.2)
+    b = MicroBatcher({"f": rec}, max_batch=1, max_wait_s=0.0)
+
+    async def go():
+        await b.start()
+        name = await b.run_in_worker(lambda: threading.current_thread().name)
+        running = asyncio.create_task(b.submit("f", np.ones((1, 1))))
+        queued = asyncio.create_task(b.submit("f", np.ones((1, 1))))
+        await asyncio.sleep(0.05)  # the first pass is running, the second waits
+        await b.stop()
+        return name, await asyncio.gather(running, queued, return_exceptions=True)
+
+    name, (first, second) = run(go())
+    assert name.startswith("afv-model")
+    assert first.tolist() == [[2.0]] and isinstance(second, BatcherClosed)
