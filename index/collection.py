@@ -145,6 +145,8 @@ class AFVIndex:
         self.memory_budget: int = store.get_meta("memory_budget")
         self._lock = threading.RLock()
         self._closed = False
+        self._deferring = False  # inside `bulk()`: adds go to SQLite only
+        self._stale = False  # FAISS lacks stored vectors (added by `bulk`): rebuild before any checkpoint
 
     # -- opening -------------------------------------------------------------------------------
 
@@ -273,10 +275,33 @@ class AFVIndex:
             with self._writing("add to the index"):  # a failed transaction rolls back whole; FAISS is untouched
                 results = self.store.add(vectors, records)  # durable (committed) from here on
             new = [(i, rid) for i, (rid, dup) in enumerate(results) if not dup]
-            if new:
-                self.vindex.add(vectors[[i for i, _ in new]], np.array([r for _, r in new]))
-            self._maybe_checkpoint()
+            if self._deferring:
+                self._stale = self._stale or bool(new)
+            else:
+                if new:
+                    self.vindex.add(vectors[[i for i, _ in new]], np.array([r for _, r in new]))
+                self._maybe_checkpoint()
         return [AddResult(int(rid), bool(dup)) for rid, dup in results]
+
+    @contextmanager
+    def bulk(self) -> Iterator[AFVIndex]:
+        """Add many items with the FAISS structure trained once, at the end, for the final size.
+
+        Inside, `add_embedded` stores rows and vectors durably (SQLite and its log) but leaves FAISS as it is:
+        no retraining as the collection grows, no checkpoints, and searches see only what was there before.
+        On leaving (also on an error), the structure the final count calls for is trained on a sample of the
+        stored vectors and every vector is added (`optimize`). A crash inside loses nothing: the next open
+        replays the log, as after any crash."""
+        with self._lock:
+            self._check_writable()
+            self._deferring = True
+        try:
+            yield self
+        finally:
+            with self._lock:
+                self._deferring = False
+                if self._stale:
+                    self.optimize()
 
     def add_items(self, rows: list[ItemRow], vectors: np.ndarray) -> None:
         """Add items as another index stored them (`iter_items`), under their own ids. Logged, not checkpointed:
@@ -419,7 +444,7 @@ class AFVIndex:
             self._check_writable()
             with self._writing("checkpoint the index"):  # a failed checkpoint leaves its ops in the log
                 wanted = self._wanted_plan()
-                if _needs_rebuild(self.vindex.plan, wanted, self.store.count()):
+                if self._stale or _needs_rebuild(self.vindex.plan, wanted, self.store.count()):
                     self._rebuild(wanted)
                 else:
                     self._checkpoint()
@@ -429,7 +454,10 @@ class AFVIndex:
         with self._lock:
             self._check_writable()
             with self._writing("checkpoint the index"):
-                self._checkpoint()
+                if self._stale:  # it lacks vectors the log holds: a checkpoint would drop them
+                    self._rebuild(self._wanted_plan())
+                else:
+                    self._checkpoint()
 
     def optimize(self, kind: str | None = None) -> None:
         """Rebuild the FAISS structure for the current size (or as `kind`) and checkpoint it."""
@@ -526,7 +554,7 @@ class AFVIndex:
         vindex = VectorIndex.build(plan, train)
         for ids, xb in self.store.iter_vectors():
             vindex.add(xb, ids)
-        self.vindex = vindex
+        self.vindex, self._stale = vindex, False
         self._checkpoint(seq)
 
     def _checkpoint(self, seq: int | None = None) -> None:

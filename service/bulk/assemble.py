@@ -1,11 +1,11 @@
-"""An index from embedding shards: their sketches and records added in listing order, then trained.
+"""An index from embedding shards: their sketches and records added in listing order, then trained once.
 
 The records go through `AFVIndex.add_embedded` in listing order, as the local build adds them, so each
 image gets the id the local build gives it and a repeated image (same sha256, in the collection or
-already indexed) is a duplicate of the first. The index retrains as it grows (`AFVIndex.save`: above
-the flat limit, (OPQ-)IVF-PQ trained on a sample of the stored vectors, then every vector added), as in
-the local build; its last retraining may be for a size up to 16x smaller, so if the final size calls
-for another structure (fewer PQ bytes to fit the memory budget), `AFVIndex.optimize` builds that one.
+already indexed) is a duplicate of the first. They are added inside `AFVIndex.bulk()`: rows go to SQLite
+only, and at the end the FAISS structure for the final size ((OPQ-)IVF-PQ above the flat limit) is
+trained once on a sample of the stored vectors, then every vector is added. The local build instead
+retrains as the collection grows.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from index import AFVIndex
-from index.faiss_index import plan_index
 from service.bulk.shards import ShardPlan, is_complete, read_shard, shard_path
 
 ADD_BATCH = 4096  # rows per SQLite transaction
@@ -34,30 +33,20 @@ def assemble(
     index: AFVIndex, folder: Path, plan: ShardPlan, sketch: str, on_rows: Callable[[int], None] = lambda n: None
 ) -> Outcomes:
     """Add every shard of `plan` in `folder` to `index` and checkpoint it; `on_rows(n)` for a progress bar."""
-    out = Outcomes()
-    for k in range(plan.count):
+    for k in range(plan.count):  # all there before anything is added
         if not is_complete(folder, k, plan, sketch):
             raise FileNotFoundError(f"{shard_path(folder, k)} is missing or incomplete; run the build again")
-        shard = read_shard(shard_path(folder, k))
-        out.skipped += [(r["name"], e) for r, e in zip(shard.records, shard.errors) if e is not None]
-        ok = [i for i, e in enumerate(shard.errors) if e is None]
-        for start in range(0, len(ok), ADD_BATCH):
-            rows = ok[start : start + ADD_BATCH]
-            results = index.add_embedded(shard.vectors[rows], [shard.records[i] for i in rows])
-            dup = sum(r.duplicate for r in results)
-            out.added, out.present = out.added + len(results) - dup, out.present + dup
-        on_rows(len(shard.records))
-    index.save()  # retrains as the local build does when the collection outgrew its structure
-    if out.added and _structure(index) != _structure_for(index):
-        index.optimize()  # the last retraining was for a size up to 16x smaller: fit the final size
+    out = Outcomes()
+    with index.bulk():
+        for k in range(plan.count):
+            shard = read_shard(shard_path(folder, k))
+            out.skipped += [(r["name"], e) for r, e in zip(shard.records, shard.errors) if e is not None]
+            ok = [i for i, e in enumerate(shard.errors) if e is None]
+            for start in range(0, len(ok), ADD_BATCH):
+                rows = ok[start : start + ADD_BATCH]
+                results = index.add_embedded(shard.vectors[rows], [shard.records[i] for i in rows])
+                dup = sum(r.duplicate for r in results)
+                out.added, out.present = out.added + len(results) - dup, out.present + dup
+            on_rows(len(shard.records))
+    index.save()  # a checkpoint (the structure was built for the final size when anything was added)
     return out
-
-
-def _structure(index: AFVIndex) -> tuple:
-    stats = index.stats()
-    return stats["kind"], stats["nlist"], stats["pq_bytes"]
-
-
-def _structure_for(index: AFVIndex) -> tuple:
-    plan = plan_index(index.count, index.dim, index.memory_budget, index.kind_request)
-    return plan.kind, plan.nlist, plan.m

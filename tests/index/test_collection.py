@@ -167,3 +167,63 @@ def test_auto_kind_switches_to_ivfpq_and_back_through_save(tmp_path, monkeypatch
         assert np.mean([h[0].id == i for h, i in zip(hits, ids[:50])]) >= 0.9
     with AFVIndex.open(tmp_path / "big") as again:
         assert again.stats()["kind"] == s["kind"] and again.count == 4_000
+
+
+def _clustered(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(50, DIM)).astype(np.float32)
+    return (centers[rng.integers(0, 50, n)] + 0.1 * rng.normal(size=(n, DIM))).astype(np.float32)
+
+
+def test_a_bulk_load_trains_once_for_the_final_size_and_holds_every_vector(tmp_path, monkeypatch):
+    import index.collection as coll
+    import index.faiss_index as fi
+
+    monkeypatch.setattr(fi, "MIN_TRAIN", 1_000)
+    monkeypatch.setattr(coll, "SAVE_EVERY", 500)  # outside `bulk`, these adds would retrain as they grow
+    builds: list[str] = []
+    build = fi.VectorIndex.build
+    monkeypatch.setattr(
+        fi.VectorIndex,
+        "build",
+        staticmethod(lambda plan, train=None: builds.append(plan.factory) or build(plan, train)),
+    )
+    xb = _clustered(4_000)
+    with AFVIndex.create(tmp_path / "big", dim=DIM, pins=PINS, memory_budget=2**17) as idx:
+        builds.clear()  # the empty flat index of `create`
+        with idx.bulk():
+            ids = [
+                r.id
+                for start in range(0, 4_000, 500)
+                for r in idx.add_embedded(xb[start : start + 500], _records(500, start))
+            ]
+            assert builds == [] and idx.search(xb[:1], k=1) == [[]]  # FAISS untouched inside
+        assert builds == [fi.plan_index(4_000, DIM, 2**17).factory]  # one structure, for the final size
+        hits = idx.search(xb[:50], k=1, rerank=True)
+        assert np.mean([h[0].id == i for h, i in zip(hits, ids[:50])]) >= 0.9
+    with AFVIndex.open(tmp_path / "big") as again:
+        assert again.count == 4_000 and again.stats()["kind"] == "opq-ivfpq"
+
+
+def test_a_bulk_load_left_by_an_error_still_indexes_what_it_stored(built):
+    idx, _, _ = built
+    xb = _vectors(10, seed=3)
+    with pytest.raises(RuntimeError, match="source failed"):
+        with idx.bulk():
+            new = idx.add_embedded(xb, _records(10, start=100))
+            raise RuntimeError("source failed")
+    assert [h[0].id for h in idx.search(xb, k=1)] == [r.id for r in new]
+
+
+def test_a_crash_inside_a_bulk_load_loses_nothing_it_stored(tmp_path, built):
+    import shutil
+
+    idx, _, _ = built
+    idx.save()
+    xb = _vectors(15, seed=4)
+    with idx.bulk():
+        new = idx.add_embedded(xb, _records(15, start=200))
+        shutil.copytree(idx.index_dir, tmp_path / "crashed")  # the files as a crash here would leave them
+    with AFVIndex.open(tmp_path / "crashed") as after:
+        assert after.count == 35
+        assert [h[0].id for h in after.search(xb, k=1)] == [r.id for r in new]
