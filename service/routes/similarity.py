@@ -28,9 +28,8 @@ async def distance(request: Request, engine: EngineDep, settings: SettingsDep) -
     body = await parse_body(request, DistanceRequest, settings)
     x = await load_images(engine, settings, [("image_a", body.image_a), ("image_b", body.image_b)])
     v = await engine.afv(x)
-    report = engine.extractor.explain(v[0], v[1])
-    distance = engine.extractor.pair_distance(v[0], v[1])
-    return DistanceResponse(distance=distance, layers=report.layers, regions=report.regions)
+    report = engine.extractor.explain(v[0], v[1])  # its distance is `pair_distance`'s
+    return DistanceResponse(distance=report.distance, layers=report.layers, regions=report.regions)
 
 
 @router.post("/2afc", response_model=TwoAFCResponse, openapi_extra=openapi_body(TwoAFCRequest))
