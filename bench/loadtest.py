@@ -66,14 +66,15 @@ def load_extractor(model: str | None, device: str):
     return load_embedder(model, device=device)
 
 
-def time_batches(fn, x, seconds: float = 3.0) -> float:
-    """Images per second of fn on batch x, repeated for about `seconds` after one warm-up call."""
+def time_batches(fn, x, seconds: float = 3.0) -> tuple[float, float]:
+    """(images per second, CPU seconds of this process per image) of fn on batch x, repeated for about
+    `seconds` after one warm-up call."""
     fn(x)
-    n, t0 = 0, time.perf_counter()
+    n, t0, c0 = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - t0 < seconds:
         fn(x)
         n += len(x)
-    return n / (time.perf_counter() - t0)
+    return n / (time.perf_counter() - t0), (time.process_time() - c0) / n
 
 
 class RawTimer:
@@ -103,8 +104,8 @@ class RawTimer:
         fns = {"afv": lambda b: self.ext.embed(b).cpu(), "embed": self.idx.sketch}
         run: dict[str, float] = {}
         for kind, fn in fns.items():
-            run[f"{kind}_main"] = time_batches(fn, self.x, 2.0)
-            run[f"{kind}_worker"] = self._worker.submit(time_batches, fn, self.x, 2.0).result()
+            run[f"{kind}_main"], run[f"{kind}_cpu"] = time_batches(fn, self.x, 2.0)
+            run[f"{kind}_worker"], _ = self._worker.submit(time_batches, fn, self.x, 2.0).result()
         self.runs.append(run)
 
     def result(self) -> dict:
@@ -115,7 +116,8 @@ class RawTimer:
             f"{k}_img_s": float(np.mean([max(r[f"{k}_main"], r[f"{k}_worker"]) for r in self.runs]))
             for k in ("afv", "embed")
         }
-        return {**best, "runs": self.runs}
+        cpu = {f"{k}_cpu_s": float(np.mean([r[f"{k}_cpu"] for r in self.runs])) for k in ("afv", "embed")}
+        return {**best, **cpu, "runs": self.runs}
 
 
 # ---- server ---------------------------------------------------------------------------------------
@@ -255,6 +257,29 @@ def batch_stats(url: str) -> dict[str, float]:
 # ---- report ---------------------------------------------------------------------------------------
 
 
+def cpu_ceiling(s: dict, res: Results) -> dict[str, float]:
+    """The best service/raw this machine allows with the load generator on it, if the server had no overhead.
+
+    With K cores, M CPU seconds of model work per request at raw speed (raw itself keeping C cores busy)
+    and L of the load generator per request: requests/s ≤ K / (M + L), so service/raw ≤ K/C · M/(M + L)."""
+    raw, n = s["raw"], max(1, s["requests_ok"])
+    afv_imgs, embed_imgs = (
+        2 * len(res.latencies["distance"]),
+        len(res.latencies["search"]) * (2 if MIRROR[0] == "true" else 1),
+    )
+    model = (afv_imgs * raw["afv_cpu_s"] + embed_imgs * raw["embed_cpu_s"]) / n
+    gen = s["cpu_s_per_request"]["load_generator"]
+    cores = os.cpu_count() or 1
+    model_wall = (afv_imgs / raw["afv_img_s"] + embed_imgs / raw["embed_img_s"]) / n
+    busy = model / model_wall if model_wall else float(cores)  # cores the raw model keeps busy (C)
+    return {
+        "model_cpu_s": model,
+        "load_generator_cpu_s": gen,
+        "raw_cores": busy,
+        "ceiling": min(1.0, cores / busy * model / (model + gen)) if model + gen > 0 else 1.0,
+    }
+
+
 def percentiles(xs: list[float]) -> dict[str, float]:
     if not xs:
         return {"n": 0}
@@ -347,6 +372,13 @@ def print_report(s: dict, args) -> None:
         f"model images (AFVs + sketches, mirror images included): {s['model_images_per_s']:.1f}/s; "
         f"service throughput = {100 * s['service_vs_raw']:.0f}% of raw extraction throughput"
     )
+    c = s["cpu_ceiling"]
+    print(
+        f"CPU ceiling with the load generator on this machine: model {1000 * c['model_cpu_s']:.1f} ms CPU per "
+        f"request at raw speed ({c['raw_cores']:.2f} cores busy), load generator "
+        f"{1000 * c['load_generator_cpu_s']:.1f} ms: a server with no overhead of its own would reach at most "
+        f"{100 * c['ceiling']:.0f}% of raw"
+    )
 
 
 def parse_args(argv=None):
@@ -392,6 +424,7 @@ def main(argv=None) -> None:
             summary = summarise(res, elapsed, raw.result(), before, after)
             summary["cpu_s_per_request"] = {k: v / max(1, summary["requests_ok"]) for k, v in cpu.items()}
             summary["cpu_cores_busy"] = {k: v / elapsed for k, v in cpu.items()}
+            summary["cpu_ceiling"] = cpu_ceiling(summary, res)
         finally:
             if proc is not None:
                 proc.terminate()
