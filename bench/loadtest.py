@@ -257,16 +257,13 @@ def batch_stats(url: str) -> dict[str, float]:
 # ---- report ---------------------------------------------------------------------------------------
 
 
-def cpu_ceiling(s: dict, res: Results) -> dict[str, float]:
+def cpu_ceiling(s: dict) -> dict[str, float]:
     """The best service/raw this machine allows with the load generator on it, if the server had no overhead.
 
     With K cores, M CPU seconds of model work per request at raw speed (raw itself keeping C cores busy)
     and L of the load generator per request: requests/s ≤ K / (M + L), so service/raw ≤ K/C · M/(M + L)."""
     raw, n = s["raw"], max(1, s["requests_ok"])
-    afv_imgs, embed_imgs = (
-        2 * len(res.latencies["distance"]),
-        len(res.latencies["search"]) * (2 if MIRROR[0] == "true" else 1),
-    )
+    afv_imgs, embed_imgs = s["model_images"]["afv"], s["model_images"]["embed"]
     model = (afv_imgs * raw["afv_cpu_s"] + embed_imgs * raw["embed_cpu_s"]) / n
     gen = s["cpu_s_per_request"]["load_generator"]
     cores = os.cpu_count() or 1
@@ -293,10 +290,16 @@ def percentiles(xs: list[float]) -> dict[str, float]:
     }
 
 
+def model_images(res: Results) -> tuple[int, int]:
+    """(AFVs, sketches) the model computed: 2 AFVs per distance; a search sketches its image and, with
+    mirror, its mirror image."""
+    searches = len(res.latencies["search"])
+    return 2 * len(res.latencies["distance"]), searches * (2 if MIRROR[0] == "true" else 1)
+
+
 def summarise(res: Results, elapsed: float, raw: dict, before: dict, after: dict) -> dict:
     n_search, n_dist = len(res.latencies["search"]), len(res.latencies["distance"])
-    # what the model computes: 2 AFVs per distance; a search sketches its image and, with mirror, its mirror image
-    afv_imgs, embed_imgs = 2 * n_dist, n_search * (2 if MIRROR[0] == "true" else 1)
+    afv_imgs, embed_imgs = model_images(res)
     raw_mix_seconds = afv_imgs / raw["afv_img_s"] + embed_imgs / raw["embed_img_s"]
     mean_batch = {
         k: (after.get(f"{k}_sum", 0) - before.get(f"{k}_sum", 0))
@@ -320,6 +323,7 @@ def summarise(res: Results, elapsed: float, raw: dict, before: dict, after: dict
         "raw_same_mix_img_s": (afv_imgs + embed_imgs) / raw_mix_seconds if raw_mix_seconds else 0.0,
         "service_vs_raw": raw_mix_seconds / elapsed if raw_mix_seconds else 0.0,
         "mean_model_batch": mean_batch,
+        "model_images": {"afv": afv_imgs, "embed": embed_imgs},
         # images/s inside the server's passes (compare with raw: contention slows passes down)
         "in_pass_img_s": {
             k: (after.get(f"{k}_sum", 0) - before.get(f"{k}_sum", 0))
@@ -424,7 +428,7 @@ def main(argv=None) -> None:
             summary = summarise(res, elapsed, raw.result(), before, after)
             summary["cpu_s_per_request"] = {k: v / max(1, summary["requests_ok"]) for k, v in cpu.items()}
             summary["cpu_cores_busy"] = {k: v / elapsed for k, v in cpu.items()}
-            summary["cpu_ceiling"] = cpu_ceiling(summary, res)
+            summary["cpu_ceiling"] = cpu_ceiling(summary)
         finally:
             if proc is not None:
                 proc.terminate()

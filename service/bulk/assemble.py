@@ -32,7 +32,7 @@ class Outcomes:
 def assemble(
     index: AFVIndex, folder: Path, plan: ShardPlan, sketch: str, on_rows: Callable[[int], None] = lambda n: None
 ) -> Outcomes:
-    """Add every shard of `plan` in `folder` to `index` and checkpoint it; `on_rows(n)` for a progress bar."""
+    """Add every shard of `plan` in `folder` to `index` (checkpointed by `bulk`); `on_rows(n)` for a progress bar."""
     for k in range(plan.count):  # all there before anything is added
         if not is_complete(folder, k, plan, sketch):
             raise FileNotFoundError(f"{shard_path(folder, k)} is missing or incomplete; run the build again")
@@ -48,5 +48,4 @@ def assemble(
                 dup = sum(r.duplicate for r in results)
                 out.added, out.present = out.added + len(results) - dup, out.present + dup
             on_rows(len(shard.records))
-    index.save()  # a checkpoint (the structure was built for the final size when anything was added)
-    return out
+    return out  # `bulk` built and checkpointed the structure if anything was added

@@ -66,11 +66,6 @@ async def load_images(engine: Engine, settings: Settings, items: list[tuple[str,
         return await decode_images(items, settings, engine.extractor.preprocess)
 
 
-def pair_distance(va: np.ndarray, vb: np.ndarray) -> float:
-    """Fisher distance ‖va − vb‖ of two AFV rows (float64 accumulation)."""
-    return float(np.linalg.norm(va.astype(np.float64) - vb.astype(np.float64)))
-
-
 def limit_images(n: int, limit: int) -> None:
     """413 when one request carries more images than allowed."""
     if n > limit:

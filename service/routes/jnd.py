@@ -12,7 +12,6 @@ from service.routes.common import (
     IMAGE_ERRORS,
     limit_images,
     load_images,
-    pair_distance,
 )
 from service.schemas import JNDCalibrateRequest, JNDRequest, JNDResponse, JNDThreshold
 
@@ -30,7 +29,7 @@ async def jnd(request: Request, engine: EngineDep, settings: SettingsDep) -> JND
     """Distance between two images and whether it is below the just-noticeable threshold."""
     body = await parse_body(request, JNDRequest, settings)
     v = await engine.afv(await load_images(engine, settings, [("image_a", body.image_a), ("image_b", body.image_b)]))
-    d, t = pair_distance(v[0], v[1]), engine.jnd_in_use
+    d, t = engine.extractor.pair_distance(v[0], v[1]), engine.jnd_in_use
     return JNDResponse(distance=d, same=d <= t.threshold, threshold=t.threshold, threshold_source=t.source)
 
 
@@ -55,6 +54,6 @@ async def calibrate(body: JNDCalibrateRequest, engine: EngineDep, settings: Sett
     if with_images:
         items = [(f"pairs[{i}].{f}", getattr(body.pairs[i], f)) for i in with_images for f in ("image_a", "image_b")]
         v = await engine.afv(await load_images(engine, settings, items))
-        d[with_images] = [pair_distance(v[2 * j], v[2 * j + 1]) for j in range(len(with_images))]
+        d[with_images] = [engine.extractor.pair_distance(v[2 * j], v[2 * j + 1]) for j in range(len(with_images))]
     same = np.array([p.same for p in body.pairs], dtype=np.float64)
     return await engine.calibrate_jnd(d, same, body.save)
