@@ -12,6 +12,7 @@ import torch
 from model import fisher
 from model.data import uint8_to_model
 from model.nets import Discriminator, fold_spectral_norm
+from model.parallel import BatchSplitter, cpu_parts
 from model.presets import Preset
 from model.sketch import ProjectionError, Projector, pairwise_distances
 
@@ -37,23 +38,33 @@ def time_per_image(fn: Callable[[], object], n_images: int, device: torch.device
 def bench_extract(
     preset: Preset, batch_size: int, device: torch.device, repeats: int = 3, loop_images: int | None = None
 ) -> dict[str, float | str]:
-    """Images/s of (a) batch-1 autograd loop, (b) `per_sample_grads`, (c) one summed backward."""
+    """Images/s of (a) the batch-1 autograd loop, (b) `per_sample_grads` as the index and service run it
+    (on CPU the batch split across the torch threads, one part each: `model.parallel`), (b') the same as
+    one pass with intra-op threads, (c) one summed backward (the floor) and (c') the floor split too."""
     torch.manual_seed(0)
     d = fold_spectral_norm(Discriminator(preset)).to(device)
     r = preset.resolution
     x = torch.rand(batch_size, 3, r, r, device=device) * 2 - 1
     n_loop = min(loop_images or batch_size, batch_size)
+    split, parts = BatchSplitter(d), cpu_parts(device)
     t_loop = time_per_image(lambda: fisher.per_sample_grads_loop(d, x[:n_loop]), n_loop, device, repeats)
-    t_ours = time_per_image(lambda: fisher.per_sample_grads(d, x), batch_size, device, repeats)
+    t_ours = time_per_image(
+        lambda: torch.cat(split.map(fisher.per_sample_grads, x, parts)), batch_size, device, repeats
+    )
+    t_one = time_per_image(lambda: fisher.per_sample_grads(d, x), batch_size, device, repeats)
     t_floor = time_per_image(lambda: fisher.summed_grad(d, x), batch_size, device, repeats)
+    t_floor_split = time_per_image(lambda: sum(split.map(fisher.summed_grad, x, parts)), batch_size, device, repeats)
     return {
         "preset": preset.name,
         "device": str(device),
         "batch": batch_size,
         "params": sum(p.numel() for p in d.parameters()),
+        "parts": parts,
         "loop_img_s": 1 / t_loop,
         "ours_img_s": 1 / t_ours,
+        "ours_one_pass_img_s": 1 / t_one,
         "floor_img_s": 1 / t_floor,
+        "floor_split_img_s": 1 / t_floor_split,
         "speedup_vs_loop": t_loop / t_ours,
         "slowdown_vs_floor": t_ours / t_floor,
     }

@@ -153,7 +153,7 @@ def _fastest_conv_method(m: nn.Conv2d, a: torch.Tensor, g: torch.Tensor):
     layout = (a.is_contiguous(memory_format=torch.channels_last), g.is_contiguous(memory_format=torch.channels_last))
     bucket = 1 << max(0, a.shape[0] - 1).bit_length()
     key: tuple = (tuple(a.shape[1:]), tuple(g.shape[1:]), layout, bucket, tuple(m.weight.shape), m.stride)
-    key += (m.padding, a.device.type, a.dtype)
+    key += (m.padding, a.device.type, a.dtype, torch.get_num_threads())  # timed per thread count too
     if key not in _conv_choice:
         _conv_choice[key] = min(_candidates(m, a), key=lambda fn: best_time(lambda: fn(m, a, g), a.device))
     return _conv_choice[key]

@@ -195,7 +195,8 @@ def sampled_weight_cells(
         "dense": lambda: _dense_select(m, a, g, plan.coords, grid),
     }
     bucket = 1 << max(0, a.shape[0] - 1).bit_length()
-    key = (plan.name, plan.shape, len(plan.coords), tuple(a.shape[1:]), grid, bucket, a.device.type, a.dtype)
+    key: tuple = (plan.name, plan.shape, len(plan.coords), tuple(a.shape[1:]), grid, bucket, a.device.type, a.dtype)
+    key += (torch.get_num_threads(),)  # a part on one thread may prefer another kernel than a whole batch
     if key not in _kernel_choice:
         _kernel_choice[key] = min(run, key=lambda k: fisher.best_time(run[k], a.device))
     return run[_kernel_choice[key]]()
@@ -219,7 +220,7 @@ class SampledAFV:
         self.channels_last = extractor.device.type == "cpu"  # NHWC kernels are faster there (fisher.capture)
         self.plans = plan_samples(extractor.d, extractor.resolution, samples, seed, exact_below)
         modules = dict(extractor.d.named_modules())
-        self._by_module = {id(modules[p.name]): p for p in self.plans}
+        self._by_module = {modules[p.name]: p for p in self.plans}  # module keys: a replica's copy maps to its own
         self._masks = {p.name: tap_masks(p.coords, p.shape) for p in self.plans if p.coords is not None}
         self.coords, self.weights, self.units = self._layout()
         self.dim_per_cell = len(self.coords)
@@ -273,7 +274,7 @@ class SampledAFV:
             captured, fmap = capture_with_map(ex.d, x, channels_last=self.channels_last)
         per_param: dict[int, torch.Tensor] = {}
         for m, a, g in captured:
-            plan = self._by_module.get(id(m))
+            plan = self._by_module.get(m)
             if isinstance(m, nn.Linear):
                 grads = _head_cell_grads(m, fmap, g, self.grid)
             elif plan is None or plan.exact:

@@ -216,14 +216,14 @@ class Projector:
     def _build_fast(self) -> None:
         ex, modules = self.extractor, dict(self.extractor.d.named_modules())
         sigma = 1.0 / ex.inv_std
-        self.kron: dict[int, _KroneckerLayer] = {}
+        self.kron: dict[nn.Module, _KroneckerLayer] = {}  # module keys: a replica's copy maps to its own
         for k, plan in enumerate(self.plans):
             if plan.sketched:
                 sl = self._slice(plan.name + ".weight")
-                self.kron[id(modules[plan.name])] = _KroneckerLayer(
+                self.kron[modules[plan.name]] = _KroneckerLayer(
                     plan, modules[plan.name], sigma[sl], ex.stats.mean[sl], self.seed, k
                 )
-        self.modules_by_id = {id(modules[p.name]): (p.name, p) for p in self.plans}
+        self.plan_of_module = {modules[p.name]: (p.name, p) for p in self.plans}
 
     def _inner_dim(self) -> int:
         """Length of the vector the sparse sketch reduces: the AFV, its sample, or the Kronecker parts."""
@@ -265,9 +265,9 @@ class Projector:
         with ex.lock:  # capture hooks the extractor's shared module
             captured = fisher.capture(ex.d, xm)
         for m, a, g in captured:
-            name, plan = self.modules_by_id[id(m)]
+            name, plan = self.plan_of_module[m]
             if plan.sketched:
-                parts.append(self.kron[id(m)](a, g))
+                parts.append(self.kron[m](a, g))
             else:
                 parts.append(self._exact_fv(name + ".weight", _exact_weight_grad(m, a, g)))
             if m.bias is not None:

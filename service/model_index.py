@@ -8,7 +8,7 @@ index was built with, and refuses build options that would be silently ignored b
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +17,7 @@ import torch
 from index import AFVIndex, IndexMismatchError, InvalidInputError
 from index.collection import DB_FILE, DEFAULT_MEMORY_BUDGET
 from model.embedder import Embedder
+from model.parallel import BatchSplitter, cpu_parts
 from model.sketch import ProjectionError, Projector
 
 DEFAULT_DIM = 1024
@@ -45,6 +46,10 @@ class ModelIndex:
     embedder: Embedder
     projector: Projector
     index: AFVIndex
+    _parts: BatchSplitter[Projector] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._parts = BatchSplitter(self.projector)
 
     @classmethod
     def create(cls, index_dir: str | Path, embedder: Embedder, options: BuildOptions = BuildOptions()) -> ModelIndex:
@@ -98,10 +103,12 @@ class ModelIndex:
         return cls(embedder, check_pins(index.pins, embedder), index)
 
     def sketch(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
-        """N×3×R×R uint8 images → N×dim float32 sketches (model work only; the embedder's lock)."""
+        """N×3×R×R uint8 images → N×dim float32 sketches (model work only). On CPU the images are split
+        across the calling thread's torch threads, one part per thread (`model.parallel`)."""
         x = torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
         try:
-            return self.projector.embed(x)
+            parts = self._parts.map(Projector.embed, x, cpu_parts(self.embedder.device))
+            return parts[0] if len(parts) == 1 else np.concatenate(parts)
         except ProjectionError as e:
             raise InvalidInputError(str(e)) from e
 

@@ -8,6 +8,8 @@ none is missing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,32 +61,48 @@ def build_with_ray(
     shards_dir.mkdir(parents=True, exist_ok=True)
     todo = pending_shards(shards_dir, plan, sketch)
     workers = None
-    if todo:
-        todo_images = sum(len(plan.entries_of(k)) for k in todo)
-        with connect(options.address) as ray, _bar(todo_images, "embedding (ray)", progress) as bar:
-            try:
-                workers = embed_shards(
-                    ray,
-                    plan,
-                    todo,
-                    model=model,
-                    pins=mi.index.pins,
-                    resolution=mi.embedder.resolution,
-                    options=options,
-                    on_shard=lambda k, shard: write_shard(shards_dir, k, plan, sketch, shard),
-                    on_rows=bar.update,
-                )
-            except Exception as e:
-                if not isinstance(e, ray.exceptions.RayError) and not type(e).__module__.startswith("ray."):
-                    raise
-                left = len(pending_shards(shards_dir, plan, sketch))
-                raise BulkBuildError(
-                    f"the Ray job stopped: {_last_line(e)}; {plan.count - left} of {plan.count} shards are done "
-                    "(a re-run resumes from there)"
-                ) from e
-    with _bar(len(plan.entries), "adding shards", progress) as bar:
-        outcomes = assemble(mi.index, shards_dir, plan, sketch, on_rows=bar.update)
+    with ThreadPoolExecutor(1, thread_name_prefix="ray-stop") as later:  # Ray stops while the index is built
+        if todo:
+            workers = _embed(mi, plan, todo, model, shards_dir, sketch, options, progress, later.submit)
+        with _bar(len(plan.entries), "adding shards", progress) as bar:
+            outcomes = assemble(mi.index, shards_dir, plan, sketch, on_rows=bar.update)
     return BulkReport(outcomes, plan.count, len(todo), workers)
+
+
+def _embed(
+    mi: ModelIndex,
+    plan: ShardPlan,
+    todo: list[int],
+    model: str | None,
+    shards_dir: Path,
+    sketch: str,
+    options: RayOptions,
+    progress: bool,
+    run_stop: Callable[[Callable[[], None]], object],
+) -> Workers:
+    """Embed the shards `todo` on Ray and write them; BulkBuildError if the Ray job stops."""
+    todo_images = sum(len(plan.entries_of(k)) for k in todo)
+    with connect(options.address, run_stop=run_stop) as ray, _bar(todo_images, "embedding (ray)", progress) as bar:
+        try:
+            return embed_shards(
+                ray,
+                plan,
+                todo,
+                model=model,
+                pins=mi.index.pins,
+                resolution=mi.embedder.resolution,
+                options=options,
+                on_shard=lambda k, shard: write_shard(shards_dir, k, plan, sketch, shard),
+                on_rows=bar.update,
+            )
+        except Exception as e:
+            if not isinstance(e, ray.exceptions.RayError) and not type(e).__module__.startswith("ray."):
+                raise
+            left = len(pending_shards(shards_dir, plan, sketch))
+            raise BulkBuildError(
+                f"the Ray job stopped: {_last_line(e)}; {plan.count - left} of {plan.count} shards are done "
+                "(a re-run resumes from there)"
+            ) from e
 
 
 def _last_line(e: Exception) -> str:

@@ -25,7 +25,7 @@ from service.bulk.stages import DecodeChunk, Sketcher, chunk_row
 
 INSTALL_HINT = "pip install -e '.[ray]'"
 DECODE_CPUS = 0.5  # per decode task: decoding is a small share of the work beside the model
-CORES_PER_CPU_WORKER = 4  # CPU-only clusters: one model worker per 4 cores (torch threads scale sub-linearly)
+DECODE_SHARE = 1 / 8  # CPU-only clusters: the share of the CPUs left to decode tasks (at least DECODE_CPUS)
 READ_CHUNK = 256  # images per decode task (compressed archives: up to a shard, read in one pass)
 WAVE_IMAGES = 1_000_000  # images per Ray Data run: bounds the chunk list held in the object store
 
@@ -45,11 +45,18 @@ def import_ray() -> Any:
     return ray
 
 
+def _now(stop: Callable[[], None]) -> None:
+    stop()
+
+
 @contextmanager
-def connect(address: str | None) -> Iterator[Any]:
+def connect(address: str | None, *, run_stop: Callable[[Callable[[], None]], object] = _now) -> Iterator[Any]:
     """Ray, connected: to `address` (else $RAY_ADDRESS, which `ray job submit` sets), else to a new local
     instance with this machine's CPUs, shut down afterwards. A Ray this process already initialised is
-    used as it is and left running."""
+    used as it is and left running.
+
+    `run_stop` runs the shutdown (by default now; an executor's `submit` lets the caller go on while
+    Ray's processes stop, a second or so)."""
     ray = import_ray()
     logging.getLogger("ray.data").setLevel(logging.ERROR)  # its plan and progress notes: the build has a bar
     if ray.is_initialized():
@@ -64,7 +71,7 @@ def connect(address: str | None) -> Iterator[Any]:
     try:
         yield ray
     finally:
-        ray.shutdown()
+        run_stop(ray.shutdown)
 
 
 @dataclass(frozen=True)
@@ -92,17 +99,20 @@ class Workers:
 
 
 def plan_workers(options: RayOptions, cluster: dict[str, float]) -> Workers:
-    """One worker per GPU when the cluster has GPUs (1 CPU each), else one per 4 cores with 3.5 of them,
-    so that each 4 cores keep half a core for a decode task (on 2 cores: one worker of 1.5 CPUs, 2
-    threads, beside one decode task)."""
+    """One worker per GPU when the cluster has GPUs (1 CPU each), else one single-threaded worker per core.
+
+    Single-threaded workers keep every core busy: torch's parallel regions leave cores idle between
+    them, so on 2 cores two 1-thread workers sketch 26-45 % more images than one 2-thread worker (bench
+    note in docs/scale-out.md). The workers share the CPUs that a decode reserve (an eighth, at least
+    half a CPU) leaves: on 2 cores, two workers of 0.75 CPU beside one decode task."""
     cpus, gpus = float(cluster.get("CPU", 1)), float(cluster.get("GPU", 0))
     per_gpu = options.gpus_per_worker if options.gpus_per_worker is not None else (1.0 if gpus >= 1 else 0.0)
     if per_gpu > 0:
         count = options.workers or max(1, int(gpus // per_gpu))
         return Workers(count, per_gpu, options.cpus_per_worker or 1.0)
-    count = options.workers or max(1, int(cpus // CORES_PER_CPU_WORKER))
-    fair = min(CORES_PER_CPU_WORKER - DECODE_CPUS, (cpus - DECODE_CPUS) / count)
-    return Workers(count, 0.0, options.cpus_per_worker or max(1.0, fair))
+    count = options.workers or max(1, int(cpus))
+    fair = max(cpus - max(DECODE_CPUS, cpus * DECODE_SHARE), DECODE_CPUS) / count
+    return Workers(count, 0.0, options.cpus_per_worker or round(fair, 3))
 
 
 def decode_chunks(plan: ShardPlan, todo: list[int]) -> list[dict]:

@@ -1,0 +1,87 @@
+"""Batch parallelism on CPU: replicas own their modules and share the rest, a split batch gives the
+unsplit result, each part runs on one torch thread, and the caller's thread settings are left alone."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from model.parallel import BatchSplitter, cpu_parts, replicate
+from model.sampled import SampledAFV
+from model.sketch import Projector
+
+
+@pytest.fixture
+def two_torch_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_a_replica_owns_its_modules_and_locks_and_shares_the_other_tensors(extractor):
+    copy_ = replicate(extractor)
+    assert copy_.d is not extractor.d and copy_.lock is not extractor.lock
+    for p, q in zip(extractor.d.parameters(), copy_.d.parameters(), strict=True):
+        assert p is not q and torch.equal(p, q)
+    assert copy_.stats.mean is extractor.stats.mean and copy_.inv_std is extractor.inv_std  # read-only, shared
+
+
+def test_a_replicated_sampler_keys_its_plans_by_its_own_modules(extractor):
+    sampler = SampledAFV(extractor, samples=256)
+    copy_ = replicate(sampler)
+    assert copy_.extractor.d is not extractor.d
+    mine = set(copy_.extractor.d.modules())
+    assert copy_._by_module and all(m in mine for m in copy_._by_module)
+
+
+@pytest.mark.parametrize("mode", ["exact", "sampled"])
+def test_a_batch_split_across_threads_gives_the_unsplit_sketches(extractor, image_batch, mode, two_torch_threads):
+    projector = Projector(extractor, d=64, mode=mode, samples=256)
+    torch.set_num_threads(1)
+    whole = projector.embed(image_batch[:9])
+    torch.set_num_threads(2)
+    parts = BatchSplitter(projector).map(Projector.embed, image_batch[:9], cpu_parts(extractor.device))
+    assert [len(p) for p in parts] == [5, 4]
+    np.testing.assert_allclose(np.concatenate(parts), whole, rtol=1e-5, atol=1e-6 * np.abs(whole).max())
+
+
+def test_parts_run_on_one_torch_thread_and_the_callers_setting_stays(two_torch_threads):
+    def threads(_, x: torch.Tensor) -> list[int]:
+        return [torch.get_num_threads()] * len(x)
+
+    splitter = BatchSplitter(object())
+    assert splitter.map(threads, torch.zeros(5), 2) == [[1, 1, 1], [1, 1]]
+    assert splitter.map(threads, torch.zeros(1), 2) == [[2]]  # one image: the caller's threads, no split
+    seen: list[int] = []
+    t = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    t.start()
+    t.join()
+    assert torch.get_num_threads() == 2 and seen == [2]  # new threads still get the process's setting
+
+
+def test_concurrent_callers_each_get_their_own_results(extractor, image_batch, two_torch_threads):
+    projector = Projector(extractor, d=64, mode="sampled", samples=256)
+    splitter = BatchSplitter(projector)
+    torch.set_num_threads(1)
+    want = [projector.embed(image_batch[i : i + 6]) for i in (0, 6, 12)]
+    torch.set_num_threads(2)
+    got: dict[int, np.ndarray] = {}
+
+    def call(i: int) -> None:
+        got[i] = np.concatenate(splitter.map(Projector.embed, image_batch[i : i + 6], 2))
+
+    callers = [threading.Thread(target=call, args=(i,)) for i in (0, 6, 12)]
+    for t in callers:
+        t.start()
+    for t in callers:
+        t.join()
+    for i, w in zip((0, 6, 12), want):
+        np.testing.assert_allclose(got[i], w, rtol=1e-5, atol=1e-6 * np.abs(w).max())
+
+
+def test_off_the_cpu_a_batch_is_not_split():
+    assert cpu_parts(torch.device("cuda")) == 1 and cpu_parts(torch.device("cpu")) == torch.get_num_threads()
