@@ -18,8 +18,11 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, Generic, TypeVar
 
+import numpy as np
 import torch
 from torch import nn
+
+from model.sketch import Projector
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -125,3 +128,16 @@ class BatchSplitter(Generic[T]):
 def cpu_parts(device: torch.device) -> int:
     """How many parts to split a batch into: the calling thread's torch threads on CPU, else 1."""
     return torch.get_num_threads() if device.type == "cpu" else 1
+
+
+class SplitProjector:
+    """A projector's `embed`, each call split across the calling thread's torch threads on CPU."""
+
+    def __init__(self, projector: Projector):
+        self.projector = projector
+        self._parts = BatchSplitter(projector)
+
+    def embed(self, x: torch.Tensor) -> np.ndarray:
+        """N×3×R×R uint8 images → N×d float32 sketches, as `Projector.embed` computes them."""
+        parts = self._parts.map(Projector.embed, x, cpu_parts(self.projector.extractor.device))
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)

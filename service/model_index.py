@@ -17,7 +17,7 @@ import torch
 from index import AFVIndex, IndexMismatchError, InvalidInputError
 from index.collection import DB_FILE, DEFAULT_MEMORY_BUDGET
 from model.embedder import Embedder
-from model.parallel import BatchSplitter, cpu_parts
+from model.parallel import SplitProjector
 from model.sketch import ProjectionError, Projector
 
 DEFAULT_DIM = 1024
@@ -46,10 +46,10 @@ class ModelIndex:
     embedder: Embedder
     projector: Projector
     index: AFVIndex
-    _parts: BatchSplitter[Projector] = field(init=False, repr=False)
+    _split: SplitProjector = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._parts = BatchSplitter(self.projector)
+        self._split = SplitProjector(self.projector)
 
     @classmethod
     def create(cls, index_dir: str | Path, embedder: Embedder, options: BuildOptions = BuildOptions()) -> ModelIndex:
@@ -107,8 +107,7 @@ class ModelIndex:
         across the calling thread's torch threads, one part per thread (`model.parallel`)."""
         x = torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
         try:
-            parts = self._parts.map(Projector.embed, x, cpu_parts(self.embedder.device))
-            return parts[0] if len(parts) == 1 else np.concatenate(parts)
+            return self._split.embed(x)
         except ProjectionError as e:
             raise InvalidInputError(str(e)) from e
 

@@ -64,12 +64,14 @@ class Sketcher:
         import torch
 
         from model.loading import load_embedder
+        from model.parallel import SplitProjector
         from service.model_index import check_pins
 
         if threads > 0:
             torch.set_num_threads(threads)
         embedder = load_embedder(model, batch_size=batch_size)  # device auto: CUDA when the worker has it
         self.projector = check_pins(pins, embedder)
+        self._split = SplitProjector(self.projector)  # a worker of several CPU threads splits each batch
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Rows with pixels → the same rows with sketches instead (zeros for the unreadable)."""
@@ -78,5 +80,5 @@ class Sketcher:
         ok = batch["error"] == ""
         vectors = np.zeros((len(ok), self.projector.d), np.float32)
         if ok.any():  # ModelIndex.sketch's computation, on the worker's model
-            vectors[ok] = self.projector.embed(torch.from_numpy(np.ascontiguousarray(batch["image"][ok])))
+            vectors[ok] = self._split.embed(torch.from_numpy(np.ascontiguousarray(batch["image"][ok])))
         return {**{k: v for k, v in batch.items() if k != "image"}, "vector": vectors}

@@ -117,8 +117,7 @@ def build(
         None,
         "--workers",
         help="local: processes decoding images while the model runs (default: a quarter of the cores, at most 4; "
-        "none on 2 cores or for small jobs). ray: model workers (default: one per GPU, else a single-threaded "
-        "one per CPU).",
+        "none on 2 cores or for small jobs). ray: model workers (default: one per GPU, else one per 4 CPUs).",
     ),
     engine: str = typer.Option(
         "local", "--engine", help="local: this process | ray: Ray Data workers (docs/scale-out.md)."

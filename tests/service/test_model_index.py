@@ -89,3 +89,15 @@ def test_auto_mode_samples_coordinates_of_large_afvs(tmp_path, extractor):
     assert auto_mode(extractor) == "exact"
     with ModelIndex.create(tmp_path / "idx", big, BuildOptions(dim=64)) as mi:
         assert mi.projector.mode == "sampled" and mi.index.stats()["mode"] == "sampled"
+
+
+@pytest.mark.parametrize("mode", ["fast", "sampled"])
+def test_with_two_torch_threads_a_sketch_is_split_and_equals_the_one_thread_sketch(tmp_path, extractor, images, mode):
+    mi = ModelIndex.create(tmp_path / "idx", extractor, BuildOptions(dim=128, mode=mode))
+    x = _batch(extractor, images[:7])
+    one = mi.sketch(x)  # the suite runs on one torch thread: not split
+    torch.set_num_threads(2)  # the autouse fixture puts it back
+    split = mi.sketch(x)
+    assert mi._split._parts._count == 2  # a second replica was made, so the batch was split
+    np.testing.assert_allclose(split, one, rtol=1e-5, atol=1e-6 * np.abs(one).max())
+    mi.close()

@@ -94,16 +94,12 @@ def test_ray_options_are_refused_with_the_local_engine_and_unknown_engines(tmp_p
     assert not (tmp_path / "idx").exists()
 
 
-def test_the_pool_has_a_worker_per_gpu_else_a_single_threaded_one_per_core_leaving_room_to_decode():
+def test_the_pool_has_a_worker_per_gpu_else_one_per_four_cores_leaving_room_to_decode():
     assert plan_workers(RayOptions(), {"CPU": 32, "GPU": 4}) == Workers(4, 1.0, 1.0)
     assert plan_workers(RayOptions(gpus_per_worker=0.5), {"CPU": 32, "GPU": 4}) == Workers(8, 0.5, 1.0)
-    two_cores = plan_workers(RayOptions(), {"CPU": 2})
-    assert two_cores == Workers(2, 0.0, 0.75) and two_cores.threads == 1  # 0.5 CPU left: one decode task
-    assert plan_workers(RayOptions(), {"CPU": 1}) == Workers(1, 0.0, 0.5)
-    many = plan_workers(RayOptions(), {"CPU": 16})
-    assert many == Workers(16, 0.0, 0.875) and many.threads == 1  # 2 CPUs left: 4 decode tasks
-    fewer = plan_workers(RayOptions(workers=2), {"CPU": 16})  # fewer workers than cores: threads share the rest
-    assert fewer == Workers(2, 0.0, 7.0) and fewer.threads == 7
+    assert plan_workers(RayOptions(), {"CPU": 2}) == Workers(1, 0.0, 1.5) and Workers(1, 0.0, 1.5).threads == 2
+    assert plan_workers(RayOptions(), {"CPU": 16}) == Workers(4, 0.0, 3.5)  # 2 CPUs left: 4 decode tasks
+    assert plan_workers(RayOptions(workers=2), {"CPU": 16}) == Workers(2, 0.0, 3.5)
     assert plan_workers(RayOptions(workers=3, cpus_per_worker=2), {"CPU": 16}) == Workers(3, 0.0, 2.0)
 
 

@@ -33,7 +33,8 @@ def test_bench_extract_reports_the_loop_ours_split_and_whole_and_the_floor(tmp_p
     )
     assert res.exit_code == 0, res.output
     row = json.loads(res.stdout[res.stdout.index("[") :])[0]
-    assert all(row[k] > 0 for k in ("loop_img_s", "ours_img_s", "ours_one_pass_img_s", "floor_img_s", "floor_split_img_s"))
+    rates = ("loop_img_s", "ours_img_s", "ours_one_pass_img_s", "floor_img_s", "floor_split_img_s")
+    assert all(row[k] > 0 for k in rates)
 
 
 def _sketch(*extra: str):
