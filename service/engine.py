@@ -34,7 +34,6 @@ from index import AFVIndexError, Hit, IndexFullError, IndexReadOnlyError, IndexW
 from index.collection import DB_FILE
 from model.embedder import Embedder
 from model.loading import load_embedder
-from model.parallel import BatchSplitter, cpu_parts
 from service import jnd
 from service.batching import MicroBatcher
 from service.ingest import Decode, Item, Outcome, ingest_batch
@@ -129,18 +128,12 @@ def _open_index(index_dir: Path, embedder: Embedder, read_only: bool) -> ModelIn
         raise
 
 
-def _afvs(embedder: Embedder, x: torch.Tensor) -> np.ndarray:
-    """One part of a batch → its AFVs as float32 NumPy."""
-    return embedder.embed(x).detach().float().cpu().numpy()
-
-
 class Engine:
     """Embedder + index + batcher, with async entry points for the routes."""
 
     def __init__(self, resources: Resources, settings: Settings, metrics: Metrics):
         self.resources, self.settings, self.metrics = resources, settings, metrics
         self.extractor, self.index = resources.embedder, resources.index.index
-        self._afv_parts = BatchSplitter(self.extractor)  # a batch's parts on the cores (`ModelIndex.sketch` too)
         self.batcher = MicroBatcher(
             {"afv": self._afv_batch, "embed": resources.index.sketch},
             max_batch=settings.batch_max_size,
@@ -195,8 +188,7 @@ class Engine:
     # -- model work (worker thread) ------------------------------------------------------------
 
     def _afv_batch(self, x: np.ndarray) -> np.ndarray:
-        parts = self._afv_parts.map(_afvs, torch.from_numpy(x), cpu_parts(self.extractor.device))
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+        return self.extractor.embed(torch.from_numpy(x)).detach().float().cpu().numpy()
 
     async def afv(self, x: np.ndarray) -> np.ndarray:
         """n×3×R×R uint8 → n×P AFVs (float32), batched with concurrent requests."""
