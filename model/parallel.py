@@ -1,11 +1,12 @@
 """Batch parallelism on CPU: a batch split across threads, each running one torch thread on its own replica.
 
 On CPU, torch's intra-op threads leave cores idle between and inside the many small kernels of a
-per-sample-gradient pass. Splitting the batch instead, one part per thread with one torch thread each,
-keeps every core busy: on 2 cores 1.4-1.5× the images/s of one pass with 2 torch threads
-(`bench/batch_parallel.py`). Each thread needs its own copy of the model, because the gradient capture
-hooks the module it runs; `replicate` copies the modules and shares every other tensor (statistics,
-sample plans, sketch matrices), which are only read.
+sketch pass (normalisation, the sampled kernels' gathers, the sparse JL sketch). Splitting the batch
+instead, one part per thread with one torch thread each, keeps the cores busy: on 2 cores 1.4-1.6× the
+images/s of one pass with 2 torch threads (`bench/batch_parallel.py`); the per-sample gradients alone
+gain nothing. Each thread needs its own copy of the model, because the gradient capture hooks the
+module it runs; `replicate` copies the modules and shares every other tensor (statistics, sample plans,
+sketch matrices), which are only read.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def _share(x: Any, memo: dict[int, Any], seen: set[int]) -> None:
 
 
 def _one_torch_thread() -> None:
-    torch.get_num_threads()  # torch's per-thread setup first: it would later reset the count to the default
+    torch.get_num_threads()  # torch's lazy per-thread setup now, or it would later reset the count to the default
     torch.set_num_threads(1)
 
 
@@ -91,7 +92,7 @@ class BatchSplitter(Generic[T]):
 
     def map(self, fn: Callable[[T, torch.Tensor], R], x: torch.Tensor, parts: int) -> list[R]:
         """fn on `x` split into `parts` along dim 0 (fewer if x is shorter): the results in order."""
-        pieces = [p for p in torch.tensor_split(x, max(1, min(parts, x.shape[0])))]
+        pieces = list(torch.tensor_split(x, max(1, min(parts, x.shape[0]))))
         if len(pieces) == 1:
             with self._borrow() as r:
                 return [fn(r, x)]
