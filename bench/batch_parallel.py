@@ -29,7 +29,7 @@ def rate(fn, x: torch.Tensor, batch: int) -> float:
 
 def main() -> None:
     from model.loading import load_embedder
-    from model.parallel import SplitProjector
+    from model.parallel import PART_IMAGES, SplitProjector
     from model.sketch import Projector
     from service.model_index import auto_mode
 
@@ -39,11 +39,12 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--images", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--part", type=int, default=None, help="Images per part (default: PART_IMAGES).")
     args = ap.parse_args()
 
     embedder = load_embedder(args.model, device="cpu", batch_size=args.batch)
     projector = Projector(embedder, d=1024, mode=args.mode or auto_mode(embedder))
-    split = SplitProjector(projector)
+    split = SplitProjector(projector, PART_IMAGES if args.part is None else args.part)
     r = embedder.resolution
     x = torch.randint(0, 256, (args.images, 3, r, r), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     diff = float(np.abs(split.embed(x[: args.batch]) - projector.embed(x[: args.batch])).max())
@@ -53,7 +54,7 @@ def main() -> None:
         parts.append(rate(split.embed, x, args.batch))
     print(
         f"{embedder.name} ({projector.mode} sketch), batch {args.batch}, {torch.get_num_threads()} torch threads, "
-        f"{args.images} images x {args.repeats}"
+        f"parts of {split.part or 'batch / threads'} images, {args.images} images x {args.repeats}"
     )
     print(f"one pass, intra-op threads : {' '.join(f'{v:7.1f}' for v in one)} img/s")
     print(f"split across the threads   : {' '.join(f'{v:7.1f}' for v in parts)} img/s")

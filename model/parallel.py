@@ -12,6 +12,7 @@ sketch matrices), which are only read.
 from __future__ import annotations
 
 import copy
+import math
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -27,6 +28,9 @@ from model.sketch import Projector
 
 T = TypeVar("T")
 R = TypeVar("R")
+# Images per part of a split sketch: parts of 8 ran faster than parts of 32, 16 or 4 (a batch of 64 on 2
+# threads, bench/batch_parallel.py --part): they fit the caches, and a slowed thread takes fewer of them.
+PART_IMAGES = 8
 _FRESH = {type(threading.Lock()): threading.Lock, type(threading.RLock()): threading.RLock}
 
 
@@ -90,13 +94,16 @@ class BatchSplitter(Generic[T]):
         self._threads = 0
         self._lock = threading.Lock()
 
-    def map(self, fn: Callable[[T, torch.Tensor], R], x: torch.Tensor, parts: int) -> list[R]:
-        """fn on `x` split into `parts` along dim 0 (fewer if x is shorter): the results in order."""
-        pieces = list(torch.tensor_split(x, max(1, min(parts, x.shape[0]))))
+    def map(self, fn: Callable[[T, torch.Tensor], R], x: torch.Tensor, threads: int, part: int = 0) -> list[R]:
+        """fn on `x` split along dim 0 and run on `threads` threads: the results in order. The parts are a
+        multiple of `threads`, of about `part` images each (0: one part per thread), so a thread that
+        something else slows down takes fewer of them."""
+        per_thread = max(1, math.ceil(x.shape[0] / (threads * part))) if part > 0 else 1
+        pieces = list(torch.tensor_split(x, max(1, min(threads * per_thread, x.shape[0]))))
         if len(pieces) == 1:
             with self._borrow() as r:
                 return [fn(r, x)]
-        return list(self._ensure(len(pieces)).map(lambda p: self._call(fn, p), pieces))
+        return list(self._ensure(min(threads, len(pieces))).map(lambda p: self._call(fn, p), pieces))
 
     def _call(self, fn: Callable[[T, torch.Tensor], R], part: torch.Tensor) -> R:
         with self._borrow() as r, torch.no_grad():
@@ -132,13 +139,14 @@ def cpu_parts(device: torch.device) -> int:
 
 
 class SplitProjector:
-    """A projector's `embed`, each call split across the calling thread's torch threads on CPU."""
+    """A projector's `embed`, each call split across the calling thread's torch threads on CPU, in parts of
+    about `part` images."""
 
-    def __init__(self, projector: Projector):
-        self.projector = projector
+    def __init__(self, projector: Projector, part: int = PART_IMAGES):
+        self.projector, self.part = projector, part
         self._parts = BatchSplitter(projector)
 
     def embed(self, x: torch.Tensor) -> np.ndarray:
         """N×3×R×R uint8 images → N×d float32 sketches, as `Projector.embed` computes them."""
-        parts = self._parts.map(Projector.embed, x, cpu_parts(self.projector.extractor.device))
+        parts = self._parts.map(Projector.embed, x, cpu_parts(self.projector.extractor.device), self.part)
         return parts[0] if len(parts) == 1 else np.concatenate(parts)

@@ -63,6 +63,13 @@ def test_parts_run_on_one_torch_thread_and_the_callers_setting_stays(two_torch_t
     assert torch.get_num_threads() == 2 and seen == [2]  # new threads still get the process's setting
 
 
+def test_parts_of_a_given_size_are_a_multiple_of_the_threads_and_run_on_that_many_replicas(two_torch_threads):
+    splitter = BatchSplitter(object())
+    sizes = splitter.map(lambda _, x: len(x), torch.zeros(40), 2, part=8)
+    assert sizes == [7, 7, 7, 7, 6, 6] and splitter._count == 2  # 6 parts of about 8, on 2 threads
+    assert splitter.map(lambda _, x: len(x), torch.zeros(3), 2, part=8) == [2, 1]
+
+
 def test_concurrent_callers_each_get_their_own_results(extractor, image_batch, two_torch_threads):
     projector = Projector(extractor, d=64, mode="sampled", samples=256)
     splitter = BatchSplitter(projector)
