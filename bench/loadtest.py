@@ -77,17 +77,6 @@ def time_batches(fn, x, seconds: float = 3.0) -> tuple[float, float]:
     return n / (time.perf_counter() - t0), (time.process_time() - c0) / n
 
 
-def _afvs(ext, b):
-    return ext.embed(b).cpu()
-
-
-def cpu_parts(device):
-    """`model.parallel.cpu_parts`, imported when timing (the load generator never loads torch)."""
-    from model.parallel import cpu_parts as parts
-
-    return parts(device)
-
-
 class RawTimer:
     """Raw `.afv` and index `.embed` images/s on one batch, in this process, with the server idle.
 
@@ -101,7 +90,7 @@ class RawTimer:
         import torch
 
         from model.data import decode_image
-        from model.parallel import BatchSplitter
+        from model.parallel import BatchSplitter, split_threads
         from service.model_index import ModelIndex
 
         self.ext = load_extractor(args.model, args.device)
@@ -111,14 +100,15 @@ class RawTimer:
         self._tmp = tempfile.TemporaryDirectory()
         self.idx = ModelIndex.create(Path(self._tmp.name) / "ix", self.ext)
         self._worker = ThreadPoolExecutor(1)
-        self._afv_split = BatchSplitter(self.ext)
+        afv_parts = BatchSplitter(self.ext)
+        self._afv_split = lambda b: afv_parts.map(lambda e, part: e.embed(part).cpu(), b, split_threads(b.device))
         self.runs: list[dict[str, float]] = []
 
     def measure(self) -> None:
         """Each kind in one pass and split across the torch threads (what the server runs); the faster
         counts, so raw is the best this machine does either way."""
         fns = {
-            "afv": (lambda b: self.ext.embed(b).cpu(), lambda b: self._afv_split.map(_afvs, b, cpu_parts(b.device))),
+            "afv": (lambda b: self.ext.embed(b).cpu(), self._afv_split),
             "embed": (self.idx.projector.embed, self.idx.sketch),
         }
         run: dict[str, float] = {}

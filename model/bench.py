@@ -12,7 +12,7 @@ import torch
 from model import fisher
 from model.data import uint8_to_model
 from model.nets import Discriminator, fold_spectral_norm
-from model.parallel import BatchSplitter, cpu_parts
+from model.parallel import BatchSplitter, split_threads
 from model.presets import Preset
 from model.sketch import ProjectionError, Projector, pairwise_distances
 
@@ -38,15 +38,15 @@ def time_per_image(fn: Callable[[], object], n_images: int, device: torch.device
 def bench_extract(
     preset: Preset, batch_size: int, device: torch.device, repeats: int = 3, loop_images: int | None = None
 ) -> dict[str, float | str]:
-    """Images/s of (a) the batch-1 autograd loop, (b) `per_sample_grads` as the index and service run it
-    (on CPU the batch split across the torch threads, one part each: `model.parallel`), (b') the same as
-    one pass with intra-op threads, (c) one summed backward (the floor) and (c') the floor split too."""
+    """Images/s of (a) the batch-1 autograd loop, (b) `per_sample_grads` with the batch split across the
+    torch threads on CPU, one part per thread (`model.parallel`), (b') the same as one pass with intra-op
+    threads, (c) one summed backward (the floor) and (c') the floor split too."""
     torch.manual_seed(0)
     d = fold_spectral_norm(Discriminator(preset)).to(device)
     r = preset.resolution
     x = torch.rand(batch_size, 3, r, r, device=device) * 2 - 1
     n_loop = min(loop_images or batch_size, batch_size)
-    split, parts = BatchSplitter(d), cpu_parts(device)
+    split, parts = BatchSplitter(d), split_threads(device)
     t_loop = time_per_image(lambda: fisher.per_sample_grads_loop(d, x[:n_loop]), n_loop, device, repeats)
     t_ours = time_per_image(
         lambda: torch.cat(split.map(fisher.per_sample_grads, x, parts)), batch_size, device, repeats

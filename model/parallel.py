@@ -2,11 +2,11 @@
 
 On CPU, torch's intra-op threads leave cores idle between and inside the many small kernels of a
 sketch pass (normalisation, the sampled kernels' gathers, the sparse JL sketch). Splitting the batch
-instead, one part per thread with one torch thread each, keeps the cores busy: on 2 cores 1.4-1.6× the
-images/s of one pass with 2 torch threads (`bench/batch_parallel.py`); the per-sample gradients alone
-gain nothing. Each thread needs its own copy of the model, because the gradient capture hooks the
-module it runs; `replicate` copies the modules and shares every other tensor (statistics, sample plans,
-sketch matrices), which are only read.
+instead, in parts of about 8 images run by threads with one torch thread each, keeps the cores busy: on
+2 cores 1.4-1.9× the images/s of one pass with 2 torch threads (`bench/batch_parallel.py`); the
+per-sample gradients alone gain nothing. Each thread needs its own copy of the model, because the
+gradient capture hooks the module it runs; `replicate` copies the modules and shares every other
+tensor (statistics, sample plans, sketch matrices), which are only read.
 """
 
 from __future__ import annotations
@@ -80,9 +80,9 @@ def _single_threaded_pool(n: int) -> ThreadPoolExecutor:
 
 
 class BatchSplitter(Generic[T]):
-    """Runs `fn(replica, part)` on contiguous parts of a batch, one part per thread and replica of `obj`.
+    """Runs `fn(replica, part)` on contiguous parts of a batch, on pool threads that each hold a replica of `obj`.
 
-    The parts run on pool threads with one torch thread each, without autograd recording (the
+    The parts run with one torch thread each, without autograd recording (the
     capture turns it on where it needs it); each replica serves one part at a time, so concurrent
     callers are safe. Replicas are made on first need."""
 
@@ -133,8 +133,8 @@ class BatchSplitter(Generic[T]):
             self._free.put(r)
 
 
-def cpu_parts(device: torch.device) -> int:
-    """How many parts to split a batch into: the calling thread's torch threads on CPU, else 1."""
+def split_threads(device: torch.device) -> int:
+    """How many threads to split a batch across: the calling thread's torch threads on CPU, else 1."""
     return torch.get_num_threads() if device.type == "cpu" else 1
 
 
@@ -148,5 +148,5 @@ class SplitProjector:
 
     def embed(self, x: torch.Tensor) -> np.ndarray:
         """N×3×R×R uint8 images → N×d float32 sketches, as `Projector.embed` computes them."""
-        parts = self._parts.map(Projector.embed, x, cpu_parts(self.projector.extractor.device), self.part)
+        parts = self._parts.map(Projector.embed, x, split_threads(self.projector.extractor.device), self.part)
         return parts[0] if len(parts) == 1 else np.concatenate(parts)

@@ -104,7 +104,7 @@ class ModelIndex:
 
     def sketch(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
         """N×3×R×R uint8 images → N×dim float32 sketches (model work only). On CPU the images are split
-        across the calling thread's torch threads, one part per thread (`model.parallel`)."""
+        in parts of about 8 across the calling thread's torch threads (`model.parallel`)."""
         x = torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
         try:
             return self._split.embed(x)

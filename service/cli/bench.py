@@ -53,9 +53,9 @@ def bench_extract_cmd(
             f"{r['floor_split_img_s']:>10.1f} {r['speedup_vs_loop']:>5.2f}x {r['slowdown_vs_floor']:>5.2f}x"
         )
     typer.echo(
-        f"(b) as the index and service run it: the batch split into {rows[0]['parts'] if rows else 1} part(s), one "
-        "per torch thread, each on one thread (CPU); (b1) one pass with intra-op threads; (c) one summed backward, "
-        "(c2) the same split. a/b = speed-up over the loop, b/c = time relative to the floor."
+        f"(b) the batch split into {rows[0]['parts'] if rows else 1} part(s), one per torch thread, each on one "
+        "thread (CPU); (b1) one pass with intra-op threads; (c) one summed backward, (c2) the same split. "
+        "a/b = speed-up over the loop, b/c = time relative to the floor."
     )
 
 

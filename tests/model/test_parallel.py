@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.parallel import BatchSplitter, cpu_parts, replicate
+from model.parallel import BatchSplitter, replicate, split_threads
 from model.sampled import SampledAFV
 from model.sketch import Projector
 
@@ -44,7 +44,7 @@ def test_a_batch_split_across_threads_gives_the_unsplit_sketches(extractor, imag
     torch.set_num_threads(1)
     whole = projector.embed(image_batch[:9])
     torch.set_num_threads(2)
-    parts = BatchSplitter(projector).map(Projector.embed, image_batch[:9], cpu_parts(extractor.device))
+    parts = BatchSplitter(projector).map(Projector.embed, image_batch[:9], split_threads(extractor.device))
     assert [len(p) for p in parts] == [5, 4]
     np.testing.assert_allclose(np.concatenate(parts), whole, rtol=1e-5, atol=1e-6 * np.abs(whole).max())
 
@@ -91,4 +91,4 @@ def test_concurrent_callers_each_get_their_own_results(extractor, image_batch, t
 
 
 def test_off_the_cpu_a_batch_is_not_split():
-    assert cpu_parts(torch.device("cuda")) == 1 and cpu_parts(torch.device("cpu")) == torch.get_num_threads()
+    assert split_threads(torch.device("cuda")) == 1 and split_threads(torch.device("cpu")) == torch.get_num_threads()
