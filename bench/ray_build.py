@@ -31,9 +31,11 @@ AFV = [sys.executable, "-m", "service.cli"] if not (ROOT / ".venv/bin/afv").exis
 
 def take_images(source: str, n: int, folder: Path) -> int:
     """The first n images of `source`, written under their names into `folder`; how many there were."""
-    from service.bulk.sources import list_source, read_entries
+    from itertools import islice
 
-    entries = list_source(source)[:n]
+    from service.bulk.sources import iter_source, read_entries
+
+    entries = list(islice(iter_source(source), n))
     for entry, data in zip(entries, read_entries(entries)):
         if isinstance(data, Exception):
             raise data

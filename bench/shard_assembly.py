@@ -33,7 +33,7 @@ def main() -> None:
     from service.bulk.sources import Entry
 
     rng = np.random.default_rng(0)
-    plan = ShardPlan([Entry(f"/x/{i}.jpg", f"{i}.jpg") for i in range(args.images)], args.shard_size)
+    plan = ShardPlan.of([Entry(f"/x/{i}.jpg", f"{i}.jpg") for i in range(args.images)], args.shard_size)
     with tempfile.TemporaryDirectory(prefix="afv-assembly-bench-") as tmp:
         folder = Path(tmp) / "shards"
         t0 = time.perf_counter()

@@ -1,9 +1,10 @@
-"""`afv index build --engine ray` from start to end: list, shard, embed the missing shards, assemble.
+"""`afv index build --engine ray` from start to end: embed the missing shards, assemble as they come.
 
-The caller lists the source and opens (or creates) the index first: its pins (model, statistics,
-projection) are what the workers check their model against and what names the shards' sketches. Shards
-already on disk for the same listing and sketch are not embedded again, and Ray is not started when
-none is missing.
+The caller spools the source's listing into shards (`listing.spool`) and opens (or creates) the index
+first: its pins (model, statistics, projection) are what the workers check their model against and what
+names the shards' sketches. Shards already on disk for the same listing and sketch are not embedded
+again, and Ray is not started when none is missing. Each shard is added to the index as soon as every
+shard before it is on disk (`assemble.ShardAssembler`), while Ray embeds the rest.
 """
 
 from __future__ import annotations
@@ -15,10 +16,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from service.bulk.assemble import Outcomes, assemble
+from service.bulk.assemble import Outcomes, ShardAssembler
 from service.bulk.ray_engine import RayOptions, Workers, connect, embed_shards
-from service.bulk.shards import ShardPlan, pending_shards, sketch_id, write_shard
-from service.bulk.sources import Entry
+from service.bulk.shards import Shard, ShardPlan, pending_shards, sketch_id, write_shard
 from service.model_index import ModelIndex
 
 DEFAULT_SHARD_SIZE = 10_000
@@ -41,32 +41,32 @@ class BulkReport:
 
 def build_with_ray(
     mi: ModelIndex,
-    entries: list[Entry],
+    plan: ShardPlan,
     *,
     model: str | None,
     shards_dir: Path,
     options: RayOptions = RayOptions(),
-    shard_size: int = DEFAULT_SHARD_SIZE,
     progress: bool = True,
 ) -> BulkReport:
-    """Embed a source's `entries` (`list_source`) on Ray into shards in `shards_dir` (resuming), then add
-    them all to `mi`'s index.
+    """Embed a listing cut into shards (`listing.spool`) on Ray into `shards_dir` (resuming), adding each
+    shard to `mi`'s index, in listing order, as soon as the shards before it are in.
 
     `model` is what each worker loads (a run folder every worker can read; None: the bundled model):
     it must be the model `mi` was opened with."""
-    if shard_size < 1:
-        raise ValueError(f"the shard size must be positive, got {shard_size}")
-    plan = ShardPlan(entries, shard_size)
     sketch = sketch_id(mi.index.pins)
     shards_dir.mkdir(parents=True, exist_ok=True)
     todo = pending_shards(shards_dir, plan, sketch)
     workers = None
     with ThreadPoolExecutor(1, thread_name_prefix="ray-stop") as later:  # Ray stops while the index is built
-        if todo:
-            workers = _embed(mi, plan, todo, model, shards_dir, sketch, options, progress, later.submit)
-        with _bar(len(plan.entries), "adding shards", progress) as bar:
-            outcomes = assemble(mi.index, shards_dir, plan, sketch, on_rows=bar.update)
-    return BulkReport(outcomes, plan.count, len(todo), workers)
+        with _bar(plan.total, "adding shards", progress) as bar, mi.index.bulk():
+            assembler = ShardAssembler(mi.index, shards_dir, plan, on_rows=bar.update)
+            for k in sorted(set(range(plan.count)) - set(todo)):  # those a killed run finished
+                assembler.ready(k)
+            if todo:
+                workers = _embed(mi, plan, todo, model, shards_dir, sketch, options, progress, later.submit, assembler)
+            if not assembler.done:
+                raise BulkBuildError(f"shard {assembler.next} was not made; run the build again")
+    return BulkReport(assembler.outcomes, plan.count, len(todo), workers)
 
 
 def _embed(
@@ -79,9 +79,16 @@ def _embed(
     options: RayOptions,
     progress: bool,
     run_stop: Callable[[Callable[[], None]], object],
+    assembler: ShardAssembler,
 ) -> Workers:
-    """Embed the shards `todo` on Ray and write them; BulkBuildError if the Ray job stops."""
-    todo_images = sum(len(plan.entries_of(k)) for k in todo)
+    """Embed the shards `todo` on Ray, write each one and hand it to `assembler`; BulkBuildError if the
+    Ray job stops."""
+
+    def on_shard(k: int, shard: Shard) -> None:
+        write_shard(shards_dir, k, plan, sketch, shard)
+        assembler.ready(k)
+
+    todo_images = sum(plan.counts[k] for k in todo)
     with connect(options.address, run_stop=run_stop) as ray, _bar(todo_images, "embedding (ray)", progress) as bar:
         try:
             return embed_shards(
@@ -92,7 +99,7 @@ def _embed(
                 pins=mi.index.pins,
                 resolution=mi.embedder.resolution,
                 options=options,
-                on_shard=lambda k, shard: write_shard(shards_dir, k, plan, sketch, shard),
+                on_shard=on_shard,
                 on_rows=bar.update,
             )
         except Exception as e:

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,22 +28,46 @@ COLUMNS = ("pos", "name", "sha256", "size", "metadata", "error")  # besides "vec
 
 @dataclass(frozen=True)
 class ShardPlan:
-    """A listing cut into shards of `size` entries (the last one shorter)."""
+    """A listing cut into shards of `size` entries (the last one shorter): each shard's entry count and
+    digest, and its entries on demand (from memory, or from a spooled listing: `listing.spool`)."""
 
-    entries: list[Entry]
     size: int
+    counts: tuple[int, ...]
+    digests: tuple[str, ...]  # what each shard is made of: a changed listing (files added, removed, renamed) changes it
+    load: Callable[[int], list[Entry]]  # shard k's entries
+
+    @classmethod
+    def of(cls, entries: Sequence[Entry], size: int) -> ShardPlan:
+        """The plan of a listing held in memory."""
+        if size < 1:
+            raise ValueError(f"the shard size must be positive, got {size}")
+        parts = [list(entries[i : i + size]) for i in range(0, len(entries), size)]
+        return cls(size, tuple(map(len, parts)), tuple(map(entries_digest, parts)), parts.__getitem__)
 
     @property
     def count(self) -> int:
-        return math.ceil(len(self.entries) / self.size)
+        return len(self.counts)
+
+    @property
+    def total(self) -> int:
+        """The number of entries in all."""
+        return sum(self.counts)
 
     def entries_of(self, k: int) -> list[Entry]:
-        return self.entries[k * self.size : (k + 1) * self.size]
+        return self.load(k)
 
     def digest(self, k: int) -> str:
-        """What shard k is made of: a changed listing (files added, removed, renamed) changes it."""
-        text = json.dumps([e.to_dict() for e in self.entries_of(k)], sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()
+        return self.digests[k]
+
+
+def entries_digest(entries: Sequence[Entry]) -> str:
+    """A digest of a shard's entries: their files, names, metadata and byte ranges."""
+    return dicts_digest([e.to_dict() for e in entries])
+
+
+def dicts_digest(entries: list[dict]) -> str:
+    """`entries_digest` of entries already made dicts (`Entry.to_dict`)."""
+    return hashlib.sha256(json.dumps(entries, sort_keys=True).encode()).hexdigest()
 
 
 @dataclass
@@ -82,8 +105,8 @@ def write_shard(folder: Path, k: int, plan: ShardPlan, sketch: str, shard: Shard
     import pyarrow.parquet as pq
 
     n, d = shard.vectors.shape
-    if n != len(plan.entries_of(k)):
-        raise ValueError(f"shard {k} has {n} rows, its entries are {len(plan.entries_of(k))}")
+    if n != plan.counts[k]:
+        raise ValueError(f"shard {k} has {n} rows, its entries are {plan.counts[k]}")
     meta = {"format": FORMAT, "shard": k, "count": n, "entries": plan.digest(k), "sketch": sketch}
     flat = pa.array(np.ascontiguousarray(shard.vectors, dtype=np.float32).ravel())
     table = pa.table(
@@ -127,7 +150,7 @@ def is_complete(folder: Path, k: int, plan: ShardPlan, sketch: str) -> bool:
         meta = json.loads(raw) if raw else {}
     except (OSError, ValueError, pa.ArrowException):  # missing, truncated, not Parquet
         return False
-    want = {"format": FORMAT, "shard": k, "count": len(plan.entries_of(k)), "entries": plan.digest(k), "sketch": sketch}
+    want = {"format": FORMAT, "shard": k, "count": plan.counts[k], "entries": plan.digest(k), "sketch": sketch}
     return all(meta.get(key) == value for key, value in want.items())
 
 
@@ -143,7 +166,7 @@ class ShardCollector:
 
     def __init__(self, plan: ShardPlan, shards: Iterable[int]):
         self.plan = plan
-        self.missing = {k: len(plan.entries_of(k)) for k in shards}
+        self.missing = {k: plan.counts[k] for k in shards}
         self.parts: dict[int, list[dict[str, np.ndarray]]] = {k: [] for k in self.missing}
 
     def add(self, batch: dict[str, np.ndarray]) -> list[tuple[int, Shard]]:

@@ -5,14 +5,17 @@ URLs (a column named `path` or `url`; its other columns become metadata), or a g
 (`s3://bucket/shards-*.tar`). Local paths work as they are; `s3://`, `gs://`, … work once their fsspec
 extra (s3fs, gcsfs) is installed. A folder or archive is listed in the order, and with the names and
 collection metadata, of the local build (`model.data.iter_records`), so both builds give each image the
-same record and the same id. fsspec is imported on first use: the local build needs none of this.
+same record and the same id. The listing streams (`iter_source`): one folder, one archive or one batch of
+a list's rows is held at a time, so a glob of many tar shards or a long Parquet list costs the driver
+no more memory than its largest part. fsspec is imported on first use: the local build needs none of this.
 """
 
 from __future__ import annotations
 
 import tarfile
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, fields
 from pathlib import Path, PurePath, PurePosixPath
 from typing import Any
 
@@ -22,6 +25,8 @@ from model.data import is_image_name, member_name  # the local build's rules, so
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 LIST_COLUMNS = ("path", "url")
 GLOB_CHARS = "*?["
+LIST_BATCH = 8_192  # rows of a Parquet list read at a time
+CSV_BLOCK = 16 << 20  # bytes of a CSV list read at a time (column types are inferred from the first)
 
 
 @dataclass(frozen=True)
@@ -42,7 +47,11 @@ class Entry:
         return f"{self.url}::{self.member}" if self.member else self.url
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Its fields as JSON-ready values (`dataclasses.asdict`, without its deep copies: 10x slower)."""
+        return {f: getattr(self, f) for f in ENTRY_FIELDS} | {"metadata": dict(self.metadata)}
+
+
+ENTRY_FIELDS = tuple(f.name for f in fields(Entry))
 
 
 def collection_metadata(root: str | Path, name: str, is_dir: bool) -> dict[str, str]:
@@ -61,20 +70,28 @@ def _metadata(place: PurePath, name: str, inside: bool) -> dict[str, str]:
     return {"path": place.name, "collection": place.parent.name}
 
 
-def list_source(source: str) -> list[Entry]:
-    """Every image of `source` (a folder, file, archive, path list or glob of these), in build order."""
+def iter_source(source: str) -> Iterator[Entry]:
+    """Every image of `source` (a folder, file, archive, path list or glob of these), in build order,
+    streamed: one folder, one archive or one batch of a list's rows is held at a time. A source that
+    is not there is refused at once (FileNotFoundError), before anything is read."""
     fs, path = _filesystem(source)
     if any(c in path for c in GLOB_CHARS):
         matches = sorted(fs.glob(path))
         if not matches:
             raise FileNotFoundError(f"nothing matches {source}")
-        return [e for match in matches for e in _list_one(fs, match)]
-    if not fs.exists(path):
+    elif fs.exists(path):
+        matches = [path]
+    else:
         raise FileNotFoundError(f"no such file or folder: {source}")
-    return _list_one(fs, path)
+    return (e for match in matches for e in _list_one(fs, match))
 
 
-def _list_one(fs, path: str) -> list[Entry]:
+def list_source(source: str) -> list[Entry]:
+    """`iter_source` held in memory whole (small sources, tests and benchmarks)."""
+    return list(iter_source(source))
+
+
+def _list_one(fs, path: str) -> Iterable[Entry]:
     url, root = _url(fs, path), _root(fs, path)
     if fs.isdir(path):
         return _list_folder(fs, path, root)
@@ -118,39 +135,53 @@ def _list_tar(fs, path: str, url: str, root: PurePath) -> list[Entry]:
     return sorted(entries, key=lambda e: e.name)
 
 
-def _list_paths(fs, path: str, root: PurePath) -> list[Entry]:
-    """The rows of a Parquet/CSV list, in its order: its `path` (or `url`) column read relative to the
-    list's folder, its other columns as metadata."""
-    rows = _read_table(fs, path)
-    column = next((c for c in LIST_COLUMNS if c in rows), None)
-    if column is None:
-        raise ValueError(f"{path} needs a column named 'path' or 'url' (it has: {', '.join(rows) or 'none'})")
-    extra = [c for c in rows if c != column]
-    try:
-        validate_metadata(dict.fromkeys(extra))
-    except StoreError as e:
-        raise ValueError(f"{path}: its other columns become metadata, but {e}") from e
-    folder = PurePosixPath(path).parent
-    entries = []
-    for i, value in enumerate(rows[column]):
-        if not isinstance(value, str) or not value:
-            raise ValueError(f"{path}: row {i} has no {column}")
-        meta = {c: rows[c][i] for c in extra if rows[c][i] is not None}
-        entries.append(Entry(_resolve(fs, folder, value), value, meta | _metadata(root, value, True)))
-    return entries
-
-
-def _read_table(fs, path: str) -> dict[str, list[Any]]:
+def _list_paths(fs, path: str, root: PurePath) -> Iterator[Entry]:
+    """The rows of a Parquet/CSV list, in its order and read in batches: its `path` (or `url`) column
+    read relative to the list's folder, its other columns as metadata."""
+    folder, row = PurePosixPath(path).parent, 0
     with fs.open(path, "rb") as f:
-        if path.endswith(".parquet"):
-            import pyarrow.parquet as pq
+        names, batches = _open_table(f, path)
+        column = next((c for c in LIST_COLUMNS if c in names), None)
+        if column is None:
+            raise ValueError(f"{path} needs a column named 'path' or 'url' (it has: {', '.join(names) or 'none'})")
+        extra = [c for c in names if c != column]
+        try:
+            validate_metadata(dict.fromkeys(extra))
+        except StoreError as e:
+            raise ValueError(f"{path}: its other columns become metadata, but {e}") from e
+        for rows in batches:
+            for i, value in enumerate(rows[column]):
+                if not isinstance(value, str) or not value:
+                    raise ValueError(f"{path}: row {row} has no {column}")
+                meta = {c: rows[c][i] for c in extra if rows[c][i] is not None}
+                yield Entry(_resolve(fs, folder, value), value, meta | _metadata(root, value, True))
+                row += 1
 
-            table = pq.read_table(f)
-        else:
-            import pyarrow.csv as pcsv
 
-            table = pcsv.read_csv(f)
-    return table.to_pydict()
+def _open_table(f, path: str) -> tuple[list[str], Iterator[dict[str, list[Any]]]]:
+    """A Parquet or CSV table's column names, and its rows in batches of columns."""
+    import pyarrow as pa
+
+    if path.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        table = pq.ParquetFile(f)
+        batches: Iterable[Any] = table.iter_batches(batch_size=LIST_BATCH)
+        names = table.schema_arrow.names
+    else:
+        import pyarrow.csv as pcsv
+
+        batches = reader = pcsv.open_csv(f, read_options=pcsv.ReadOptions(block_size=CSV_BLOCK))
+        names = reader.schema.names
+
+    def rows() -> Iterator[dict[str, list[Any]]]:
+        try:
+            for batch in batches:
+                yield batch.to_pydict()
+        except pa.ArrowInvalid as e:  # a CSV column whose type changes after the first block
+            raise ValueError(f"{path} could not be read: {e}") from e
+
+    return names, rows()
 
 
 def _resolve(fs, folder: PurePosixPath, value: str) -> str:

@@ -193,24 +193,21 @@ def _build_on_ray(
 ) -> None:
     """`--engine ray`: the index opened here (model on the CPU: the workers have the GPUs), the work on Ray."""
     from service.bulk.build import DEFAULT_SHARD_SIZE, EMBEDDINGS_DIR, BulkBuildError, build_with_ray
+    from service.bulk.listing import spool
     from service.bulk.ray_engine import RayUnavailableError, import_ray
-    from service.bulk.sources import list_source
+    from service.bulk.sources import iter_source
 
     worker_model = str(model.resolve()) if model is not None else None  # workers may start elsewhere
+    shards_dir = embeddings or index / EMBEDDINGS_DIR
     try:
         import_ray()  # before anything is created
-        entries = list_source(source)
+        entries = iter_source(source)  # a missing source stops here
+        with tqdm(desc="listing", unit="img", smoothing=0.1) as bar:  # before the index: a bad list creates no index
+            plan = spool(entries, shards_dir, shard_size or DEFAULT_SHARD_SIZE, on_entries=bar.update)
         with ModelIndex.open_or_create(index, opts.load_model(model, device="cpu"), options) as mi:
-            report = build_with_ray(
-                mi,
-                entries,
-                model=worker_model,
-                shards_dir=embeddings or index / EMBEDDINGS_DIR,
-                options=ray,
-                shard_size=shard_size or DEFAULT_SHARD_SIZE,
-            )
+            report = build_with_ray(mi, plan, model=worker_model, shards_dir=shards_dir, options=ray)
             count = mi.index.count
-    except (AFVIndexError, FileNotFoundError, ValueError, ImportError, RayUnavailableError, BulkBuildError) as e:
+    except (AFVIndexError, OSError, ValueError, ImportError, RayUnavailableError, BulkBuildError) as e:
         fail(str(e))
     done = report.shards - report.made
     pool = report.workers

@@ -59,7 +59,7 @@ def _leave_a_killed_run(b: dict) -> dict[str, int]:
     file; returns the whole ones' modification times."""
     with ModelIndex.create(b["ray"], load_embedder(b["model"], device="cpu")) as mi:
         pins = mi.index.pins
-    plan, folder = ShardPlan(list_source(str(b["src"])), SHARD), b["ray"] / "embeddings"
+    plan, folder = ShardPlan.of(list_source(str(b["src"])), SHARD), b["ray"] / "embeddings"
     sketcher = Sketcher(str(b["model"]), pins, batch_size=32)
     for k in (*LEFT_WHOLE, 1):
         rows = DecodeChunk(32)(chunk_row(k, k * SHARD, plan.entries_of(k)))

@@ -106,6 +106,6 @@ def test_the_pool_has_a_worker_per_gpu_else_one_per_four_cores_leaving_room_to_d
 def test_decode_tasks_are_small_chunks_except_for_compressed_archives():
     files = [Entry(f"/f/{i}.jpg", f"{i}.jpg") for i in range(600)]
     members = [Entry("/a.tar.gz", f"{i}.jpg", member=f"{i}.jpg", sequential=True) for i in range(600)]
-    chunks = decode_chunks(ShardPlan(files, 500), [0, 1])
+    chunks = decode_chunks(ShardPlan.of(files, 500), [0, 1])
     assert [(c["shard"], c["first"]) for c in chunks] == [(0, 0), (0, 256), (1, 500)]
-    assert [(c["shard"], c["first"]) for c in decode_chunks(ShardPlan(members, 500), [1, 0])] == [(1, 500), (0, 0)]
+    assert [(c["shard"], c["first"]) for c in decode_chunks(ShardPlan.of(members, 500), [1, 0])] == [(1, 500), (0, 0)]

@@ -21,7 +21,7 @@ from service.bulk.sources import Entry
 
 
 def _plan(n: int = 5, size: int = 2) -> ShardPlan:
-    return ShardPlan([Entry(f"/src/{i}.jpg", f"{i}.jpg", {"path": f"{i}.jpg"}) for i in range(n)], size)
+    return ShardPlan.of([Entry(f"/src/{i}.jpg", f"{i}.jpg", {"path": f"{i}.jpg"}) for i in range(n)], size)
 
 
 def _rows(plan: ShardPlan, k: int, d: int = 4) -> dict[str, np.ndarray]:
@@ -59,7 +59,8 @@ def test_a_shard_is_complete_only_for_the_same_entries_and_sketch(tmp_path):
     write_shard(tmp_path, 0, plan, "sketch-a", Shard.from_rows(_rows(plan, 0)))
     assert is_complete(tmp_path, 0, plan, "sketch-a")
     assert not is_complete(tmp_path, 0, plan, "sketch-b")  # another model or projection
-    renamed = ShardPlan([Entry("/src/new.jpg", "new.jpg"), *plan.entries[1:]], plan.size)
+    entries = [e for k in range(plan.count) for e in plan.entries_of(k)]
+    renamed = ShardPlan.of([Entry("/src/new.jpg", "new.jpg"), *entries[1:]], plan.size)
     assert not is_complete(tmp_path, 0, renamed, "sketch-a")  # the listing changed
     assert not is_complete(tmp_path, 1, plan, "sketch-a")  # never written
 

@@ -10,7 +10,8 @@ import fsspec
 import pytest
 
 from model.data import iter_records
-from service.bulk.sources import list_source, read_entries
+from service.bulk import sources
+from service.bulk.sources import iter_source, list_source, read_entries
 from service.cli.index import _items
 
 CIFAR = Path(__file__).parents[2] / "fixtures" / "cifar10"
@@ -97,6 +98,20 @@ def test_a_list_without_a_path_or_url_column_is_refused(tmp_path):
         list_source(str(tmp_path / "list.csv"))
 
 
+def test_a_path_list_streams_in_batches_and_names_its_first_bad_row(tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    monkeypatch.setattr(sources, "LIST_BATCH", 2)
+    paths = [f"{i}.jpg" for i in range(5)] + [""] + ["6.jpg"]
+    pq.write_table(pa.table({"path": paths, "n": list(range(7))}), tmp_path / "list.parquet", row_group_size=3)
+    listing = iter_source(str(tmp_path / "list.parquet"))
+    got = [next(listing) for _ in range(5)]  # read before the bad row is reached
+    assert [(e.name, e.metadata["n"]) for e in got] == [(f"{i}.jpg", i) for i in range(5)]
+    with pytest.raises(ValueError, match="row 5 has no path"):
+        next(listing)
+
+
 def test_urls_are_listed_and_read_through_fsspec(files):
     fs = fsspec.filesystem("memory")
     for name, data in files:
@@ -117,6 +132,6 @@ def test_an_image_that_cannot_be_read_fails_alone(tmp_path, files):
     assert isinstance(got[0], FileNotFoundError) and got[1] == (tmp_path / entries[1].name).read_bytes()
 
 
-def test_a_missing_source_is_named(tmp_path):
+def test_a_missing_source_is_named_before_anything_is_listed(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such file or folder"):
-        list_source(str(tmp_path / "nope"))
+        iter_source(str(tmp_path / "nope"))  # not on the first next(): the CLI checks before it creates anything
