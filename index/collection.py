@@ -1,7 +1,7 @@
 """AFVIndex: a persistent store of vectors and their metadata (FAISS + SQLite + write-ahead log).
 
 It knows nothing of images or models: callers hand it finished vectors (AFV sketches) with records,
-and "pins" (model hash, statistics hash, projection spec) that name what made the vectors. Opening an
+and "pins" (model hash, statistics hash, projection spec, image decoding) that name what made the vectors. Opening an
 index with a model and sketching images is `service.model_index`; the ingest pipeline is `service.ingest`.
 
 Layout of an index folder: `meta.sqlite` (items, float32 sketches, op log, settings), `manifest.json`
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = "afv-index/1"
 DB_FILE, MANIFEST_FILE, LOCK_FILE = "meta.sqlite", "manifest.json", "LOCK"
-PIN_KEYS = ("model_hash", "stats_hash", "model_name", "projection")  # what made the vectors
+PIN_KEYS = ("model_hash", "stats_hash", "model_name", "projection", "decode")  # what made the vectors
 SHARD_KEY = "shard"  # setting of an index made by index.sharding: which shard of which split it is
 SAVE_EVERY = 10_000  # logged ops between FAISS checkpoints (replay on open covers the rest)
 RERANK_FACTOR = 10  # candidates fetched per wanted neighbour when re-ranking exactly
@@ -251,7 +251,9 @@ class AFVIndex:
 
     @property
     def pins(self) -> dict:
-        """What made the stored vectors: {model_hash, stats_hash, model_name, projection}."""
+        """What made the stored vectors: {model_hash, stats_hash, model_name, projection, decode}.
+
+        `decode` is None for an index made before image decoding was pinned."""
         with self._lock:
             return {k: self.store.get_meta(k) for k in PIN_KEYS}
 

@@ -38,7 +38,7 @@ async def seed(engine, folder: Path) -> None:
         return
     log.info("indexing the demo collection %s (once; searchable as it goes)", folder)
     items = await to_thread.run_sync(demo_items, folder)
-    decode, n = model_decoder(engine.extractor), 0
+    decode, n = model_decoder(engine.extractor, engine.decode_fit), 0
     for chunk in batched(items, CHUNK):
         for item, outcome in zip(chunk, await engine.add_images(chunk, decode, (ImageDecodeError,))):
             if outcome.error is not None:

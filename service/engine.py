@@ -134,6 +134,7 @@ class Engine:
     def __init__(self, resources: Resources, settings: Settings, metrics: Metrics):
         self.resources, self.settings, self.metrics = resources, settings, metrics
         self.extractor, self.index = resources.embedder, resources.index.index
+        self.decode_fit = resources.index.decode_fit  # what uploads are decoded for, as the index pins
         self.batcher = MicroBatcher(
             {"afv": self._afv_batch, "embed": resources.index.sketch},
             max_batch=settings.batch_max_size,

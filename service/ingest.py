@@ -66,14 +66,16 @@ class FileDecoder:
     that worker processes can run it (`ingest(..., workers=N)`)."""
 
     resolution: int
+    reduced: bool = False  # JPEGs decoded at a reduced DCT scale (`decode_image(fit=...)`), as the index pins
 
     def __call__(self, data: bytes, source: str) -> np.ndarray:
-        return image_to_uint8(decode_image(data), self.resolution)
+        return image_to_uint8(decode_image(data, fit=self.resolution if self.reduced else None), self.resolution)
 
 
-def model_decoder(embedder: Embedder) -> Decode:
-    """Decode any image file and preprocess it to the embedder's resolution (no request limits)."""
-    return FileDecoder(embedder.resolution)
+def model_decoder(embedder: Embedder, fit: int | None = None) -> Decode:
+    """Decode any image file and preprocess it to the embedder's resolution (no request limits); `fit`
+    (`ModelIndex.decode_fit`): decode JPEGs reduced for it."""
+    return FileDecoder(embedder.resolution, reduced=fit is not None)
 
 
 @dataclass

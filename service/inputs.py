@@ -172,12 +172,13 @@ def _too_big(name: str, settings: Settings) -> APIError:
     return APIError(413, "payload_too_large", f"{name}: image exceeds {settings.max_image_bytes} bytes")
 
 
-def decode_one(data: bytes, field: str, settings: Settings, preprocess) -> np.ndarray:
-    """Bytes → preprocessed 3×R×R uint8, or a 400/413 APIError naming the field."""
+def decode_one(data: bytes, field: str, settings: Settings, preprocess, fit: int | None = None) -> np.ndarray:
+    """Bytes → preprocessed 3×R×R uint8, or a 400/413 APIError naming the field; `fit`: decode JPEGs
+    reduced for it (`model.data.decode_image`)."""
     if len(data) > settings.max_image_bytes:
         raise _too_big(field, settings)
     try:
-        img = decode_image(data, max_pixels=settings.max_pixels)
+        img = decode_image(data, max_pixels=settings.max_pixels, fit=fit)
         return preprocess(img)
     except ImageDecodeError as e:
         if "too large" in str(e) or "decompression bomb" in str(e).lower():
@@ -188,10 +189,12 @@ def decode_one(data: bytes, field: str, settings: Settings, preprocess) -> np.nd
         raise APIError(400, "invalid_image", f"{field}: not a readable image: {e}") from None
 
 
-async def decode_images(items: list[tuple[str, bytes]], settings: Settings, preprocess) -> np.ndarray:
+async def decode_images(
+    items: list[tuple[str, bytes]], settings: Settings, preprocess, fit: int | None = None
+) -> np.ndarray:
     """[(field, bytes)] → n×3×R×R uint8, decoded off the event loop."""
 
     def work() -> np.ndarray:
-        return np.stack([decode_one(data, field, settings, preprocess) for field, data in items])
+        return np.stack([decode_one(data, field, settings, preprocess, fit) for field, data in items])
 
     return await run_in_threadpool(work)

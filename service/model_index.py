@@ -16,6 +16,7 @@ import torch
 
 from index import AFVIndex, IndexMismatchError, InvalidInputError
 from index.collection import DB_FILE, DEFAULT_MEMORY_BUDGET
+from model.data import DRAFT_DECODE
 from model.embedder import Embedder
 from model.parallel import SplitProjector
 from model.sketch import ProjectionError, Projector
@@ -60,6 +61,7 @@ class ModelIndex:
             "stats_hash": embedder.stats_hash,
             "model_name": embedder.name,
             "projection": projector.to_dict(),
+            "decode": DRAFT_DECODE,
         }
         index = AFVIndex.create(
             index_dir,
@@ -101,6 +103,12 @@ class ModelIndex:
         check_pins(AFVIndex.read_pins(index_dir), embedder)
         index = AFVIndex.repair(index_dir)
         return cls(embedder, check_pins(index.pins, embedder), index)
+
+    @property
+    def decode_fit(self) -> int | None:
+        """What its images are decoded for: the model's resolution (JPEGs at a reduced DCT scale,
+        `model.data.decode_image`), or None (a full decode) for an index built before that was pinned."""
+        return self.embedder.resolution if self.index.pins.get("decode") == DRAFT_DECODE else None
 
     def sketch(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
         """N×3×R×R uint8 images → N×dim float32 sketches (model work only). On CPU the images are split

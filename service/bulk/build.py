@@ -98,6 +98,7 @@ def _embed(
                 model=model,
                 pins=mi.index.pins,
                 resolution=mi.embedder.resolution,
+                reduced=mi.decode_fit is not None,
                 options=options,
                 on_shard=on_shard,
                 on_rows=bar.update,

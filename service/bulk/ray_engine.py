@@ -139,6 +139,7 @@ def embed_shards(
     model: str | None,
     pins: dict,
     resolution: int,
+    reduced: bool = False,
     options: RayOptions,
     on_shard: Callable[[int, Shard], None],
     on_rows: Callable[[int], None] = lambda n: None,
@@ -153,7 +154,7 @@ def embed_shards(
         collector, chunks = ShardCollector(plan, wave), decode_chunks(plan, wave)
         ds = (
             ray.data.from_items(chunks, override_num_blocks=len(chunks))  # one decode task per chunk
-            .flat_map(DecodeChunk(resolution), num_cpus=DECODE_CPUS)
+            .flat_map(DecodeChunk(resolution, reduced), num_cpus=DECODE_CPUS)
             .map_batches(
                 Sketcher,
                 fn_constructor_kwargs={

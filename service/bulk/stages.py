@@ -30,6 +30,7 @@ class DecodeChunk:
     """Read and decode a chunk's images (a CPU task)."""
 
     resolution: int
+    reduced: bool = False  # JPEGs decoded at a reduced DCT scale, as the index pins (`ModelIndex.decode_fit`)
 
     def __call__(self, chunk: dict) -> list[dict]:
         entries = [Entry(**e) for e in json.loads(chunk["entries"])]
@@ -47,7 +48,7 @@ class DecodeChunk:
             return _row(record, f"cannot read {entry.source}: {data}", pixels)
         item = Item(data, entry.name, entry.metadata, source=entry.source)
         try:
-            pixels = FileDecoder(self.resolution)(item.data, item.source)
+            pixels = FileDecoder(self.resolution, self.reduced)(item.data, item.source)
         except ImageDecodeError as e:
             return _row(index_record(item), str(e), pixels)
         return _row(index_record(item), "", pixels)

@@ -88,7 +88,7 @@ def _share_cores(workers: int) -> None:
 
 def _ingest(mi: ModelIndex, items: Iterator[Item], workers: int = 0):
     """The pipeline with the model called directly (no service micro-batcher), decoding in `workers`."""
-    decode = model_decoder(mi.embedder)
+    decode = model_decoder(mi.embedder, mi.decode_fit)
     return ingest(mi.index, items, decode=decode, embed=mi.sketch, batch_size=mi.embedder.batch_size, workers=workers)
 
 
@@ -295,7 +295,7 @@ def search_command(
     try:
         ex = opts.load_model(model)
         with ModelIndex.open(index, ex, read_only=True) as mi:
-            x = ex.preprocess(decode_image(image.read_bytes()))[None]
+            x = ex.preprocess(decode_image(image.read_bytes(), fit=mi.decode_fit))[None]
             hits = mi.index.search(mi.sketch(x), k=k, rerank=rerank)[0]
     except (AFVIndexError, ImageDecodeError, OSError) as e:
         fail(str(e))

@@ -55,7 +55,7 @@ def request_decoder(engine: Engine, settings: Settings):
 
     def decode(data: bytes, source: str) -> np.ndarray:
         with engine.metrics.stage("decode"):
-            return decode_one(data, source, settings, engine.extractor.preprocess)
+            return decode_one(data, source, settings, engine.extractor.preprocess, engine.decode_fit)
 
     return decode
 
@@ -63,7 +63,7 @@ def request_decoder(engine: Engine, settings: Settings):
 async def load_images(engine: Engine, settings: Settings, items: list[tuple[str, bytes]]) -> np.ndarray:
     """[(field name, bytes)] → n×3×R×R uint8 at the model's resolution (decoded off the loop)."""
     with engine.metrics.stage("decode"):
-        return await decode_images(items, settings, engine.extractor.preprocess)
+        return await decode_images(items, settings, engine.extractor.preprocess, engine.decode_fit)
 
 
 def limit_images(n: int, limit: int) -> None:

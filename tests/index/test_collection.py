@@ -16,7 +16,13 @@ from index import (
 )
 
 DIM = 32
-PINS = {"model_hash": "a" * 64, "stats_hash": "b" * 64, "model_name": "test", "projection": {"mode": "exact"}}
+PINS = {
+    "model_hash": "a" * 64,
+    "stats_hash": "b" * 64,
+    "model_name": "test",
+    "projection": {"mode": "exact"},
+    "decode": "jpeg-dct-2x",
+}
 
 
 def _records(n: int, start: int = 0) -> list[dict]:

@@ -137,3 +137,28 @@ def test_limit_above_pillows_names_pillows():
     with pytest.raises(ImageDecodeError) as e:
         decode_image(png_header_only(1, pixels), max_pixels=10 * MAX_PIXELS)
     assert str(e.value) == f"image too large: {pixels} pixels > {2 * MAX_PIXELS}"
+
+
+def _jpeg(w: int, h: int, fmt: str = "JPEG") -> bytes:
+    """A photo-like w×h image: smooth colour fields with grain."""
+    rng = np.random.default_rng(w * h)
+    coarse = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize((w, h), Image.BICUBIC)
+    img = Image.fromarray(np.clip(np.asarray(coarse) + rng.normal(0, 8, (h, w, 3)), 0, 255).astype(np.uint8))
+    buf = io.BytesIO()
+    img.save(buf, fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("size", [(256, 192), (1000, 640), (300, 1200)])
+def test_a_large_jpeg_decoded_for_a_fit_is_reduced_yet_fits_like_the_full_decode(size):
+    data = _jpeg(*size)
+    reduced, full = decode_image(data, fit=32), decode_image(data)
+    assert full.size == size and 64 <= min(reduced.size) < 128  # a DCT scale keeping the short side ≥ 2·32
+    diff = np.abs(image_to_uint8(reduced, 32).astype(int) - image_to_uint8(full, 32))
+    assert diff.mean() < 1.0 and np.percentile(diff, 99) <= 4
+
+
+@pytest.mark.parametrize("size, fmt", [((120, 90), "JPEG"), ((400, 300), "PNG")])
+def test_small_jpegs_and_other_formats_decode_in_full_for_a_fit(size, fmt):
+    data = _jpeg(*size, fmt)
+    assert np.array_equal(np.asarray(decode_image(data, fit=32)), np.asarray(decode_image(data)))

@@ -76,6 +76,15 @@ def test_set_distance_and_embed(live):
     assert e["dim"] == len(e["vector"]) and e["norm"] > 0
 
 
+def test_a_large_jpeg_is_decoded_alike_when_indexed_and_when_searched_for(live):
+    big = encode(cifar(9).resize((512, 384), Image.Resampling.BICUBIC), "JPEG", quality=90)
+    with live.client(headers=live.auth) as c:
+        added = c.post("/v1/images", files={"image": ("big.jpg", big)})
+        assert added.status_code == 201, added.text
+        hits = c.post("/v1/search", files={"image": big}, data={"k": "1"}).json()["results"]
+    assert hits[0]["id"] == added.json()["id"] and hits[0]["distance"] == pytest.approx(0, abs=1e-3)
+
+
 def test_add_search_get_delete(live):
     with live.client(headers=live.auth) as c:
         ids = []

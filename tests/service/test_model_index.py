@@ -101,3 +101,15 @@ def test_with_two_torch_threads_a_sketch_is_split_and_equals_the_one_thread_sket
     assert mi._split._parts._count == 2  # a second replica was made, so the batch was split
     np.testing.assert_allclose(split, one, rtol=1e-5, atol=1e-6 * np.abs(one).max())
     mi.close()
+
+
+def test_a_new_index_pins_the_reduced_jpeg_decode_and_an_older_one_keeps_the_full_decode(tmp_path, extractor):
+    from index import AFVIndex
+    from model.data import DRAFT_DECODE
+
+    with ModelIndex.create(tmp_path / "new", extractor, BuildOptions(dim=64)) as mi:
+        assert mi.index.pins["decode"] == DRAFT_DECODE and mi.decode_fit == extractor.resolution
+        older = {k: v for k, v in mi.index.pins.items() if k != "decode"}  # as indexes were pinned before
+    AFVIndex.create(tmp_path / "old", dim=64, pins=older).close()
+    with ModelIndex.open(tmp_path / "old", extractor) as mi:
+        assert mi.index.pins["decode"] is None and mi.decode_fit is None
