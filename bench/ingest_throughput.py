@@ -5,7 +5,9 @@ Makes N distinct JPEG photos-like files (size×size), then, in one run:
 * raw: the index sketch of the already decoded images, batch by batch (the model's own speed);
 * the ingest pipeline (`service.ingest.ingest`, what `afv index build` runs) from the files: read,
   hash, dedupe, decode and resize, sketch, add to the index; once decoding inline (workers 0) and
-  once in worker processes one batch ahead of the model (`--workers`).
+  once in worker processes one batch ahead of the model (`--workers`), both with the reduced JPEG
+  decode that new indexes pin (`model.data.decode_image(fit=...)`), then once inline with the full
+  decode of indexes made before it.
 
     .venv/bin/python bench/ingest_throughput.py                                  # bundled default model
     .venv/bin/python bench/ingest_throughput.py --readout global --images 1000   # the whole-image read-out
@@ -54,16 +56,17 @@ def raw_rate(embedder, folder: Path, work: Path) -> float:
         return len(x) / (time.perf_counter() - t0)
 
 
-def pipeline_rate(embedder, folder: Path, work: Path, workers: int) -> tuple[float, int]:
-    """Images per second of the whole ingest pipeline from files (and how many it added)."""
+def pipeline_rate(embedder, folder: Path, work: Path, workers: int, reduced: bool = True) -> tuple[float, int]:
+    """Images per second of the whole ingest pipeline from files (and how many it added); `reduced`:
+    JPEGs decoded at a reduced DCT scale, as a new index pins (False: the full decode of older ones)."""
     from model.data import iter_records
     from service.ingest import FileDecoder, Item, ingest
     from service.model_index import ModelIndex
 
-    with ModelIndex.create(work / f"pipeline-{workers}", embedder) as mi:
+    with ModelIndex.create(work / f"pipeline-{workers}-{reduced}", embedder) as mi:
         t0 = time.perf_counter()
         items = (Item(rec.data, rec.name, {"path": rec.name}, rec.name) for rec in iter_records(folder))
-        decode = FileDecoder(embedder.resolution)
+        decode = FileDecoder(embedder.resolution, reduced=reduced)
         n = sum(
             not o.duplicate and o.ok
             for _, o in ingest(
@@ -99,6 +102,8 @@ def main() -> None:
         for workers in dict.fromkeys((0, args.workers)):
             rate, n = pipeline_rate(embedder, work / "photos", work, workers)
             rows.append((f"ingest, {workers} decode worker(s)", rate, n))
+        rate, n = pipeline_rate(embedder, work / "photos", work, 0, reduced=False)
+        rows.append(("ingest, 0, full JPEG decode", rate, n))
     print(
         f"model {embedder.name} ({getattr(embedder, 'readout', 'global')}), {args.images} JPEGs of "
         f"{args.size}x{args.size}, batch {embedder.batch_size}, torch threads {torch.get_num_threads()}"

@@ -5,7 +5,8 @@ folder, builds two indexes of it with the `afv` command, one per engine, and pri
 time of the whole command (model load, Ray start and stop included) and images/s, Ray's overhead
 (ray time / local time − 1), the largest difference between the two indexes' vectors, and the share of
 100 queries whose top-10 ids are identical in both. The Ray run's own embedding rate (its progress
-bar's count over its time) is printed too: it leaves out Ray's start-up and the index assembly.
+bar's count over its time) is printed too: it leaves out Ray's start-up and the final training of the
+index (the shards are added to the index while Ray embeds the rest).
 
     .venv/bin/python bench/ray_build.py ../shared/data/cifar10-jpeg.tar.gz             # 5000, bundled model
     .venv/bin/python bench/ray_build.py FOLDER --images 1000 --model RUN_DIR --shard-size 500
@@ -107,15 +108,13 @@ def main() -> None:
         if args.keep:
             shutil.copytree(work / "ray", args.keep, ignore=shutil.ignore_patterns("embeddings", "LOCK"))
     shards = next((line for line in ray_out.splitlines() if line.startswith("embedding shards:")), "")
-    embed_rate, add_rate = bar_rate(ray_out, "embedding (ray)"), bar_rate(ray_out, "adding shards")
+    embed_rate = bar_rate(ray_out, "embedding (ray)")  # shards are added meanwhile: no assembly rate of its own
     print(f"{n} images of {args.source}, model {args.model or 'bundled default'}, {os.cpu_count()} CPUs")
     print(f"{'engine':<8} {'wall s':>8} {'img/s':>8}")
     print(f"{'local':<8} {local_s:>8.1f} {n / local_s:>8.1f}")
     print(f"{'ray':<8} {ray_s:>8.1f} {n / ray_s:>8.1f}   ({shards})")
     if embed_rate is not None:
         print(f"ray embedding stage alone (no start-up, no assembly): {embed_rate:.1f} img/s")
-    if add_rate is not None:
-        print(f"index assembly from the shards: {add_rate:.0f} img/s")
     print(f"ray overhead: {ray_s / local_s - 1:+.1%} (goal <= +20% on one machine)")
     print(f"max |vector difference|: {max_abs:.3g} (largest relative, per vector: {max_rel:.2g})")
     print(f"identical top-10 over 100 queries: {same:.0%}")
