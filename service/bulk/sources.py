@@ -102,14 +102,24 @@ def _list_one(fs, path: str) -> Iterable[Entry]:
     return [Entry(url, PurePosixPath(path).name, _metadata(root, PurePosixPath(path).name, False))]
 
 
-def _list_folder(fs, path: str, root: PurePath) -> list[Entry]:
-    """The image files under a folder, sorted as `Path`s sort (part by part), as the local build does."""
+def _list_folder(fs, path: str, root: PurePath) -> Iterator[Entry]:
+    """The image files under a folder, sorted as `Path`s sort (part by part), as the local build does:
+    walked depth first with each folder's children in name order, one folder's names held at a time."""
     base = path.rstrip("/") + "/"
-    names = [p[len(base) :] for p in fs.find(path) if p.startswith(base) and is_image_name(p)]
-    return [
-        Entry(_url(fs, base + name), name, _metadata(root, name, True))
-        for name in sorted(names, key=lambda n: n.split("/"))
-    ]
+    for p in _walk_sorted(fs, base):
+        if p.startswith(base) and is_image_name(p):
+            name = p[len(base) :]
+            yield Entry(_url(fs, p), name, _metadata(root, name, True))
+
+
+def _walk_sorted(fs, folder: str) -> Iterator[str]:
+    """The files under `folder`, depth first, each folder's entries in name order."""
+    children = [(info["name"], info["type"] == "directory") for info in fs.ls(folder, detail=True)]
+    for p, is_dir in sorted(children, key=lambda c: c[0].rstrip("/").rsplit("/", 1)[-1]):
+        if is_dir:
+            yield from _walk_sorted(fs, p.rstrip("/") + "/")
+        else:
+            yield p
 
 
 def _list_tar(fs, path: str, url: str, root: PurePath) -> list[Entry]:

@@ -7,6 +7,7 @@ import tarfile
 from pathlib import Path
 
 import fsspec
+import fsspec.implementations.local
 import pytest
 
 from model.data import iter_records
@@ -49,6 +50,25 @@ def test_a_folder_sorts_path_by_path_as_the_local_build_does(tmp_path, files):
     names = [e.name for e in list_source(str(tmp_path / "src"))]
     assert names == [rec.name for rec in iter_records(tmp_path / "src")]
     assert names[0].startswith("a/")  # part by part 'a' < 'a-z'; as strings 'a-z/…' < 'a/…'
+
+
+def test_a_folder_is_walked_one_folder_at_a_time_with_files_and_folders_interleaved(tmp_path, files, monkeypatch):
+    data = files[0][1]
+    for name in ("m.jpg", "b/z.jpg", "b/a/1.jpg", "a.jpg", "c/d/e/2.jpg", "b0.jpg", "b.jpg.d/3.jpg"):
+        (tmp_path / "src" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "src" / name).write_bytes(data)
+    listed: list[str] = []
+    ls = fsspec.implementations.local.LocalFileSystem.ls
+    monkeypatch.setattr(
+        fsspec.implementations.local.LocalFileSystem, "ls", lambda fs, p, **kw: listed.append(p) or ls(fs, p, **kw)
+    )
+    listing = sources.iter_source(str(tmp_path / "src"))
+    assert next(listing).name == "a.jpg"
+    assert len(listed) == 1  # only the top folder so far: b/, c/, c/d/ … are listed when reached
+    names = ["a.jpg", *(e.name for e in listing)]
+    assert names == [rec.name for rec in iter_records(tmp_path / "src")]
+    assert names == ["a.jpg", "b/a/1.jpg", "b/z.jpg", "b.jpg.d/3.jpg", "b0.jpg", "c/d/e/2.jpg", "m.jpg"]
+    assert len(listed) == 7  # each folder once
 
 
 @pytest.mark.parametrize("suffix, mode", [(".tar", "w"), (".tar.gz", "w:gz")])
