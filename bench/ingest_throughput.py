@@ -12,6 +12,7 @@ Makes N distinct JPEG photos-like files (size×size), then, in one run:
     .venv/bin/python bench/ingest_throughput.py                                  # bundled default model
     .venv/bin/python bench/ingest_throughput.py --readout global --images 1000   # the whole-image read-out
     .venv/bin/python bench/ingest_throughput.py --model RUN_DIR --size 512 --workers 1 --threads 1
+    .venv/bin/python bench/ingest_throughput.py --images 1024 --repeats 3       # medians of 3 rounds
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def make_photos(folder: Path, n: int, size: int, seed: int = 0) -> None:
         img.save(folder / f"{i:06d}.jpg", quality=90)
 
 
-def raw_rate(embedder, folder: Path, work: Path) -> float:
+def raw_rate(embedder, folder: Path, work: Path, tag: str = "") -> float:
     """Images per second of the sketch alone, on images decoded beforehand."""
     from model.data import iter_records
     from service.ingest import FileDecoder
@@ -48,7 +49,7 @@ def raw_rate(embedder, folder: Path, work: Path) -> float:
 
     decode = FileDecoder(embedder.resolution)
     x = np.stack([decode(rec.data, rec.name) for rec in iter_records(folder)])
-    with ModelIndex.create(work / "raw", embedder) as mi:
+    with ModelIndex.create(work / f"raw{tag}", embedder) as mi:
         mi.sketch(x[: embedder.batch_size])  # warm-up
         t0 = time.perf_counter()
         for i in range(0, len(x), embedder.batch_size):
@@ -56,14 +57,16 @@ def raw_rate(embedder, folder: Path, work: Path) -> float:
         return len(x) / (time.perf_counter() - t0)
 
 
-def pipeline_rate(embedder, folder: Path, work: Path, workers: int, reduced: bool = True) -> tuple[float, int]:
+def pipeline_rate(
+    embedder, folder: Path, work: Path, workers: int, reduced: bool = True, tag: str = ""
+) -> tuple[float, int]:
     """Images per second of the whole ingest pipeline from files (and how many it added); `reduced`:
     JPEGs decoded at a reduced DCT scale, as a new index pins (False: the full decode of older ones)."""
     from model.data import iter_records
     from service.ingest import FileDecoder, Item, ingest
     from service.model_index import ModelIndex
 
-    with ModelIndex.create(work / f"pipeline-{workers}-{reduced}", embedder) as mi:
+    with ModelIndex.create(work / f"pipeline-{workers}-{reduced}{tag}", embedder) as mi:
         t0 = time.perf_counter()
         items = (Item(rec.data, rec.name, {"path": rec.name}, rec.name) for rec in iter_records(folder))
         decode = FileDecoder(embedder.resolution, reduced=reduced)
@@ -85,6 +88,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=256, help="Side of the generated JPEGs, in pixels.")
     ap.add_argument("--workers", type=int, default=1, help="Decode processes for the pipelined run.")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's).")
+    ap.add_argument("--repeats", type=int, default=1, help="Rounds of all runs, each ratio against its round's raw.")
     args = ap.parse_args()
 
     import torch
@@ -97,20 +101,33 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="afv-ingest-bench-") as tmp:
         work = Path(tmp)
         make_photos(work / "photos", args.images, args.size)
-        raw = raw_rate(embedder, work / "photos", work)
-        rows = [("raw sketch (pre-decoded)", raw, args.images)]
-        for workers in dict.fromkeys((0, args.workers)):
-            rate, n = pipeline_rate(embedder, work / "photos", work, workers)
-            rows.append((f"ingest, {workers} decode worker(s)", rate, n))
-        rate, n = pipeline_rate(embedder, work / "photos", work, 0, reduced=False)
-        rows.append(("ingest, 0, full JPEG decode", rate, n))
+        rounds = [one_round(embedder, work, args.workers, r) for r in range(args.repeats)]
     print(
         f"model {embedder.name} ({getattr(embedder, 'readout', 'global')}), {args.images} JPEGs of "
         f"{args.size}x{args.size}, batch {embedder.batch_size}, torch threads {torch.get_num_threads()}"
     )
     print(f"{'run':<28} {'img/s':>8} {'vs raw':>7} {'added':>6}")
-    for name, rate, n in rows:
-        print(f"{name:<28} {rate:>8.1f} {rate / raw:>6.0%} {n:>6}")
+    for r, rows in enumerate(rounds):
+        if args.repeats > 1:
+            print(f"round {r + 1}")
+        raw = rows[0][1]
+        for name, rate, n in rows:
+            print(f"{name:<28} {rate:>8.1f} {rate / raw:>6.0%} {n:>6}")
+    if args.repeats > 1:
+        print("median over the rounds of each run's share of its round's raw rate:")
+        for i, (name, _, _) in enumerate(rounds[0][1:], start=1):
+            print(f"{name:<28} {np.median([rows[i][1] / rows[0][1] for rows in rounds]):>15.0%}")
+
+
+def one_round(embedder, work: Path, workers: int, r: int) -> list[tuple[str, float, int]]:
+    """Raw, then the pipeline inline and with `workers`, then inline with the full decode: (name, img/s, added)."""
+    tag, photos = f"-{r}", work / "photos"
+    rows = [("raw sketch (pre-decoded)", raw_rate(embedder, photos, work, tag), 0)]
+    for w in dict.fromkeys((0, workers)):
+        rate, n = pipeline_rate(embedder, photos, work, w, tag=tag)
+        rows.append((f"ingest, {w} decode worker(s)", rate, n))
+    rate, n = pipeline_rate(embedder, photos, work, 0, reduced=False, tag=tag)
+    return rows + [("ingest, 0, full JPEG decode", rate, n)]
 
 
 if __name__ == "__main__":
