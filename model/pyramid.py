@@ -266,9 +266,11 @@ class PyramidAFVExtractor(AFVExtractor):
         """N×3×R×R uint8 (one batch) → B×R×P per-cell vectors, normalised and level-weighted."""
         with self.lock:
             grads = view_grads(self.d, uint8_to_model(x.to(self.device)), self.spec)
-        v = (grads - self.cell_mean) * self.cell_inv
+        v = grads.sub_(self.cell_mean).mul_(self.cell_inv)  # `view_grads` made it: changed in place
         scale = self.weights[None, :, None] / math.sqrt(len(self.units))
-        return torch.cat([fisher.normalize(v[:, :, u], self.normalization) for u in self.units], dim=2) * scale
+        if len(self.units) == 1:
+            return fisher.normalize_(v, self.normalization).mul_(scale)
+        return torch.cat([fisher.normalize_(v[:, :, u], self.normalization) for u in self.units], dim=2).mul_(scale)
 
     def raw_embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.cell_vectors(x).flatten(1)

@@ -166,3 +166,18 @@ def test_conv_method_choice_is_shared_by_batch_sizes_of_one_bucket():
     assert len(fisher._conv_choice) == 1
     fisher._fastest_conv_method(conv, torch.randn(9, 3, 6, 6), torch.randn(9, 4, 6, 6))
     assert len(fisher._conv_choice) == 2
+
+
+@pytest.mark.parametrize("method", fisher.NORMALIZATIONS)
+def test_in_place_normalisation_equals_the_pure_one_on_rows_and_views(method):
+    v = torch.randn(3, 4, 50)
+    v[0, 0] = 0.0  # a zero row stays zero
+    want = fisher.normalize(v, method)
+    assert torch.equal(fisher.normalize_(v.clone(), method), want)
+    part = v.clone()[:, :, 10:30]  # a block of a wider tensor, as per-block read-outs pass
+    assert torch.allclose(fisher.normalize_(part, method), fisher.normalize(v[:, :, 10:30], method), atol=1e-7)
+
+
+def test_in_place_normalisation_refuses_an_unknown_method():
+    with pytest.raises(ValueError, match="unknown normalization"):
+        fisher.normalize_(torch.ones(2, 3), "softmax")
