@@ -185,6 +185,8 @@ def pooling_matrix(levels: tuple[int, ...]) -> torch.Tensor:
 def pyramid_grads(d: nn.Module, x: torch.Tensor, levels: tuple[int, ...]) -> torch.Tensor:
     """B×R×P: the cell gradients of every level, from one backward pass at the finest level."""
     fine = cell_grads(d, x, levels[-1])
+    if len(levels) == 1:  # the pooling matrix is the identity: skip a B×R×P product and its copy
+        return fine
     return torch.matmul(pooling_matrix(levels).to(fine), fine)
 
 
@@ -195,8 +197,9 @@ def lowpass(x: torch.Tensor) -> torch.Tensor:
 
 def view_grads(d: nn.Module, x: torch.Tensor, readout: Readout) -> torch.Tensor:
     """B×(V·R)×P: the pyramid cell gradients of each view of `x` (model space), views stacked as cells."""
-    views = [x, lowpass(x)] if readout.lowres else [x]
-    return torch.cat([pyramid_grads(d, v, readout.levels) for v in views], dim=1)
+    if not readout.lowres:  # one view: no B×R×P copy by `cat`
+        return pyramid_grads(d, x, readout.levels)
+    return torch.cat([pyramid_grads(d, v, readout.levels) for v in (x, lowpass(x))], dim=1)
 
 
 def level_weights(levels: tuple[int, ...], device: torch.device | str = "cpu", n_views: int = 1) -> torch.Tensor:
