@@ -293,9 +293,14 @@ class SampledAFV:
         ex = self.extractor
         xm = uint8_to_model(x.to(ex.device))
         views = [xm, lowpass(xm)] if self.lowres else [xm]
-        raw = torch.cat([torch.matmul(self.pool, self.raw_cells(v)) for v in views], dim=1)  # B×R×M
+        raw = self._pooled(views[0]) if len(views) == 1 else torch.cat([self._pooled(v) for v in views], dim=1)
         v = self._normalize(raw.sub_(self.mean).mul_(self.inv))
         return v.mul_(self.sqrt_w).mul_(self.cell_weight[None, :, None]).flatten(1)
+
+    def _pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """B×R×M: one view's finest cells pooled into every level's (a single level is the cells themselves)."""
+        cells = self.raw_cells(x)
+        return cells if len(self.levels) == 1 else torch.matmul(self.pool, cells)
 
     def _normalize(self, v: torch.Tensor) -> torch.Tensor:
         """The extractor's normalisation per cell and unit, norms estimated from the weighted sample (in place)."""
@@ -303,10 +308,10 @@ class SampledAFV:
         if method == "none":
             return v
         if method == "power":
-            v = v.sign().mul_(v.abs().sqrt_())
+            v = v.abs().sqrt_().copysign_(v)  # one full-size temporary, not two (see `fisher.normalize_`)
         elif method != "l2":
             raise ValueError(f"unknown normalization {method!r}")
-        sq = v.square() * self.weights_dev
+        sq = v.square().mul_(self.weights_dev)
         if self.n_units == 1:
             norms = sq.sum(2, keepdim=True)
         else:

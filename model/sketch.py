@@ -86,9 +86,11 @@ class SparseSketch:
         """B×m → B×d (float32, on z's device)."""
         if z.shape[1] != self.m:
             raise ProjectionError(f"sketch expects {self.m} input values, got {z.shape[1]}")
+        z = z.float()
         out = torch.zeros(z.shape[0], self.d, dtype=torch.float32, device=z.device)
+        signed = torch.empty_like(z)  # one temporary for all nnz rounds
         for k in range(self.nnz):
-            out.index_add_(1, self.buckets[k], z.float() * self.signs[k])
+            out.index_add_(1, self.buckets[k], torch.mul(z, self.signs[k], out=signed))
         return out
 
 
