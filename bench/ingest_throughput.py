@@ -112,7 +112,7 @@ def main() -> None:
             print(f"round {r + 1}")
         raw = rows[0][1]
         for name, rate, n in rows:
-            print(f"{name:<28} {rate:>8.1f} {rate / raw:>6.0%} {n:>6}")
+            print(f"{name:<28} {rate:>8.1f} {rate / raw:>6.0%} {n if n >= 0 else '-':>6}")
     if args.repeats > 1:
         print("median over the rounds of each run's share of its round's raw rate:")
         for i, (name, _, _) in enumerate(rounds[0][1:], start=1):
@@ -122,7 +122,7 @@ def main() -> None:
 def one_round(embedder, work: Path, workers: int, r: int) -> list[tuple[str, float, int]]:
     """Raw, then the pipeline inline and with `workers`, then inline with the full decode: (name, img/s, added)."""
     tag, photos = f"-{r}", work / "photos"
-    rows = [("raw sketch (pre-decoded)", raw_rate(embedder, photos, work, tag), 0)]
+    rows = [("raw sketch (pre-decoded)", raw_rate(embedder, photos, work, tag), -1)]  # adds nothing
     for w in dict.fromkeys((0, workers)):
         rate, n = pipeline_rate(embedder, photos, work, w, tag=tag)
         rows.append((f"ingest, {w} decode worker(s)", rate, n))
