@@ -88,6 +88,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=256, help="Side of the generated JPEGs, in pixels.")
     ap.add_argument("--workers", type=int, default=1, help="Decode processes for the pipelined run.")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's).")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda, or auto (images/s per GPU on a GPU machine).")
     ap.add_argument("--repeats", type=int, default=1, help="Rounds of all runs, each ratio against its round's raw.")
     args = ap.parse_args()
 
@@ -97,14 +98,15 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    embedder = load_embedder(args.model, device="cpu", readout=args.readout)
+    embedder = load_embedder(args.model, device=args.device, readout=args.readout)
     with tempfile.TemporaryDirectory(prefix="afv-ingest-bench-") as tmp:
         work = Path(tmp)
         make_photos(work / "photos", args.images, args.size)
         rounds = [one_round(embedder, work, args.workers, r) for r in range(args.repeats)]
     print(
         f"model {embedder.name} ({getattr(embedder, 'readout', 'global')}), {args.images} JPEGs of "
-        f"{args.size}x{args.size}, batch {embedder.batch_size}, torch threads {torch.get_num_threads()}"
+        f"{args.size}x{args.size}, batch {embedder.batch_size}, device {embedder.device}, "
+        f"torch threads {torch.get_num_threads()}"
     )
     print(f"{'run':<28} {'img/s':>8} {'vs raw':>7} {'added':>6}")
     for r, rows in enumerate(rounds):
