@@ -15,6 +15,7 @@
 set -uo pipefail
 part=${1:?usage: gpu_session.sh model|serve}
 export PYTHONUNBUFFERED=1 OUT=${OUT:-$(mktemp -d)}
+mkdir -p "$OUT"
 PY=${PY:-python3}
 DEVICE=${DEVICE:-cuda}  # DEVICE=cpu: a smoke run of the script itself on a machine without a GPU
 if compgen -G ".whl/*.whl" > /dev/null; then
