@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -182,12 +182,25 @@ def pooling_matrix(levels: tuple[int, ...]) -> torch.Tensor:
     return torch.stack(rows)
 
 
-def pyramid_grads(d: nn.Module, x: torch.Tensor, levels: tuple[int, ...]) -> torch.Tensor:
-    """B×R×P: the cell gradients of every level, from one backward pass at the finest level."""
-    fine = cell_grads(d, x, levels[-1])
-    if len(levels) == 1:  # the pooling matrix is the identity: skip a B×R×P product and its copy
+def pool_levels(fine: torch.Tensor, levels: tuple[int, ...]) -> torch.Tensor:
+    """B×n²×P finest cells (n = levels[-1]) → B×R×P cells of every level. One level is its finest cells:
+    returned as they are, without an identity product and its B×R×P copy."""
+    if len(levels) == 1:
         return fine
     return torch.matmul(pooling_matrix(levels).to(fine), fine)
+
+
+def over_views(cells: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, lowres: bool) -> torch.Tensor:
+    """`cells` of each view of `x` (x, and with `lowres` its `lowpass` copy), views stacked as cells; one
+    view's result is returned as it is, without a `cat` copy."""
+    if not lowres:
+        return cells(x)
+    return torch.cat([cells(x), cells(lowpass(x))], dim=1)
+
+
+def pyramid_grads(d: nn.Module, x: torch.Tensor, levels: tuple[int, ...]) -> torch.Tensor:
+    """B×R×P: the cell gradients of every level, from one backward pass at the finest level."""
+    return pool_levels(cell_grads(d, x, levels[-1]), levels)
 
 
 def lowpass(x: torch.Tensor) -> torch.Tensor:
@@ -197,9 +210,7 @@ def lowpass(x: torch.Tensor) -> torch.Tensor:
 
 def view_grads(d: nn.Module, x: torch.Tensor, readout: Readout) -> torch.Tensor:
     """B×(V·R)×P: the pyramid cell gradients of each view of `x` (model space), views stacked as cells."""
-    if not readout.lowres:  # one view: no B×R×P copy by `cat`
-        return pyramid_grads(d, x, readout.levels)
-    return torch.cat([pyramid_grads(d, v, readout.levels) for v in (x, lowpass(x))], dim=1)
+    return over_views(lambda v: pyramid_grads(d, v, readout.levels), x, readout.lowres)
 
 
 def level_weights(levels: tuple[int, ...], device: torch.device | str = "cpu", n_views: int = 1) -> torch.Tensor:

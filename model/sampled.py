@@ -37,8 +37,8 @@ from model.pyramid import (
     _conv_cell_grads,
     _head_cell_grads,
     capture_with_map,
-    lowpass,
-    pooling_matrix,
+    over_views,
+    pool_levels,
 )
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
@@ -237,7 +237,6 @@ class SampledAFV:
         self.sqrt_w = self.weights_dev.sqrt()
         self.unit_of = self.units.to(device)
         self.n_units = int(self.units.max()) + 1
-        self.pool = pooling_matrix(self.levels).to(device)
 
     @property
     def dim(self) -> int:
@@ -292,15 +291,9 @@ class SampledAFV:
         """N×3×R×R uint8 (one batch) → N×dim float32: ‖a − b‖² estimates the exact AFVs' squared distance."""
         ex = self.extractor
         xm = uint8_to_model(x.to(ex.device))
-        views = [xm, lowpass(xm)] if self.lowres else [xm]
-        raw = self._pooled(views[0]) if len(views) == 1 else torch.cat([self._pooled(v) for v in views], dim=1)
+        raw = over_views(lambda v: pool_levels(self.raw_cells(v), self.levels), xm, self.lowres)  # B×R×M
         v = self._normalize(raw.sub_(self.mean).mul_(self.inv))
         return v.mul_(self.sqrt_w).mul_(self.cell_weight[None, :, None]).flatten(1)
-
-    def _pooled(self, x: torch.Tensor) -> torch.Tensor:
-        """B×R×M: one view's finest cells pooled into every level's (a single level is the cells themselves)."""
-        cells = self.raw_cells(x)
-        return cells if len(self.levels) == 1 else torch.matmul(self.pool, cells)
 
     def _normalize(self, v: torch.Tensor) -> torch.Tensor:
         """The extractor's normalisation per cell and unit, norms estimated from the weighted sample (in place)."""

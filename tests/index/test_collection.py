@@ -14,15 +14,9 @@ from index import (
     IndexReadOnlyError,
     InvalidInputError,
 )
+from tests.index.pins import PINS
 
 DIM = 32
-PINS = {
-    "model_hash": "a" * 64,
-    "stats_hash": "b" * 64,
-    "model_name": "test",
-    "projection": {"mode": "exact"},
-    "decode": "jpeg-dct-2x",
-}
 
 
 def _records(n: int, start: int = 0) -> list[dict]:

@@ -11,15 +11,9 @@ from index import AFVIndex, IndexExistsError, IndexReadOnlyError, InvalidInputEr
 from index.collection import merge_hits
 from index.faiss_index import IndexPlan, VectorIndex
 from index.sharding import LAYOUT_FILE, shard_of, split_index
+from tests.index.pins import PINS
 
 DIM = 32
-PINS = {
-    "model_hash": "a" * 64,
-    "stats_hash": "b" * 64,
-    "model_name": "test",
-    "projection": {"mode": "exact"},
-    "decode": "jpeg-dct-2x",
-}
 
 
 def _records(n: int) -> list[dict]:

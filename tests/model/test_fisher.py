@@ -172,7 +172,9 @@ def test_conv_method_choice_is_shared_by_batch_sizes_of_one_bucket():
 def test_in_place_normalisation_equals_the_pure_one_on_rows_and_views(method):
     v = torch.randn(3, 4, 50)
     v[0, 0] = 0.0  # a zero row stays zero
+    before = v.clone()
     want = fisher.normalize(v, method)
+    assert torch.equal(v, before)  # the pure one leaves its input alone
     assert torch.equal(fisher.normalize_(v.clone(), method), want)
     part = v.clone()[:, :, 10:30]  # a block of a wider tensor, as per-block read-outs pass
     assert torch.allclose(fisher.normalize_(part, method), fisher.normalize(v[:, :, 10:30], method), atol=1e-7)
