@@ -9,6 +9,7 @@ server's batch size, with the server idle — and reports service throughput as 
     .venv/bin/python bench/loadtest.py                         # default (bundled or untrained tiny) model
     .venv/bin/python bench/loadtest.py --preset cpu            # untrained `cpu`-preset networks (same cost)
     .venv/bin/python bench/loadtest.py --model runs/cpu-c10 --concurrency 32 --duration 30
+    .venv/bin/python bench/loadtest.py --http httptools --loop uvloop   # needs `pip install httptools uvloop`
 """
 
 from __future__ import annotations
@@ -43,10 +44,13 @@ import uvicorn
 from service.app import create_app
 from service.settings import Settings
 cfg = json.loads(sys.argv[1])
-port = cfg.pop("port")
+port, http, loop = cfg.pop("port"), cfg.pop("http"), cfg.pop("loop")
+if cfg.get("switch_interval"):
+    sys.setswitchinterval(cfg["switch_interval"])
+cfg.pop("switch_interval")
 logging.basicConfig(level=logging.WARNING)
 uvicorn.run(create_app(Settings(**cfg)), host="127.0.0.1", port=port, log_level="warning",
-            access_log=False)
+            access_log=False, http=http, loop=loop)
 """
 
 
@@ -149,6 +153,13 @@ def cpu_seconds(proc: subprocess.Popen | None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def server_env(pairs: list[str]) -> dict[str, str]:
+    """--server-env KEY=VALUE pairs: variables for the server process alone (the raw timing keeps this one's)."""
+    if bad := [p for p in pairs if "=" not in p]:
+        raise SystemExit(f"--server-env wants KEY=VALUE, got {bad[0]!r}")
+    return dict(p.split("=", 1) for p in pairs)
+
+
 def start_server(args, data_dir: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
     cfg = {
@@ -158,11 +169,16 @@ def start_server(args, data_dir: Path) -> tuple[subprocess.Popen, str]:
         "device": args.device,
         "model": args.model,
         "port": port,
+        "http": args.http,
+        "loop": args.loop,
+        "switch_interval": args.switch_interval,
         "batch_max_size": args.batch_size,
         "torch_threads": args.torch_threads,
     }
     proc = subprocess.Popen(
-        [sys.executable, "-c", SERVER_CODE, json.dumps(cfg)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}
+        [sys.executable, "-c", SERVER_CODE, json.dumps(cfg)],
+        cwd=ROOT,
+        env={**os.environ, **server_env(args.server_env), "PYTHONPATH": str(ROOT)},
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
@@ -351,7 +367,11 @@ def summarise(res: Results, elapsed: float, raw: dict, before: dict, after: dict
 def print_report(s: dict, args) -> None:
     print(
         f"\n== AFV service load test: {args.concurrency} clients, {s['elapsed_s']:.1f} s, "
-        f"model {args.preset or args.model or 'default'} =="
+        f"model {args.preset or args.model or 'default'}"
+        + (f", server env {' '.join(args.server_env)}" if args.server_env else "")
+        + (f", http {args.http}, loop {args.loop}" if (args.http, args.loop) != ("auto", "auto") else "")
+        + (f", switch interval {args.switch_interval} s" if args.switch_interval else "")
+        + " =="
     )
     print(f"{'route':<10} {'n':>7} {'p50 ms':>9} {'p95 ms':>9} {'p99 ms':>9}")
     for name, p in s["latency"].items():
@@ -411,6 +431,22 @@ def parse_args(argv=None):
     p.add_argument("--index-images", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=32, help="server batch_max_size and raw timing batch")
     p.add_argument("--torch-threads", type=int, help="server's AFV_TORCH_THREADS (default: PyTorch's)")
+    p.add_argument(
+        "--http", default="auto", help="the started server's HTTP parser: auto (httptools when installed), h11"
+    )
+    p.add_argument(
+        "--loop", default="auto", help="the started server's event loop: auto (uvloop when installed), asyncio"
+    )
+    p.add_argument(
+        "--switch-interval", type=float, help="the server's sys.setswitchinterval (Python's default: 0.005 s)"
+    )
+    p.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="environment variable for the started server only, e.g. OMP_WAIT_POLICY=PASSIVE (repeatable)",
+    )
     p.add_argument("--json", action="store_true", help="also print the summary as JSON")
     p.add_argument("--no-mirror", action="store_true", help="searches without their mirror image (1 sketch each)")
     args = p.parse_args(argv)
