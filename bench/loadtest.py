@@ -44,10 +44,9 @@ import uvicorn
 from service.app import create_app
 from service.settings import Settings
 cfg = json.loads(sys.argv[1])
-port, http, loop = cfg.pop("port"), cfg.pop("http"), cfg.pop("loop")
-if cfg.get("switch_interval"):
-    sys.setswitchinterval(cfg["switch_interval"])
-cfg.pop("switch_interval")
+port, http, loop, switch = (cfg.pop(k) for k in ("port", "http", "loop", "switch_interval"))
+if switch:
+    sys.setswitchinterval(switch)
 logging.basicConfig(level=logging.WARNING)
 uvicorn.run(create_app(Settings(**cfg)), host="127.0.0.1", port=port, log_level="warning",
             access_log=False, http=http, loop=loop)
