@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from model import fisher
+from model import cache, fisher
 from model.checkpoint import (
     FORMAT,
     MODEL_FILE,
@@ -56,23 +56,33 @@ def stats_hash(stats: fisher.FisherStats) -> str:
 def load_or_estimate_stats(
     run: Path, d: Discriminator, g: Generator, model_hash: str, n: int, device: torch.device
 ) -> fisher.FisherStats:
-    """Read RUN/fisher.pt if it belongs to these weights; else estimate from G and save it."""
-    path = run / FISHER_FILE if run.is_dir() else run.with_name(FISHER_FILE)
-    if path.is_file():
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        if saved.get("model_sha256") == model_hash:
-            return fisher.FisherStats(
-                saved["mean"], saved["var"], int(saved["n_samples"]), float(saved.get("eps_rel", 1e-6))
-            )
-        log.warning("%s belongs to other weights; re-estimating Fisher statistics", path)
+    """RUN's fisher.pt (or a cached one) if it belongs to these weights; else estimate from G and cache it."""
+    folder = run if run.is_dir() else run.parent
+    stats = load_pinned_stats(cache.lookup(FISHER_FILE, model_hash, folder), {"model_sha256": model_hash})
+    if stats is not None:
+        return stats
     log.info("estimating Fisher statistics from %d generator samples (once per model)", n)
     stats = fisher.estimate_stats(fold_spectral_norm(d).to(device), g.to(device), n, progress=True)
-    save_stats(path, stats, model_hash)
+    save_stats(cache.stats_cache_path(model_hash, FISHER_FILE), stats, model_hash)
     return stats
 
 
+def load_pinned_stats(paths: list[Path], pins: dict[str, str]) -> fisher.FisherStats | None:
+    """The first of `paths` that exists and carries all of `pins` (stale files are skipped with a warning)."""
+    for path in paths:
+        if not path.is_file():
+            continue
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        if all(saved.get(k) == v for k, v in pins.items()):
+            return fisher.FisherStats(
+                saved["mean"], saved["var"], int(saved["n_samples"]), float(saved.get("eps_rel", 1e-6))
+            )
+        log.warning("%s belongs to other weights; not used", path)
+    return None
+
+
 def save_stats(path: Path, stats: fisher.FisherStats, model_hash: str, extra: dict | None = None) -> None:
-    """Store Fisher statistics beside the checkpoint, pinned to the weights' hash (and `extra` pins)."""
+    """Store Fisher statistics at `path` atomically, pinned to the weights' hash (and `extra` pins)."""
     try:
         atomic_torch_save(
             {

@@ -38,11 +38,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from model import fisher
+from model import cache, fisher
 from model.checkpoint import load_networks, state_hash
 from model.data import uint8_to_model
 from model.embedder import DistanceReport, squared_diff
-from model.extract import AFVExtractor, load_or_estimate_stats, save_stats
+from model.extract import AFVExtractor, load_or_estimate_stats, load_pinned_stats, save_stats
 from model.nets import Generator
 
 log = logging.getLogger(__name__)
@@ -321,29 +321,32 @@ def pyramid_stats_hash(base_hash: str, readout: str, stats: fisher.FisherStats) 
     return h.hexdigest()
 
 
+def stats_file(readout: str) -> str:
+    """The file name of a read-out's per-cell statistics (in a run folder or the cache)."""
+    return f"fisher-{readout}.pt"
+
+
 def stats_path(run: Path, readout: str) -> Path:
-    """Where a run keeps its per-cell statistics for one read-out (beside fisher.pt)."""
+    """Where a run folder ships its per-cell statistics for one read-out (beside fisher.pt)."""
     folder = run if run.is_dir() else run.parent
-    return folder / f"fisher-{readout}.pt"
+    return folder / stats_file(readout)
 
 
 def load_or_estimate_pyramid_stats(run: Path | None, base: AFVExtractor, spec: Readout, n: int) -> fisher.FisherStats:
-    """Read RUN/fisher-<readout>.pt if it belongs to these weights; else estimate from G (and save it)."""
+    """The run's (or the cache's) statistics for this read-out if they pin these weights; else estimate and cache."""
     if spec.stats_name == GLOBAL:
         return base.stats
     readout = spec.stats_name
-    path = stats_path(run, readout) if run is not None else None
-    if path is not None and path.is_file():
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        if saved.get("model_sha256") == base.model_hash and saved.get("base_stats") == base.stats_hash:
-            return fisher.FisherStats(
-                saved["mean"], saved["var"], int(saved["n_samples"]), float(saved.get("eps_rel", 1e-6))
-            )
-        log.warning("%s belongs to other weights; re-estimating", path)
+    name = stats_file(readout)
+    folder = None if run is None else (run if run.is_dir() else run.parent)
+    pins = {"model_sha256": base.model_hash, "base_stats": base.stats_hash}
+    stats = load_pinned_stats(cache.lookup(name, base.model_hash, folder), pins)
+    if stats is not None:
+        return stats
     log.info("estimating %s Fisher statistics from %d generator samples (once per model)", readout, n)
     stats = estimate_pyramid_stats(base.d, base.g, spec, n, progress=True)
-    if path is not None:
-        save_stats(path, stats, base.model_hash, extra={"base_stats": base.stats_hash, "readout": readout})
+    extra = {"base_stats": base.stats_hash, "readout": readout}
+    save_stats(cache.stats_cache_path(base.model_hash, name), stats, base.model_hash, extra=extra)
     return stats
 
 

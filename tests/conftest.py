@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("gpu") is not None:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def afv_cache(tmp_path_factory) -> Iterator[Path]:
+    """A private statistics cache for the session (`model.cache`): the suite never writes to ~/.cache."""
+    from model.cache import CACHE_ENV
+
+    root = tmp_path_factory.mktemp("afv-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(CACHE_ENV, str(root))
+        yield root
 
 
 @pytest.fixture(scope="session")

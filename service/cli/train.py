@@ -151,7 +151,7 @@ def export(
             fail(str(e))
     out.mkdir(parents=True, exist_ok=True)
     atomic_torch_save({"format": FORMAT, **slim}, out / MODEL_FILE)
-    for stats_file in sorted(model.glob("fisher*.pt")):  # fisher.pt and any per-read-out statistics
+    for stats_file in _stats_to_ship(model, path):
         shutil.copy(stats_file, out / stats_file.name)
     for name in ("metrics.csv", "training.png", "config.json"):
         if (model / name).is_file():
@@ -164,6 +164,22 @@ def export(
             fail(f"--default needs --out inside {WEIGHTS_DIR}")
         DEFAULT_POINTER.write_text(out.name + "\n")
     typer.echo(f"exported step {ckpt['step']} of {model} to {out}")
+
+
+def _stats_to_ship(model: Path, ckpt_path: Path) -> list[Path]:
+    """fisher.pt and per-read-out statistics: the run folder's, and those cached for its weights."""
+    from model.cache import stats_cache_path
+    from model.checkpoint import CheckpointError, load_networks, state_hash
+
+    files: dict[str, Path] = {}
+    try:
+        _, d, _, _ = load_networks(ckpt_path)
+        cached = stats_cache_path(state_hash(d), "fisher.pt").parent
+        files.update({p.name: p for p in cached.glob("fisher*.pt")})
+    except (CheckpointError, KeyError):  # a method without an AFV discriminator caches nothing
+        pass
+    files.update({p.name: p for p in model.glob("fisher*.pt")})  # the run's own files win
+    return sorted(files.values())
 
 
 def sample(

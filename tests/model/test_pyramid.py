@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from model import fisher, pyramid
+from model.cache import stats_cache_path
 from model.data import uint8_to_model
 from model.loading import load_embedder
 
@@ -71,8 +72,9 @@ def test_pyramid_vectors_have_one_unit_norm_fisher_vector_per_cell(tiny_run, cif
     torch.testing.assert_close(v.norm(dim=1), torch.ones(3), rtol=1e-4, atol=1e-6)
 
 
-def test_cell_statistics_are_saved_pinned_and_reused(tiny_run, extractor):
-    path = pyramid.stats_path(tiny_run, "pyramid-1-2-4")
+def test_cell_statistics_are_cached_pinned_and_reused_without_writing_to_the_model_folder(tiny_run, extractor):
+    assert not pyramid.stats_path(tiny_run, "pyramid-1-2-4").exists()
+    path = stats_cache_path(extractor.model_hash, pyramid.stats_file("pyramid-1-2-4"))
     saved = torch.load(path, weights_only=True)
     assert saved["model_sha256"] == extractor.model_hash and saved["readout"] == "pyramid-1-2-4"
     assert saved["mean"].numel() == 21 * extractor.param_dim
@@ -143,7 +145,7 @@ def test_lowres_vectors_give_both_views_equal_weight_and_explain_per_cell(tiny_r
     assert ext.dim == 10 * ext.param_dim
     views = v.reshape(2, 2, -1).norm(dim=2)
     torch.testing.assert_close(views, torch.full((2, 2), 0.5**0.5), rtol=1e-4, atol=1e-6)
-    assert pyramid.stats_path(tiny_run, "pyramid-1-2+lowres").is_file()
+    assert stats_cache_path(ext.model_hash, pyramid.stats_file("pyramid-1-2+lowres")).is_file()
     report = ext.distance(cifar_images[0], cifar_images[100])
     assert [len(report.regions[k]) for k in ("1x1", "2x2")] == [1, 2]
     assert sum(v for g in report.regions.values() for row in g for v in row) == pytest.approx(1.0)

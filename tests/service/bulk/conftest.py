@@ -9,10 +9,10 @@ import pytest
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    """A 'tiny' run folder whose Fisher statistics are estimated once here (workers then just read them)."""
+    """A 'tiny' run folder whose Fisher statistics are estimated once here (workers then read the cache)."""
     from model.extract import save_untrained_run
     from model.loading import load_embedder
 
     run = save_untrained_run("tiny", tmp_path_factory.mktemp("bulk-model") / "tiny")
-    load_embedder(run, device="cpu")  # writes fisher.pt into the run folder
+    load_embedder(run, device="cpu")  # estimates fisher.pt into the statistics cache (model.cache)
     return run
