@@ -10,6 +10,10 @@ server's batch size, with the server idle — and reports service throughput as 
     .venv/bin/python bench/loadtest.py --preset cpu            # untrained `cpu`-preset networks (same cost)
     .venv/bin/python bench/loadtest.py --model runs/cpu-c10 --concurrency 32 --duration 30
     .venv/bin/python bench/loadtest.py --http httptools --loop uvloop   # needs `pip install httptools uvloop`
+    .venv/bin/python bench/loadtest.py --model-workers 1 | 2             # A/B of the server's model threads
+
+It also prints each server thread's CPU over the load ("main" is the event loop), which shows whether
+the server's cores are busy and with what.
 """
 
 from __future__ import annotations
@@ -152,6 +156,26 @@ def cpu_seconds(proc: subprocess.Popen | None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def thread_cpu_seconds(proc: subprocess.Popen | None) -> dict[int, float]:
+    """CPU seconds so far of each thread of the server process, by thread id ({} for a --url server)."""
+    if proc is None:
+        return {}
+    out = {}
+    for task in Path(f"/proc/{proc.pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended
+            continue
+        out[int(task.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
+def thread_cores(before: dict[int, float], after: dict[int, float], main: int, seconds: float) -> list[list]:
+    """[label, cores busy] per server thread over the load, busiest first; 'main' is the event loop."""
+    rows = [["main" if tid == main else str(tid), (cpu - before.get(tid, 0.0)) / seconds] for tid, cpu in after.items()]
+    return sorted(rows, key=lambda r: -r[1])
+
+
 def server_env(pairs: list[str]) -> dict[str, str]:
     """--server-env KEY=VALUE pairs: variables for the server process alone (the raw timing keeps this one's)."""
     if bad := [p for p in pairs if "=" not in p]:
@@ -173,6 +197,7 @@ def start_server(args, data_dir: Path) -> tuple[subprocess.Popen, str]:
         "switch_interval": args.switch_interval,
         "batch_max_size": args.batch_size,
         "torch_threads": args.torch_threads,
+        "model_workers": args.model_workers,
     }
     proc = subprocess.Popen(
         [sys.executable, "-c", SERVER_CODE, json.dumps(cfg)],
@@ -278,6 +303,8 @@ def batch_stats(url: str) -> dict[str, float]:
                     out[f"{kind}_{stat}"] = float(line.rsplit(" ", 1)[1])
             if line.startswith(f'afv_model_batch_seconds_sum{{kind="{kind}"}}'):
                 out[f"{kind}_seconds"] = float(line.rsplit(" ", 1)[1])
+        if line.startswith("afv_model_threads "):
+            out["model_threads"] = float(line.rsplit(" ", 1)[1])
     return out
 
 
@@ -328,6 +355,7 @@ def summarise(res: Results, elapsed: float, raw: dict, before: dict, after: dict
     n_search, n_dist = len(res.latencies["search"]), len(res.latencies["distance"])
     afv_imgs, embed_imgs = model_images(res)
     raw_mix_seconds = afv_imgs / raw["afv_img_s"] + embed_imgs / raw["embed_img_s"]
+    threads = int(after.get("model_threads", 1))
     mean_batch = {
         k: (after.get(f"{k}_sum", 0) - before.get(f"{k}_sum", 0))
         / max(1.0, after.get(f"{k}_count", 0) - before.get(f"{k}_count", 0))
@@ -357,9 +385,11 @@ def summarise(res: Results, elapsed: float, raw: dict, before: dict, after: dict
             / max(1e-9, after.get(f"{k}_seconds", 0) - before.get(f"{k}_seconds", 0))
             for k in ("afv", "embed")
         },
-        # share of the wall time the model thread spent in batched passes (the rest it waited for work)
+        # share of the wall time the model threads spent in batched passes (the rest they waited for work)
+        "model_threads": threads,
         "model_busy": sum(after.get(f"{k}_seconds", 0) - before.get(f"{k}_seconds", 0) for k in ("afv", "embed"))
-        / elapsed,
+        / elapsed
+        / threads,
     }
 
 
@@ -382,10 +412,11 @@ def print_report(s: dict, args) -> None:
     )
     print(
         f"mean images per model pass: afv {s['mean_model_batch']['afv']:.1f}, "
-        f"embed {s['mean_model_batch']['embed']:.1f}; model thread busy {100 * s['model_busy']:.0f}% of the time"
+        f"embed {s['mean_model_batch']['embed']:.1f}; {s['model_threads']} model thread(s), "
+        f"busy {100 * s['model_busy']:.0f}% of the time"
     )
     print(
-        f"images/s inside the server's passes: afv {s['in_pass_img_s']['afv']:.1f}, "
+        f"images/s inside the server's passes (per model thread): afv {s['in_pass_img_s']['afv']:.1f}, "
         f"embed {s['in_pass_img_s']['embed']:.1f}"
     )
     print(f"raw model work, batch {args.batch_size}, server idle (img/s; main thread / worker thread):")
@@ -407,6 +438,8 @@ def print_report(s: dict, args) -> None:
         f"model images (AFVs + sketches, mirror images included): {s['model_images_per_s']:.1f}/s; "
         f"service throughput = {100 * s['service_vs_raw']:.0f}% of raw extraction throughput"
     )
+    if threads := [f"{label} {cores:.2f}" for label, cores in s["server_thread_cores"] if cores >= 0.01]:
+        print(f"server threads, cores busy (main = event loop): {', '.join(threads)}")
     c = s["cpu_ceiling"]
     print(
         f"CPU ceiling with the load generator on this machine: model {1000 * c['model_cpu_s']:.1f} ms CPU per "
@@ -431,6 +464,9 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=32, help="server batch_max_size and raw timing batch")
     p.add_argument("--torch-threads", type=int, help="server's AFV_TORCH_THREADS (default: PyTorch's)")
     p.add_argument(
+        "--model-workers", type=int, help="server's AFV_MODEL_WORKERS (default: one per torch thread on CPU)"
+    )
+    p.add_argument(
         "--http", default="auto", help="the started server's HTTP parser: auto (httptools when installed), h11"
     )
     p.add_argument(
@@ -446,6 +482,7 @@ def parse_args(argv=None):
         metavar="KEY=VALUE",
         help="environment variable for the started server only, e.g. OMP_WAIT_POLICY=PASSIVE (repeatable)",
     )
+    p.add_argument("--loop-nice", type=int, help="nice value for the started server's event-loop thread alone")
     p.add_argument("--json", action="store_true", help="also print the summary as JSON")
     p.add_argument("--no-mirror", action="store_true", help="searches without their mirror image (1 sketch each)")
     args = p.parse_args(argv)
@@ -464,18 +501,22 @@ def main(argv=None) -> None:
         proc, url = (None, args.url.rstrip("/")) if args.url else start_server(args, Path(tmp))
         try:
             asyncio.run(warm_and_seed(url, images, args.index_images))
+            if args.loop_nice is not None and proc is not None:  # the event loop thread only (tid = pid)
+                os.setpriority(os.PRIO_PROCESS, proc.pid, args.loop_nice)
             raw = RawTimer(args, images)
             raw.measure()
             before = batch_stats(url)
-            cpu0 = (cpu_seconds(proc), time.process_time())
+            cpu0, threads0 = (cpu_seconds(proc), time.process_time()), thread_cpu_seconds(proc)
             res, elapsed = asyncio.run(drive(url, images, args))
             cpu = {"server": cpu_seconds(proc) - cpu0[0], "load_generator": time.process_time() - cpu0[1]}
+            threads = thread_cores(threads0, thread_cpu_seconds(proc), proc.pid if proc else -1, elapsed)
             after = batch_stats(url)
             raw.measure()
             summary = summarise(res, elapsed, raw.result(), before, after)
             summary["cpu_s_per_request"] = {k: v / max(1, summary["requests_ok"]) for k, v in cpu.items()}
             summary["cpu_cores_busy"] = {k: v / elapsed for k, v in cpu.items()}
             summary["cpu_ceiling"] = cpu_ceiling(summary)
+            summary["server_thread_cores"] = threads
         finally:
             if proc is not None:
                 proc.terminate()

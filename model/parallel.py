@@ -31,6 +31,9 @@ R = TypeVar("R")
 # Images per part of a split sketch: parts of 8 ran faster than parts of 32, 16 or 4 (a batch of 64 on 2
 # threads, bench/batch_parallel.py --part): they fit the caches, and a slowed thread takes fewer of them.
 PART_IMAGES = 8
+# Independent model threads by default (service.batching): measured on 2 cores only; beyond 4, batches
+# from 32 clients would get small enough to cost more per image than the barriers they avoid.
+MAX_MODEL_THREADS = 4
 _FRESH = {type(threading.Lock()): threading.Lock, type(threading.RLock()): threading.RLock}
 
 
@@ -61,9 +64,23 @@ def _share(x: Any, memo: dict[int, Any], seen: set[int]) -> None:
         _share(vars(x), memo, seen)
 
 
-def _one_torch_thread() -> None:
+def set_thread_torch_threads(n: int) -> None:
+    """The calling thread's torch intra-op threads (also the default of threads that start later)."""
     torch.get_num_threads()  # torch's lazy per-thread setup now, or it would later reset the count to the default
-    torch.set_num_threads(1)
+    torch.set_num_threads(n)
+
+
+def _one_torch_thread() -> None:
+    set_thread_torch_threads(1)
+
+
+def model_threads(requested: int | None, device: torch.device) -> tuple[int, int]:
+    """(model threads, torch threads each) for `requested` threads sharing this thread's torch threads; by
+    default one per torch thread on CPU (at most MAX_MODEL_THREADS), and one on a GPU."""
+    total = torch.get_num_threads()
+    if requested is None:
+        requested = min(total, MAX_MODEL_THREADS) if device.type == "cpu" else 1
+    return requested, max(1, total // requested)
 
 
 def _single_threaded_pool(n: int) -> ThreadPoolExecutor:
@@ -83,12 +100,14 @@ class BatchSplitter(Generic[T]):
     """Runs `fn(replica, part)` on contiguous parts of a batch, on pool threads that each hold a replica of `obj`.
 
     The parts run with one torch thread each, without autograd recording (the
-    capture turns it on where it needs it); each replica serves one part at a time, so concurrent
-    callers are safe. Replicas are made on first need."""
+    capture turns it on where it needs it); each replica serves one part at a time. Concurrent callers
+    each get a replica of their own (made on first need), so several model threads can share one
+    splitter without waiting for each other."""
 
     def __init__(self, obj: T):
         self._free: queue.SimpleQueue[T] = queue.SimpleQueue()
         self._free.put(obj)
+        self._template = replicate(obj)  # never runs (so never hooked): new replicas are copied from it
         self._count = 1
         self._pool: ThreadPoolExecutor | None = None
         self._threads = 0
@@ -97,10 +116,11 @@ class BatchSplitter(Generic[T]):
     def map(self, fn: Callable[[T, torch.Tensor], R], x: torch.Tensor, threads: int, part: int = 0) -> list[R]:
         """fn on `x` split along dim 0 and run on `threads` threads: the results in order. The parts are a
         multiple of `threads`, of about `part` images each (0: one part per thread), so a thread that
-        something else slows down takes fewer of them."""
+        something else slows down takes fewer of them. With one thread the batch stays whole and runs on
+        the calling thread (one thread gains nothing from parts: whole batches ran 5-10 % faster)."""
         per_thread = max(1, math.ceil(x.shape[0] / (threads * part))) if part > 0 else 1
         pieces = list(torch.tensor_split(x, max(1, min(threads * per_thread, x.shape[0]))))
-        if len(pieces) == 1:
+        if threads <= 1 or len(pieces) == 1:
             with self._borrow() as r:
                 return [fn(r, x)]
         return list(self._ensure(min(threads, len(pieces))).map(lambda p: self._call(fn, p), pieces))
@@ -110,23 +130,34 @@ class BatchSplitter(Generic[T]):
             return fn(r, part)
 
     def _ensure(self, n: int) -> ThreadPoolExecutor:
-        """A pool of n threads and n replicas at least. A replica is copied from a free one (not in use,
-        so no capture's hooks are on it)."""
+        """A pool of n threads and n replicas at least."""
         with self._lock:
             while self._count < n:
-                with self._borrow() as r:
-                    copy_ = replicate(r)
-                self._free.put(copy_)
-                self._count += 1
+                self._free.put(self._copy())
             if self._pool is None or self._threads < n:
                 if self._pool is not None:
                     self._pool.shutdown(wait=False)
                 self._pool, self._threads = _single_threaded_pool(n), n
             return self._pool
 
+    @property
+    def replicas(self) -> int:
+        """How many replicas exist (the original included)."""
+        return self._count
+
+    def _copy(self) -> T:
+        """A new replica (lock held)."""
+        self._count += 1
+        return replicate(self._template)
+
     @contextmanager
     def _borrow(self) -> Iterator[T]:
-        r = self._free.get()
+        """A free replica; when all are in use (other callers' passes), a new one."""
+        try:
+            r = self._free.get_nowait()
+        except queue.Empty:
+            with self._lock:
+                r = self._copy()
         try:
             yield r
         finally:

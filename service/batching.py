@@ -1,11 +1,16 @@
 """Micro-batching in front of the model: requests arriving together share one batched model pass.
 
-Each request submits its images (n×3×R×R uint8) under a *kind* ("afv", "embed", …). One dedicated model
-thread takes the first waiting job, then gathers more for at most `max_wait_s` or until one kind has
+Each request submits its images (n×3×R×R uint8) under a *kind* ("afv", "embed", …). A model thread
+takes the first waiting job, then gathers more for at most `max_wait_s` or until one kind has
 `max_batch` images, groups them by kind, and runs each kind's function once on the concatenated batch.
 The thread gathers its next batch itself as soon as a pass ends, so the model never waits for the event
 loop (which only parses requests and writes responses); results go back to the waiting requests with
 `call_soon_threadsafe`. A request larger than `max_batch` is split into chunks.
+
+With `workers` > 1, that many model threads gather and run batches independently (the functions must
+then be safe to call concurrently). On CPU this keeps the cores busy where one pass spread over all of
+them would stall: a pass whose threads meet at barriers waits for whichever one the HTTP work or
+the OS has preempted, while independent passes do not wait for each other.
 """
 
 from __future__ import annotations
@@ -80,7 +85,7 @@ def _resolve(future: asyncio.Future, result: Any = None, error: BaseException | 
 
 
 class MicroBatcher:
-    """Bounded-wait, bounded-size batching of model calls, executed in one dedicated model thread."""
+    """Bounded-wait, bounded-size batching of model calls, executed in `workers` dedicated model threads."""
 
     def __init__(
         self,
@@ -88,31 +93,36 @@ class MicroBatcher:
         max_batch: int = 32,
         max_wait_s: float = 0.005,
         observer: BatchObserver | None = None,
+        workers: int = 1,
+        thread_init: Callable[[], None] | None = None,
     ):
-        if max_batch < 1 or max_wait_s < 0:
-            raise ValueError("max_batch must be ≥ 1 and max_wait_s ≥ 0")
+        if max_batch < 1 or max_wait_s < 0 or workers < 1:
+            raise ValueError("max_batch and workers must be ≥ 1 and max_wait_s ≥ 0")
         self.fns, self.max_batch, self.max_wait_s = fns, max_batch, max_wait_s
+        self.workers, self.thread_init = workers, thread_init
         self.observer = observer or _NullObserver()
         self._pending: collections.deque[_Job] = collections.deque()
         self._calls: collections.deque[_Call] = collections.deque()
         self._cond = threading.Condition()
         self._closed = True
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
 
     async def start(self) -> None:
-        """Start the model thread."""
+        """Start the model threads (each runs `thread_init` first)."""
         self._closed = False
-        self._thread = threading.Thread(target=self._loop, name="afv-model", daemon=True)
-        self._thread.start()
+        names = ["afv-model"] if self.workers == 1 else [f"afv-model-{i}" for i in range(self.workers)]
+        self._threads = [threading.Thread(target=self._loop, name=name, daemon=True) for name in names]
+        for t in self._threads:
+            t.start()
 
     async def stop(self) -> None:
-        """Let the running pass finish, stop the thread and fail what still waits with BatcherClosed."""
+        """Let the running passes finish, stop the threads and fail what still waits with BatcherClosed."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join)
-            self._thread = None
+        for t in self._threads:
+            await asyncio.to_thread(t.join)
+        self._threads = []
         with self._cond:
             waiting: list[_Job | _Call] = [*self._pending, *self._calls]
             self._pending.clear()
@@ -121,7 +131,7 @@ class MicroBatcher:
             _settle(w.future, None, BatcherClosed("server is shutting down"))
 
     async def run_in_worker(self, fn: Callable, *args: Any) -> Any:
-        """Run other model work (not batchable) in the model thread, serialised with batches."""
+        """Run other model work (not batchable) in a model thread, between that thread's batches."""
         call = _Call(fn, args, asyncio.get_running_loop().create_future())
         self._enqueue(lambda: self._calls.append(call))
         return await call.future
@@ -145,6 +155,8 @@ class MicroBatcher:
     # -- the model thread ----------------------------------------------------------------------
 
     def _loop(self) -> None:
+        if self.thread_init is not None:
+            self.thread_init()
         while True:
             work = self._next_work()
             if work is None:

@@ -34,6 +34,7 @@ from index import AFVIndexError, Hit, IndexFullError, IndexReadOnlyError, IndexW
 from index.collection import DB_FILE
 from model.embedder import Embedder
 from model.loading import load_embedder
+from model.parallel import BatchSplitter, model_threads, set_thread_torch_threads
 from service import jnd
 from service.batching import MicroBatcher
 from service.ingest import Decode, Item, Outcome, ingest_batch
@@ -135,12 +136,17 @@ class Engine:
         self.resources, self.settings, self.metrics = resources, settings, metrics
         self.extractor, self.index = resources.embedder, resources.index.index
         self.decode_fit = resources.index.decode_fit  # what uploads are decoded for, as the index pins
+        workers, threads = model_threads(settings.model_workers, self.extractor.device)
+        self._afv_replicas = BatchSplitter(self.extractor)  # one per model thread that needs one
         self.batcher = MicroBatcher(
             {"afv": self._afv_batch, "embed": resources.index.sketch},
             max_batch=settings.batch_max_size,
             max_wait_s=settings.batch_max_wait_ms / 1000,
             observer=metrics,
+            workers=workers,
+            thread_init=(lambda: set_thread_torch_threads(threads)) if workers > 1 else None,
         )
+        metrics.model_workers.set(workers)
         self.jnd: JNDThreshold | None = None
         self.write_error: str | None = None  # why the last index write failed; None after a success
         metrics.track_index_size(lambda: self.index.count)
@@ -189,7 +195,9 @@ class Engine:
     # -- model work (worker thread) ------------------------------------------------------------
 
     def _afv_batch(self, x: np.ndarray) -> np.ndarray:
-        return self.extractor.embed(torch.from_numpy(x)).detach().float().cpu().numpy()
+        """One pass on the calling model thread's own replica of the extractor (the original with one thread)."""
+        afvs = self._afv_replicas.map(lambda e, b: e.embed(b), torch.from_numpy(x), threads=1)[0]
+        return afvs.detach().float().cpu().numpy()
 
     async def afv(self, x: np.ndarray) -> np.ndarray:
         """n×3×R×R uint8 → n×P AFVs (float32), batched with concurrent requests."""

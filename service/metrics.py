@@ -72,6 +72,9 @@ class Metrics:
             registry=r,
         )
         self.index_size = Gauge("afv_index_images", "Images in the index.", registry=r)
+        self.model_workers = Gauge(
+            "afv_model_threads", "Model threads running batches independently (AFV_MODEL_WORKERS).", registry=r
+        )
         self.writes_failing = Gauge(
             "afv_index_writes_failing", "1 while index writes fail (until the next successful write).", registry=r
         )

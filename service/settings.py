@@ -65,6 +65,14 @@ class Settings(BaseSettings):
         "1 leaves the other cores to HTTP and decoding on small machines.",
     )
 
+    model_workers: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description="Model threads that run batches independently, each with its own replica of the model "
+        "and an equal share of the torch threads. None = one per torch thread on CPU (at most 4), 1 on a GPU.",
+    )
+
     # JND: distances at or below the threshold are judged "same". None = calibrated file, else synthetic.
     jnd_threshold: float | None = Field(default=None, ge=0)
 

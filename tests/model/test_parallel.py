@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.parallel import BatchSplitter, replicate, split_threads
+from model.parallel import BatchSplitter, model_threads, replicate, split_threads
 from model.sampled import SampledAFV
 from model.sketch import Projector
 
@@ -92,3 +92,38 @@ def test_concurrent_callers_each_get_their_own_results(extractor, image_batch, t
 
 def test_off_the_cpu_a_batch_is_not_split():
     assert split_threads(torch.device("cuda")) == 1 and split_threads(torch.device("cpu")) == torch.get_num_threads()
+
+
+def test_one_thread_runs_the_whole_batch_on_the_calling_thread(two_torch_threads):
+    splitter = BatchSplitter(object())
+    calls = splitter.map(lambda _, x: (len(x), threading.current_thread()), torch.zeros(20), 1, part=8)
+    assert calls == [(20, threading.current_thread())] and splitter.replicas == 1
+
+
+def test_concurrent_whole_batch_callers_get_replicas_of_their_own(extractor, image_batch):
+    splitter = BatchSplitter(extractor)
+    met = threading.Barrier(2, timeout=10)  # both callers must hold a replica at the same time
+    held: list[int] = []
+
+    def embed(e, x: torch.Tensor) -> torch.Tensor:
+        held.append(id(e))
+        met.wait()
+        return e.embed(x)
+
+    want = extractor.embed(image_batch[:4])
+    got: list[torch.Tensor] = []
+    callers = [threading.Thread(target=lambda: got.extend(splitter.map(embed, image_batch[:4], 1))) for _ in range(2)]
+    for t in callers:
+        t.start()
+    for t in callers:
+        t.join()
+    assert len(set(held)) == 2 and splitter.replicas == 2 and len(got) == 2
+    for g in got:
+        torch.testing.assert_close(g, want)
+
+
+def test_model_threads_default_to_one_per_torch_thread_on_the_cpu_and_one_on_a_gpu(two_torch_threads):
+    assert model_threads(None, torch.device("cpu")) == (2, 1)
+    assert model_threads(None, torch.device("cuda")) == (1, 2)
+    assert model_threads(1, torch.device("cpu")) == (1, 2)
+    assert model_threads(3, torch.device("cpu")) == (3, 1)

@@ -113,6 +113,8 @@ def test_submit_after_stop_fails_cleanly():
 def test_invalid_configuration():
     with pytest.raises(ValueError):
         MicroBatcher({"f": Recorder()}, max_batch=0)
+    with pytest.raises(ValueError):
+        MicroBatcher({"f": Recorder()}, workers=0)
 
 
 def test_each_kind_fills_its_own_pass():
@@ -157,3 +159,35 @@ def test_other_model_work_runs_in_the_model_thread_and_stop_fails_what_waits():
     name, (first, second) = run(go())
     assert name.startswith("afv-model")
     assert first.tolist() == [[2.0]] and isinstance(second, BatcherClosed)
+
+
+def test_several_model_threads_run_passes_at_the_same_time_each_set_up_once():
+    met = threading.Barrier(2, timeout=5)  # each pass waits for a second pass running beside it
+    inits: list[str] = []
+
+    def meet(x: np.ndarray) -> np.ndarray:
+        met.wait()
+        return x + 1
+
+    b = MicroBatcher(
+        {"f": meet},
+        max_batch=1,
+        max_wait_s=0.0,
+        workers=2,
+        thread_init=lambda: inits.append(threading.current_thread().name),
+    )
+    out = run(_with(b, lambda: asyncio.gather(*(b.submit("f", np.full((1, 1), i)) for i in range(4)))))
+    assert [o.item() for o in out] == [1, 2, 3, 4]
+    assert sorted(inits) == ["afv-model-0", "afv-model-1"]
+
+
+def test_stop_ends_every_model_thread():
+    b = MicroBatcher({"f": Recorder()}, workers=3)
+
+    async def go():
+        await b.start()
+        threads = list(b._threads)
+        await b.stop()
+        return threads
+
+    assert [t.is_alive() for t in run(go())] == [False, False, False]
