@@ -143,7 +143,8 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         jobs = [_Job(kind, x[i : i + self.max_batch], loop.create_future()) for i in range(0, len(x), self.max_batch)]
         self._enqueue(lambda: self._pending.extend(jobs))
-        return np.concatenate(await asyncio.gather(*(j.future for j in jobs)))
+        parts = await asyncio.gather(*(j.future for j in jobs))
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)  # one chunk: its rows of the pass, no copy
 
     def _enqueue(self, add: Callable[[], None]) -> None:
         with self._cond:

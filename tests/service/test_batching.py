@@ -56,6 +56,21 @@ def test_batches_are_bounded_and_large_requests_split():
     assert max(rec.sizes) <= 4 and sum(rec.sizes) == 14
 
 
+def test_a_one_chunk_request_gets_its_rows_of_the_pass_without_a_copy():
+    passes: list[np.ndarray] = []
+
+    def f(x: np.ndarray) -> np.ndarray:
+        passes.append(x * 2)
+        return passes[-1]
+
+    b = MicroBatcher({"f": f}, max_batch=8, max_wait_s=0.005)
+    small, big = np.arange(3).reshape(3, 1), np.arange(10).reshape(10, 1)
+    out_small, out_big = run(_with(b, lambda: asyncio.gather(b.submit("f", small), b.submit("f", big))))
+    assert out_small.tolist() == (small * 2).tolist() and np.shares_memory(out_small, passes[0])
+    assert out_big.tolist() == (big * 2).tolist()  # two chunks, joined
+    assert not any(np.shares_memory(out_big, p) for p in passes)
+
+
 def test_wait_is_bounded():
     rec = Recorder()
     b = MicroBatcher({"f": rec}, max_batch=1000, max_wait_s=0.005)
