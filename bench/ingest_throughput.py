@@ -95,9 +95,11 @@ def main() -> None:
     import torch
 
     from model.loading import load_embedder
+    from model.memory import keep_freed_memory
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as `afv index build` runs
     embedder = load_embedder(args.model, device=args.device, readout=args.readout)
     with tempfile.TemporaryDirectory(prefix="afv-ingest-bench-") as tmp:
         work = Path(tmp)

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from model.memory import keep_freed_memory
 from service.cli import similarity, train
 from service.cli.bench import bench_app
 from service.cli.eval import eval_app
@@ -30,6 +31,7 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> 
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    keep_freed_memory()  # every command may run model passes
 
 
 # Listed in `afv --help` in this order: commands first, then the groups.
