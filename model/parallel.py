@@ -102,13 +102,14 @@ class BatchSplitter(Generic[T]):
     The parts run with one torch thread each, without autograd recording (the
     capture turns it on where it needs it); each replica serves one part at a time. Concurrent callers
     each get a replica of their own (made on first need), so several model threads can share one
-    splitter without waiting for each other."""
+    splitter without waiting for each other. `obj` itself never runs here: two splitters of one model
+    (the service's AFV passes and its index's sketches) would otherwise both hand it out, and their
+    passes would take turns at its one lock."""
 
     def __init__(self, obj: T):
         self._free: queue.SimpleQueue[T] = queue.SimpleQueue()
-        self._free.put(obj)
-        self._template = replicate(obj)  # never runs (so never hooked): new replicas are copied from it
-        self._count = 1
+        self._template = replicate(obj)  # never runs (so never hooked): replicas are copied from it
+        self._count = 0
         self._pool: ThreadPoolExecutor | None = None
         self._threads = 0
         self._lock = threading.Lock()
@@ -142,7 +143,7 @@ class BatchSplitter(Generic[T]):
 
     @property
     def replicas(self) -> int:
-        """How many replicas exist (the original included)."""
+        """How many replicas exist."""
         return self._count
 
     def _copy(self) -> T:

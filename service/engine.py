@@ -195,7 +195,7 @@ class Engine:
     # -- model work (worker thread) ------------------------------------------------------------
 
     def _afv_batch(self, x: np.ndarray) -> np.ndarray:
-        """One pass on the calling model thread's own replica of the extractor (the original with one thread)."""
+        """One pass on the calling model thread's own replica of the extractor."""
         afvs = self._afv_replicas.map(lambda e, b: e.embed(b), torch.from_numpy(x), threads=1)[0]
         return afvs.detach().float().cpu().numpy()
 

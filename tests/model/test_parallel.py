@@ -122,6 +122,14 @@ def test_concurrent_whole_batch_callers_get_replicas_of_their_own(extractor, ima
         torch.testing.assert_close(g, want)
 
 
+def test_two_splitters_of_one_model_never_share_its_modules_or_lock(extractor, image_batch):
+    afvs, sketches = BatchSplitter(extractor), BatchSplitter(Projector(extractor, d=64, mode="sampled", samples=256))
+    used = afvs.map(lambda e, _: (e.d, e.lock), image_batch[:2], 1)
+    used += sketches.map(lambda p, _: (p.extractor.d, p.extractor.lock), image_batch[:2], 1)
+    used.append((extractor.d, extractor.lock))
+    assert len({id(d) for d, _ in used}) == 3 and len({id(lock) for _, lock in used}) == 3
+
+
 def test_model_threads_default_to_one_per_torch_thread_on_the_cpu_and_one_on_a_gpu(two_torch_threads):
     assert model_threads(None, torch.device("cpu")) == (2, 1)
     assert model_threads(None, torch.device("cuda")) == (1, 2)
