@@ -158,16 +158,9 @@ def cpu_seconds(proc: subprocess.Popen | None) -> float:
 
 def thread_cpu_seconds(proc: subprocess.Popen | None) -> dict[int, float]:
     """CPU seconds so far of each thread of the server process, by thread id ({} for a --url server)."""
-    if proc is None:
-        return {}
-    out = {}
-    for task in Path(f"/proc/{proc.pid}/task").iterdir():
-        try:
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:  # the thread ended
-            continue
-        out[int(task.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return out
+    from bench.thread_states import thread_cpu
+
+    return {} if proc is None else thread_cpu(proc.pid)
 
 
 def thread_cores(before: dict[int, float], after: dict[int, float], main: int, seconds: float) -> list[list]:

@@ -18,19 +18,19 @@ import time
 from pathlib import Path
 
 
-def thread_cpu(pid: int) -> dict[str, float]:
-    """CPU seconds so far of each thread of `pid`, by thread id."""
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds so far of each thread of `pid`, by thread id (`bench/loadtest.py` reports them too)."""
     out = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:  # the thread ended
             continue
-        out[task.name] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        out[int(task.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return out
 
 
-def busiest(pid: int, top: int, seconds: float = 1.0) -> list[tuple[str, float]]:
+def busiest(pid: int, top: int, seconds: float = 1.0) -> list[tuple[int, float]]:
     """The `top` threads with the most CPU over `seconds`: (thread id, cores busy)."""
     before = thread_cpu(pid)
     time.sleep(seconds)
@@ -39,9 +39,9 @@ def busiest(pid: int, top: int, seconds: float = 1.0) -> list[tuple[str, float]]
     return sorted(cores.items(), key=lambda kv: -kv[1])[:top]
 
 
-def sample(pid: int, tids: list[str], seconds: float, every: float) -> dict[str, collections.Counter]:
+def sample(pid: int, tids: list[int], seconds: float, every: float) -> dict[int, collections.Counter]:
     """Per thread, how often it was seen in each state (R, S, D, …) and, when not running, its wchan."""
-    seen: dict[str, collections.Counter] = {tid: collections.Counter() for tid in tids}
+    seen: dict[int, collections.Counter] = {tid: collections.Counter() for tid in tids}
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         for tid in tids:
@@ -67,7 +67,7 @@ def main() -> None:
     for tid, cores in threads:
         total = max(1, sum(seen[tid].values()))
         shares = ", ".join(f"{state} {n / total:.1%}" for state, n in seen[tid].most_common(4))
-        label = "main" if tid == str(args.pid) else tid
+        label = "main" if tid == args.pid else str(tid)
         print(f"thread {label:>8} ({cores:.2f} cores): {shares}")
 
 
