@@ -45,8 +45,10 @@ MIRROR = ["true"]  # /v1/search's mirror flag for the load (set from --no-mirror
 SERVER_CODE = """
 import json, logging, sys
 import uvicorn
+from model.memory import keep_freed_memory
 from service.app import create_app
 from service.settings import Settings
+keep_freed_memory()  # as `afv serve` does
 cfg = json.loads(sys.argv[1])
 port, http, loop, switch = (cfg.pop(k) for k in ("port", "http", "loop", "switch_interval"))
 if switch:
@@ -149,23 +151,30 @@ def free_port() -> int:
 
 
 def cpu_seconds(proc: subprocess.Popen | None) -> float:
-    """User + system CPU seconds of the server process so far (Linux /proc; nan for a --url server)."""
-    if proc is None:
-        return float("nan")
-    fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds so far of the server process and its model processes (Linux /proc; nan for a
+    --url server)."""
+    return float("nan") if proc is None else sum(thread_cpu_seconds(proc).values())
 
 
 def thread_cpu_seconds(proc: subprocess.Popen | None) -> dict[int, float]:
-    """CPU seconds so far of each thread of the server process, by thread id ({} for a --url server)."""
+    """CPU seconds so far of each thread of the server process and of its model processes, by thread id ({} for
+    a --url server)."""
     from bench.thread_states import thread_cpu
 
     return {} if proc is None else thread_cpu(proc.pid)
 
 
 def thread_cores(before: dict[int, float], after: dict[int, float], main: int, seconds: float) -> list[list]:
-    """[label, cores busy] per server thread over the load, busiest first; 'main' is the event loop."""
-    rows = [["main" if tid == main else str(tid), (cpu - before.get(tid, 0.0)) / seconds] for tid, cpu in after.items()]
+    """[label, cores busy] per server thread over the load, busiest first; 'main' is the event loop, 'process
+    PID' a model process's own thread."""
+    from bench.thread_states import family
+
+    workers = set(family(main)[1:]) if main > 0 else set()
+
+    def label(tid: int) -> str:
+        return "main" if tid == main else f"process {tid}" if tid in workers else str(tid)
+
+    rows = [[label(tid), (cpu - before.get(tid, 0.0)) / seconds] for tid, cpu in after.items()]
     return sorted(rows, key=lambda r: -r[1])
 
 
@@ -486,6 +495,9 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    from model.memory import keep_freed_memory
+
+    keep_freed_memory()  # raw timings as `afv` runs them: large freed blocks stay in the heap
     MIRROR[0] = "false" if args.no_mirror else "true"
     images = load_images(max(args.index_images, 64))
     with tempfile.TemporaryDirectory(prefix="afv-loadtest-") as tmp:

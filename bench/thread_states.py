@@ -18,15 +18,38 @@ import time
 from pathlib import Path
 
 
-def thread_cpu(pid: int) -> dict[int, float]:
-    """CPU seconds so far of each thread of `pid`, by thread id (`bench/loadtest.py` reports them too)."""
-    out = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
+def family(pid: int) -> list[int]:
+    """`pid` and its descendants (the server's forked model processes), from /proc's parent ids."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:  # the thread ended
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
             continue
-        out[int(task.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    found, todo = [pid], [pid]
+    while todo:
+        this = todo.pop()
+        kids = [child for child, parent in parents.items() if parent == this]
+        found += kids
+        todo += kids
+    return found
+
+
+def thread_cpu(pid: int, children: bool = True) -> dict[int, float]:
+    """CPU seconds so far of each thread of `pid` (and of its descendant processes), by thread id
+    (`bench/loadtest.py` reports them too)."""
+    out = {}
+    for proc in family(pid) if children else [pid]:
+        try:
+            tasks = list(Path(f"/proc/{proc}/task").iterdir())
+        except OSError:  # the process ended
+            continue
+        for task in tasks:
+            try:
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:  # the thread ended
+                continue
+            out[int(task.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return out
 
 
@@ -46,8 +69,8 @@ def sample(pid: int, tids: list[int], seconds: float, every: float) -> dict[int,
     while time.monotonic() < end:
         for tid in tids:
             try:
-                state = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-                wchan = Path(f"/proc/{pid}/task/{tid}/wchan").read_text().strip() if state != "R" else ""
+                state = Path(f"/proc/{tid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+                wchan = Path(f"/proc/{tid}/task/{tid}/wchan").read_text().strip() if state != "R" else ""
             except OSError:
                 continue
             seen[tid][state if state == "R" else f"{state}:{wchan or '?'}"] += 1

@@ -23,17 +23,39 @@ from model.data import image_to_uint8
 from model.presets import Preset
 
 
-def squared_diff(va: torch.Tensor | np.ndarray, vb: torch.Tensor | np.ndarray) -> np.ndarray:
-    """(va − vb)² per coordinate, in NumPy and the vectors' own precision: sum it with `dtype=np.float64`.
-
-    NumPy, not torch: the service calls this on its event loop while the model thread runs, and a torch
-    op there would start a second intra-op thread pool competing with the model's for the same cores.
-    One subtraction and one square in place: on a 10⁶-value pyramid AFV this is 0.5 ms, against 5 ms
-    for casting both vectors to float64 first."""
+def _difference(va: torch.Tensor | np.ndarray, vb: torch.Tensor | np.ndarray) -> np.ndarray:
+    """va − vb in NumPy, in the vectors' own precision (at least float32)."""
     a = va.detach().cpu().numpy() if isinstance(va, torch.Tensor) else np.asarray(va)
     b = vb.detach().cpu().numpy() if isinstance(vb, torch.Tensor) else np.asarray(vb)
-    d = np.subtract(a, b, dtype=np.result_type(a, b, np.float32))
-    return np.square(d, out=d)
+    return np.subtract(a, b, dtype=np.result_type(a, b, np.float32))
+
+
+def squared_parts(
+    va: torch.Tensor | np.ndarray, vb: torch.Tensor | np.ndarray, rows: int, blocks: list[slice]
+) -> tuple[np.ndarray, float]:
+    """‖va − vb‖² split up: (rows × blocks float64 parts, the float64 total), with the vectors cut into
+    `rows` equal rows (pyramid cells) and each row into column `blocks`.
+
+    NumPy, not torch: the service calls this on its event loop, where a torch op would start an intra-op
+    thread pool of its own. One subtraction, then one float32 dot product per block and row (`einsum`,
+    SIMD partial sums; relative error about 10⁻⁸ on 10⁶ values): on a 10⁶-value pyramid AFV 0.70 ms,
+    against 1.45 ms for squaring and summing in float64."""
+    d = _difference(va, vb).reshape(rows, -1)
+    parts = np.zeros((rows, len(blocks)))
+    for j, s in enumerate(blocks):
+        parts[:, j] = np.einsum("ij,ij->i", d[:, s], d[:, s])
+    total = float(parts.sum()) if _tiles(blocks, d.shape[1]) else float(np.einsum("ij,ij->i", d, d).sum())
+    return parts, total
+
+
+def _tiles(blocks: list[slice], n: int) -> bool:
+    """Whether the blocks cover 0..n exactly once, end to end."""
+    edge = 0
+    for lo, hi in sorted((s.start or 0, s.stop) for s in blocks):
+        if lo != edge:
+            return False
+        edge = hi
+    return edge == n
 
 
 @dataclass
@@ -163,16 +185,14 @@ class Embedder:
 
     def explain(self, va: torch.Tensor | np.ndarray, vb: torch.Tensor | np.ndarray) -> DistanceReport:
         """Distance of two embedded vectors with each block's share of the squared distance."""
-        diff2 = squared_diff(va, vb)
-        total = float(diff2.sum(dtype=np.float64))
-        layers = {
-            k: (float(diff2[s].sum(dtype=np.float64)) / total if total > 0 else 0.0) for k, s in self.blocks.items()
-        }
-        return DistanceReport(total**0.5, layers)
+        parts, total = squared_parts(va, vb, 1, list(self.blocks.values()))
+        scale = 1.0 / total if total > 0 else 0.0
+        return DistanceReport(total**0.5, {k: float(p) * scale for k, p in zip(self.blocks, parts[0], strict=True)})
 
     def pair_distance(self, va: torch.Tensor | np.ndarray, vb: torch.Tensor | np.ndarray) -> float:
-        """‖va − vb‖ of two embedded vectors, in float64 (the distance `explain` reports)."""
-        return float(np.sqrt(squared_diff(va, vb).sum(dtype=np.float64)))
+        """‖va − vb‖ of two embedded vectors (the distance `explain` reports)."""
+        d = _difference(va, vb).reshape(-1)
+        return float(np.sqrt(np.einsum("i,i->", d, d)))
 
     def set_distance(self, xa: torch.Tensor, xb: torch.Tensor) -> float:
         """Distance between two image sets (N×3×R×R uint8 each), streamed in batches."""

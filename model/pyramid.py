@@ -41,7 +41,7 @@ from torch.nn import functional as F
 from model import cache, fisher
 from model.checkpoint import load_networks, state_hash
 from model.data import uint8_to_model
-from model.embedder import DistanceReport, squared_diff
+from model.embedder import DistanceReport, squared_parts
 from model.extract import AFVExtractor, load_or_estimate_stats, load_pinned_stats, save_stats
 from model.nets import Generator
 
@@ -299,11 +299,10 @@ class PyramidAFVExtractor(AFVExtractor):
 
     def explain(self, va: torch.Tensor | np.ndarray, vb: torch.Tensor | np.ndarray) -> DistanceReport:
         """Distance with each block's share (over all cells) and each cell's share (over views), per level."""
-        diff2 = squared_diff(va, vb).reshape(self.r, -1)
-        per_row = diff2.sum(1, dtype=np.float64)
-        total = float(per_row.sum())
+        parts, total = squared_parts(va, vb, self.r, list(self.blocks.values()))
+        per_row = parts.sum(1)
         scale = 1.0 / total if total > 0 else 0.0
-        layers = {k: float(diff2[:, s].sum(dtype=np.float64)) * scale for k, s in self.blocks.items()}
+        layers = {k: float(p) * scale for k, p in zip(self.blocks, parts.sum(0), strict=True)}
         per_cell = per_row.reshape(self.spec.n_views, -1).sum(0) * scale
         regions: dict[str, list[list[float]]] = {}
         for i, (n, row, col) in enumerate(self.cells):

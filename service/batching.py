@@ -95,11 +95,12 @@ class MicroBatcher:
         observer: BatchObserver | None = None,
         workers: int = 1,
         thread_init: Callable[[], None] | None = None,
+        thread_exit: Callable[[], None] | None = None,
     ):
         if max_batch < 1 or max_wait_s < 0 or workers < 1:
             raise ValueError("max_batch and workers must be ≥ 1 and max_wait_s ≥ 0")
         self.fns, self.max_batch, self.max_wait_s = fns, max_batch, max_wait_s
-        self.workers, self.thread_init = workers, thread_init
+        self.workers, self.thread_init, self.thread_exit = workers, thread_init, thread_exit
         self.observer = observer or _NullObserver()
         self._pending: collections.deque[_Job] = collections.deque()
         self._calls: collections.deque[_Call] = collections.deque()
@@ -108,7 +109,7 @@ class MicroBatcher:
         self._threads: list[threading.Thread] = []
 
     async def start(self) -> None:
-        """Start the model threads (each runs `thread_init` first)."""
+        """Start the model threads (each runs `thread_init` first, and `thread_exit` last)."""
         self._closed = False
         names = ["afv-model"] if self.workers == 1 else [f"afv-model-{i}" for i in range(self.workers)]
         self._threads = [threading.Thread(target=self._loop, name=name, daemon=True) for name in names]
@@ -158,14 +159,15 @@ class MicroBatcher:
     def _loop(self) -> None:
         if self.thread_init is not None:
             self.thread_init()
-        while True:
-            work = self._next_work()
-            if work is None:
-                return
-            if isinstance(work, _Call):
-                self._run_call(work)
-            else:
-                self._execute(work)
+        try:
+            while (work := self._next_work()) is not None:
+                if isinstance(work, _Call):
+                    self._run_call(work)
+                else:
+                    self._execute(work)
+        finally:
+            if self.thread_exit is not None:
+                self.thread_exit()
 
     def _next_work(self) -> _Call | list[_Job] | None:
         """Block until there is work: a queued call, or a gathered batch; None once closed."""

@@ -35,11 +35,12 @@ from index.collection import DB_FILE
 from model.embedder import Embedder
 from model.loading import load_embedder
 from model.parallel import BatchSplitter, model_threads, set_thread_torch_threads
-from service import jnd
-from service.batching import MicroBatcher
+from service import jnd, model_processes
+from service.batching import BatchFn, MicroBatcher
 from service.ingest import Decode, Item, Outcome, ingest_batch
 from service.metrics import Metrics
 from service.model_index import ModelIndex
+from service.model_processes import ModelProcesses
 from service.schemas import JNDThreshold
 from service.settings import Settings
 
@@ -138,25 +139,51 @@ class Engine:
         self.decode_fit = resources.index.decode_fit  # what uploads are decoded for, as the index pins
         workers, threads = model_threads(settings.model_workers, self.extractor.device)
         self._afv_replicas = BatchSplitter(self.extractor)  # one per model thread that needs one
+        fns: dict[str, BatchFn] = {"afv": self._afv_batch, "embed": resources.index.sketch}
+        self.processes = self._model_processes(fns, workers, threads)
         self.batcher = MicroBatcher(
-            {"afv": self._afv_batch, "embed": resources.index.sketch},
+            self.processes.batch_fns() if self.processes else fns,
             max_batch=settings.batch_max_size,
             max_wait_s=settings.batch_max_wait_ms / 1000,
             observer=metrics,
             workers=workers,
-            thread_init=(lambda: set_thread_torch_threads(threads)) if workers > 1 else None,
+            thread_init=self.processes.thread_init
+            if self.processes
+            else (lambda: set_thread_torch_threads(threads))
+            if workers > 1
+            else None,
+            thread_exit=self.processes.thread_exit if self.processes else None,
         )
         metrics.model_workers.set(workers)
+        if self.processes is not None:
+            procs = self.processes
+            metrics.track_model_processes(lambda: len(procs.pids), lambda: procs.restarts)
         self.jnd: JNDThreshold | None = None
         self.write_error: str | None = None  # why the last index write failed; None after a success
         metrics.track_index_size(lambda: self.index.count)
 
+    def _model_processes(self, fns: dict, workers: int, torch_threads: int) -> ModelProcesses | None:
+        """Worker processes for the model threads, where settings and platform allow (see service.model_processes)."""
+        wanted = self.settings.model_processes
+        if wanted is False or not model_processes.available(self.extractor.device):
+            if wanted:
+                log.warning("model processes need Linux and a CPU model; the model threads run the passes")
+            return None
+        r, n = self.extractor.resolution, self.settings.batch_max_size
+        out_dim = max(self.extractor.dim, self.index.dim)
+        in_bytes, out_bytes = n * 3 * r * r, n * out_dim * 4
+        return ModelProcesses(fns, workers, in_bytes=in_bytes, out_bytes=out_bytes, torch_threads=torch_threads)
+
     async def start(self) -> None:
+        if self.processes is not None:
+            self.processes.start()  # forked from the event loop's thread, see ModelProcesses
         await self.batcher.start()
         self.jnd = await self.batcher.run_in_worker(self._initial_jnd)
 
     async def stop(self) -> None:
         await self.batcher.stop()
+        if self.processes is not None:
+            self.processes.stop()
         try:
             await to_thread.run_sync(self.resources.index.close)
         except AFVIndexError as e:  # e.g. a full disk at the last checkpoint: the log keeps the ops

@@ -4,8 +4,10 @@ Documented codes: 400 `invalid_image` (empty, corrupt, truncated, not an image) 
 401 `unauthorized`; 403 `read_only` (a write to a server started with `--read-only`); 404 `not_found`;
 405 `method_not_allowed`; 413 `payload_too_large` (request or one image over the byte limit) and
 `too_many_pixels` (decompression bombs); 415 `unsupported_media_type`; 422 `validation_error`
-(malformed JSON, missing/invalid fields); 503 `not_ready` and `index_unavailable` (also a write the
-storage refused: disk I/O error, read-only file system; the message names the cause); 507
+(malformed JSON, missing/invalid fields); 503 `not_ready`, `model_restarted` (the model process running
+the request's pass died, e.g. killed for memory; a new one takes the next pass: retry) and
+`index_unavailable` (also a write the storage refused: disk I/O error, read-only file system; the
+message names the cause); 507
 `insufficient_storage` (a write found the disk or quota full; nothing was half-written, retry once
 space is freed). A 500 `internal_error` is a bug.
 
@@ -29,6 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from index import AFVIndexError, IndexFullError, IndexReadOnlyError, InvalidInputError, ItemNotFoundError
 from model.data import ImageDecodeError
 from service.batching import BatcherClosed
+from service.model_processes import ModelProcessDied
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +93,7 @@ DOMAIN_ERRORS: list[tuple[type[Exception], int, str]] = [
     (InvalidInputError, 422, "invalid_input"),
     (ImageDecodeError, 400, "invalid_image"),
     (BatcherClosed, 503, "not_ready"),
+    (ModelProcessDied, 503, "model_restarted"),
     (IndexReadOnlyError, 403, "read_only"),
     (IndexFullError, 507, "insufficient_storage"),  # IndexWriteError with no_space; other write failures: 503
     (AFVIndexError, 503, "index_unavailable"),

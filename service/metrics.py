@@ -75,6 +75,12 @@ class Metrics:
         self.model_workers = Gauge(
             "afv_model_threads", "Model threads running batches independently (AFV_MODEL_WORKERS).", registry=r
         )
+        self.model_processes = Gauge(
+            "afv_model_processes", "Worker processes running the model passes (AFV_MODEL_PROCESSES).", registry=r
+        )
+        self.model_process_restarts = Gauge(
+            "afv_model_process_restarts", "Model worker processes forked again after one died.", registry=r
+        )
         self.writes_failing = Gauge(
             "afv_index_writes_failing", "1 while index writes fail (until the next successful write).", registry=r
         )
@@ -88,6 +94,11 @@ class Metrics:
     def track_index_size(self, count: Callable[[], int]) -> None:
         """Read the index size at scrape time."""
         self.index_size.set_function(lambda: float(count()))
+
+    def track_model_processes(self, running: Callable[[], int], restarts: Callable[[], int]) -> None:
+        """Read the model processes' count and restarts at scrape time."""
+        self.model_processes.set_function(lambda: float(running()))
+        self.model_process_restarts.set_function(lambda: float(restarts()))
 
     def write_failed(self, no_space: bool) -> None:
         """An index write failed on storage."""

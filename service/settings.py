@@ -73,6 +73,13 @@ class Settings(BaseSettings):
         "and an equal share of the torch threads. None = one per torch thread on CPU (at most 4), 1 on a GPU.",
     )
 
+    model_processes: bool | None = Field(
+        default=None,
+        description="Run the model threads' passes in forked worker processes, one per thread, with images "
+        "and outputs in shared memory, so the passes never wait for the GIL the HTTP work holds. "
+        "None = yes where possible (Linux, CPU); on a GPU the threads always run them.",
+    )
+
     # JND: distances at or below the threshold are judged "same". None = calibrated file, else synthetic.
     jnd_threshold: float | None = Field(default=None, ge=0)
 

@@ -206,3 +206,10 @@ def test_stop_ends_every_model_thread():
         return threads
 
     assert [t.is_alive() for t in run(go())] == [False, False, False]
+
+
+def test_each_model_thread_runs_its_exit_hook_as_the_batcher_stops():
+    exits: list[str] = []
+    b = MicroBatcher({"f": Recorder()}, workers=2, thread_exit=lambda: exits.append(threading.current_thread().name))
+    run(_with(b, lambda: b.submit("f", np.zeros((1, 1)))))
+    assert sorted(exits) == ["afv-model-0", "afv-model-1"]

@@ -1,12 +1,17 @@
-"""The engine's model threads: several answer concurrent requests exactly as one does."""
+"""The engine's model threads: several answer concurrent requests exactly as one does, in worker processes too."""
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import signal
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+import torch
 
+from service import model_processes
 from tests.service.conftest import start_server, stop_server, test_settings
 from tests.service.test_e2e import b64, png
 
@@ -38,3 +43,47 @@ def test_two_model_threads_answer_as_one_does(live, tmp_path):
     assert two[0] == pytest.approx(one[0], rel=1e-4)
     for a, b in zip(two[1], one[1]):
         assert a == pytest.approx(b, rel=1e-4, abs=1e-5)
+
+
+def _model_processes(besides: frozenset[int] = frozenset()) -> list:
+    """The live model processes of this test process, other than those with the pids `besides`."""
+    children = multiprocessing.active_children()
+    return [p for p in children if p.name.startswith("afv-model-process") and p.pid not in besides]
+
+
+@pytest.mark.skipif(not model_processes.available(torch.device("cpu")), reason="model processes need Linux (fork)")
+def test_passes_in_model_processes_answer_as_model_threads_do(live, tmp_path):
+    server, thread, url = start_server(test_settings(tmp_path, model_workers=2, model_processes=True))
+    try:
+        assert "afv_model_processes 2.0" in httpx.get(f"{url}/metrics").text
+        in_processes = _answers(url)
+    finally:
+        stop_server(server, thread)
+    server, thread, url = start_server(test_settings(tmp_path, model_workers=2, model_processes=False))
+    try:
+        assert "afv_model_processes 0.0" in httpx.get(f"{url}/metrics").text
+        in_threads = _answers(url)
+    finally:
+        stop_server(server, thread)
+    assert in_processes[0] == pytest.approx(in_threads[0], rel=1e-4)
+    for a, b in zip(in_processes[1], in_threads[1]):
+        assert a == pytest.approx(b, rel=1e-4, abs=1e-5)
+
+
+@pytest.mark.skipif(not model_processes.available(torch.device("cpu")), reason="model processes need Linux (fork)")
+def test_killed_model_processes_are_replaced_and_the_server_answers_as_before(tmp_path):
+    others = frozenset(p.pid for p in _model_processes())  # other servers' (the session's live server)
+    server, thread, url = start_server(test_settings(tmp_path, model_workers=1, model_processes=True))
+    body = {"image_a": b64(png(1)), "image_b": b64(png(2))}
+    try:
+        before = httpx.post(f"{url}/v1/distance", json=body, timeout=60).json()["distance"]
+        (worker,) = _model_processes(others)
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.join(5)
+        after = httpx.post(f"{url}/v1/distance", json=body, timeout=60)
+        assert after.status_code == 200 and after.json()["distance"] == pytest.approx(before, rel=1e-5)
+        assert len(_model_processes(others | {worker.pid})) == 1
+        assert "afv_model_process_restarts 1.0" in httpx.get(f"{url}/metrics").text
+    finally:
+        stop_server(server, thread)
+    assert _model_processes(others) == []  # stopped with the server
