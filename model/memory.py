@@ -8,11 +8,13 @@ from the kernel and unmaps them on free, so every pass faults its memory in agai
 the process's resident size stays near its peak instead of falling back between passes.
 
 The `afv` command calls `keep_freed_memory()` before any of its commands (`afv eval copies` with the
-bundled model: 4.0 s of AFVs against 5.4–5.7 s); `AFV_MALLOC_KEEP=0` leaves malloc as it is. Under
-`afv serve` it changes little: the model threads allocate in glibc's per-thread arenas, which unmap a
-heap that falls empty whatever the thresholds (faults fell from 182,000 to 74,000 a second, the served
-rate stayed the same). One arena for all threads removed the faults there but did not serve more and
-raised p99 latency, so it is not set. Ray's model workers (sketches, not AFVs) do not call it.
+bundled model: 4.0 s of AFVs against 5.4–5.7 s); `AFV_MALLOC_KEEP=0` leaves malloc as it is. Model
+threads gain nothing from it: they allocate in glibc's per-thread arenas, which unmap a heap that falls
+empty whatever the thresholds (faults fell from 182,000 to 74,000 a second, the served rate stayed the
+same; one arena for all threads removed the faults but raised p99 latency, so it is not set). That is
+why `afv serve` forks its model processes from the main thread (`service.model_processes`): they then
+allocate from the main heap, where the thresholds hold. Ray's model workers (sketches, not AFVs) do not
+call it.
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ import queue
 import signal
 import sys
 import threading
+import warnings
 import weakref
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -103,7 +104,9 @@ class ModelProcess:
             name=f"afv-model-process-{threading.current_thread().name}",
             daemon=True,
         )
-        proc.start()
+        with warnings.catch_warnings():  # Python ≥ 3.12 warns of fork beside threads: the worker uses none of theirs
+            warnings.filterwarnings("ignore", ".*fork", DeprecationWarning)
+            proc.start()
         child.close()
         self._proc, self._conn = proc, parent
         self.starts += 1
