@@ -35,11 +35,11 @@ def family(pid: int) -> list[int]:
     return found
 
 
-def thread_cpu(pid: int, children: bool = True) -> dict[int, float]:
+def thread_cpu(pid: int) -> dict[int, float]:
     """CPU seconds so far of each thread of `pid` (and of its descendant processes), by thread id
     (`bench/loadtest.py` reports them too)."""
     out = {}
-    for proc in family(pid) if children else [pid]:
+    for proc in family(pid):
         try:
             tasks = list(Path(f"/proc/{proc}/task").iterdir())
         except OSError:  # the process ended

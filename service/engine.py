@@ -141,28 +141,25 @@ class Engine:
         self._afv_replicas = BatchSplitter(self.extractor)  # one per model thread that needs one
         fns: dict[str, BatchFn] = {"afv": self._afv_batch, "embed": resources.index.sketch}
         self.processes = self._model_processes(fns, workers, threads)
+        procs = self.processes
+        thread_init = (lambda: set_thread_torch_threads(threads)) if workers > 1 else None
         self.batcher = MicroBatcher(
-            self.processes.batch_fns() if self.processes else fns,
+            procs.batch_fns() if procs else fns,
             max_batch=settings.batch_max_size,
             max_wait_s=settings.batch_max_wait_ms / 1000,
             observer=metrics,
             workers=workers,
-            thread_init=self.processes.thread_init
-            if self.processes
-            else (lambda: set_thread_torch_threads(threads))
-            if workers > 1
-            else None,
-            thread_exit=self.processes.thread_exit if self.processes else None,
+            thread_init=procs.thread_init if procs else thread_init,
+            thread_exit=procs.thread_exit if procs else None,
         )
         metrics.model_workers.set(workers)
-        if self.processes is not None:
-            procs = self.processes
+        if procs is not None:
             metrics.track_model_processes(lambda: len(procs.pids), lambda: procs.restarts)
         self.jnd: JNDThreshold | None = None
         self.write_error: str | None = None  # why the last index write failed; None after a success
         metrics.track_index_size(lambda: self.index.count)
 
-    def _model_processes(self, fns: dict, workers: int, torch_threads: int) -> ModelProcesses | None:
+    def _model_processes(self, fns: dict[str, BatchFn], workers: int, torch_threads: int) -> ModelProcesses | None:
         """Worker processes for the model threads, where settings and platform allow (see service.model_processes)."""
         wanted = self.settings.model_processes
         if wanted is False or not model_processes.available(self.extractor.device):

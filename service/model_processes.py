@@ -6,9 +6,10 @@ loop holds it often. Under 32 clients each model thread slept 10-12 % of the tim
 core that then idled (docs/results.md). A process of its own runs its pass with no GIL to share; the
 model thread (now a proxy) only takes the GIL once a pass, to hand the result on.
 
-A worker is forked from its model thread, after the model is loaded, so it shares the model's memory
-and runs the same batch functions; it runs one torch thread per share. Each worker has one input region
-and a few output slots (anonymous shared `mmap`s, which need no /dev/shm and vanish with the processes).
+The workers are forked from the event loop's thread after the model is loaded (see `ModelProcesses`),
+so they share the model's memory and run the same batch functions, each with its share of the torch
+threads. Each worker has one input region and a few output slots (anonymous shared `mmap`s, which need
+no /dev/shm and vanish with the processes).
 A result is a NumPy view of its slot: the slot is reused only once every view of it is gone, and when
 none is free the result is copied out of a spare slot, so a slow reader never blocks the model.
 
@@ -27,6 +28,7 @@ import math
 import mmap
 import multiprocessing
 import os
+import pickle
 import queue
 import signal
 import sys
@@ -42,10 +44,10 @@ import torch
 
 from model.memory import keep_freed_memory
 from model.parallel import set_thread_torch_threads
+from service.batching import BatchFn
 
 log = logging.getLogger(__name__)
 
-BatchFn = Callable[[np.ndarray], np.ndarray]
 RESULT_SLOTS = 2  # results in use at once (the event loop reads one while the next pass runs), plus a spare
 MAX_SLOT_BYTES = 512 * 1024 * 1024  # larger results go through the pipe, as pickles
 _PR_SET_PDEATHSIG = 1
@@ -225,8 +227,6 @@ def _pass(fns: dict[str, BatchFn], inbuf: mmap.mmap, outs: list[mmap.mmap], kind
 
 def _sendable(e: Exception) -> Exception:
     """The exception itself if it survives pickling, else a RuntimeError with its message."""
-    import pickle
-
     try:
         return pickle.loads(pickle.dumps(e))
     except Exception:

@@ -32,13 +32,18 @@ def _answers(url: str) -> tuple[list[float], list[list[float]]]:
         return list(distances), list(sketches)
 
 
-def test_two_model_threads_answer_as_one_does(live, tmp_path):
-    server, thread, url = start_server(test_settings(tmp_path, model_workers=2))
+def _served_answers(settings, metric: str) -> tuple[list[float], list[list[float]]]:
+    """`_answers` from a server started with `settings`, whose /metrics shows the line `metric`."""
+    server, thread, url = start_server(settings)
     try:
-        assert "afv_model_threads 2.0" in httpx.get(f"{url}/metrics").text
-        two = _answers(url)
+        assert metric in httpx.get(f"{url}/metrics").text
+        return _answers(url)
     finally:
         stop_server(server, thread)
+
+
+def test_two_model_threads_answer_as_one_does(live, tmp_path):
+    two = _served_answers(test_settings(tmp_path, model_workers=2), "afv_model_threads 2.0")
     one = _answers(live.url)
     assert two[0] == pytest.approx(one[0], rel=1e-4)
     for a, b in zip(two[1], one[1]):
@@ -53,18 +58,10 @@ def _model_processes(besides: frozenset[int] = frozenset()) -> list:
 
 @pytest.mark.skipif(not model_processes.available(torch.device("cpu")), reason="model processes need Linux (fork)")
 def test_passes_in_model_processes_answer_as_model_threads_do(live, tmp_path):
-    server, thread, url = start_server(test_settings(tmp_path, model_workers=2, model_processes=True))
-    try:
-        assert "afv_model_processes 2.0" in httpx.get(f"{url}/metrics").text
-        in_processes = _answers(url)
-    finally:
-        stop_server(server, thread)
-    server, thread, url = start_server(test_settings(tmp_path, model_workers=2, model_processes=False))
-    try:
-        assert "afv_model_processes 0.0" in httpx.get(f"{url}/metrics").text
-        in_threads = _answers(url)
-    finally:
-        stop_server(server, thread)
+    settings = test_settings(tmp_path, model_workers=2, model_processes=True)
+    in_processes = _served_answers(settings, "afv_model_processes 2.0")
+    settings = test_settings(tmp_path, model_workers=2, model_processes=False)
+    in_threads = _served_answers(settings, "afv_model_processes 0.0")
     assert in_processes[0] == pytest.approx(in_threads[0], rel=1e-4)
     for a, b in zip(in_processes[1], in_threads[1]):
         assert a == pytest.approx(b, rel=1e-4, abs=1e-5)
