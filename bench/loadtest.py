@@ -2,7 +2,8 @@
 
 Starts a server in a subprocess (over a temporary index, or `--url` targets a running one on
 127.0.0.1), seeds the index, then drives a bounded asyncio httpx client (at most `--requests`
-requests and `--duration` seconds) and prints latency percentiles, throughput and errors. In the same
+requests and `--duration` seconds; `--client raw`, the default, sends requests encoded before the clock
+starts, `--client httpx` builds each with httpx) and prints latency percentiles, throughput and errors. In the same
 run it times the raw model work — the embedder's `embed` (AFVs) and the index's `embed` on batches of the
 server's batch size, with the server idle — and reports service throughput as a share of it.
 
@@ -37,6 +38,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.raw_http import Connection, ProtocolError, post  # noqa: E402
+
 IMAGES = ROOT / "tests" / "fixtures" / "cifar10"
 KEY = "loadtest-key"
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -270,7 +273,17 @@ async def one_request(client: httpx.AsyncClient, op: str, i: int, images: list[b
     res.images += 1 if op == "search" else 2
 
 
+def op_of(i: int, args) -> str:
+    """Request i's route: search_weight searches, then distance_weight distances, repeating."""
+    return "search" if (i % (args.search_weight + args.distance_weight)) < args.search_weight else "distance"
+
+
 async def drive(url: str, images: list[bytes], args) -> tuple[Results, float]:
+    """Run the load with --client's client: `concurrency` workers share one request counter."""
+    return await (drive_raw if args.client == "raw" else drive_httpx)(url, images, args)
+
+
+async def drive_httpx(url: str, images: list[bytes], args) -> tuple[Results, float]:
     res, counter = Results(), iter(range(args.requests))
     limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
     async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
@@ -280,12 +293,58 @@ async def drive(url: str, images: list[bytes], args) -> tuple[Results, float]:
             for i in counter:
                 if time.perf_counter() > deadline:
                     return
-                op = "search" if (i % (args.search_weight + args.distance_weight)) < args.search_weight else "distance"
-                await one_request(client, op, i, images, res)
+                await one_request(client, op_of(i, args), i, images, res)
 
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(args.concurrency)))
         return res, time.perf_counter() - t0
+
+
+def raw_requests(host: str, images: list[bytes]) -> dict[str, list[bytes]]:
+    """Every request the load sends, encoded once: the same forms as `one_request`'s, request i using
+    entry i % len(images)."""
+    n = len(images)
+    search = [
+        post(host, "/v1/search", [("image", b, "q.jpg"), ("k", b"10", None), ("mirror", MIRROR[0].encode(), None)])
+        for b in images
+    ]
+    distance = [
+        post(host, "/v1/distance", [("image_a", images[i], "a.jpg"), ("image_b", images[(i * 7 + 3) % n], "b.jpg")])
+        for i in range(n)
+    ]
+    return {"search": search, "distance": distance}
+
+
+async def drive_raw(url: str, images: list[bytes], args) -> tuple[Results, float]:
+    res, counter = Results(), iter(range(args.requests))
+    where = urlparse(url)
+    requests = raw_requests(where.netloc, images)
+    deadline = time.perf_counter() + args.duration
+
+    async def worker() -> None:
+        conn = Connection(where.hostname or "127.0.0.1", where.port or 80)
+        try:
+            for i in counter:
+                if time.perf_counter() > deadline:
+                    return
+                op = op_of(i, args)
+                t0 = time.perf_counter()
+                try:
+                    reply = await asyncio.wait_for(conn.send(requests[op][i % len(images)]), 30)
+                except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ProtocolError) as e:
+                    res.error(type(e).__name__)
+                    continue
+                if reply.status != 200:
+                    res.error(f"HTTP {reply.status}")
+                    continue
+                res.latencies[op].append(time.perf_counter() - t0)
+                res.images += 1 if op == "search" else 2
+        finally:
+            await conn.close()
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+    return res, time.perf_counter() - t0
 
 
 async def warm_and_seed(url: str, images: list[bytes], n_index: int) -> None:
@@ -398,7 +457,7 @@ def summarise(res: Results, elapsed: float, raw: dict, before: dict, after: dict
 def print_report(s: dict, args) -> None:
     print(
         f"\n== AFV service load test: {args.concurrency} clients, {s['elapsed_s']:.1f} s, "
-        f"model {args.preset or args.model or 'default'}"
+        f"model {args.preset or args.model or 'default'}, {args.client} client"
         + (f", server env {' '.join(args.server_env)}" if args.server_env else "")
         + (f", http {args.http}, loop {args.loop}" if (args.http, args.loop) != ("auto", "auto") else "")
         + (f", switch interval {args.switch_interval} s" if args.switch_interval else "")
@@ -458,6 +517,12 @@ def parse_args(argv=None):
     p.add_argument("--preset", help="untrained networks of this preset (tiny, cpu, …) instead of --model")
     p.add_argument("--device", default="cpu")
     p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument(
+        "--client",
+        choices=("raw", "httpx"),
+        default="raw",
+        help="load client: raw (requests encoded up front, little CPU taken from the server) or httpx",
+    )
     p.add_argument("--duration", type=float, default=20.0, help="seconds of load (upper bound)")
     p.add_argument("--requests", type=int, default=20_000, help="requests (upper bound)")
     p.add_argument("--search-weight", type=int, default=1)
