@@ -53,12 +53,12 @@ from service.app import create_app
 from service.settings import Settings
 keep_freed_memory()  # as `afv serve` does
 cfg = json.loads(sys.argv[1])
-port, http, loop, switch = (cfg.pop(k) for k in ("port", "http", "loop", "switch_interval"))
+port, http, loop, switch, access = (cfg.pop(k) for k in ("port", "http", "loop", "switch_interval", "access_log"))
 if switch:
     sys.setswitchinterval(switch)
 logging.basicConfig(level=logging.WARNING)
-uvicorn.run(create_app(Settings(**cfg)), host="127.0.0.1", port=port, log_level="warning",
-            access_log=False, http=http, loop=loop)
+uvicorn.run(create_app(Settings(**cfg)), host="127.0.0.1", port=port, log_level="info" if access else "warning",
+            access_log=access, http=http, loop=loop)
 """
 
 
@@ -200,6 +200,7 @@ def start_server(args, data_dir: Path) -> tuple[subprocess.Popen, str]:
         "http": args.http,
         "loop": args.loop,
         "switch_interval": args.switch_interval,
+        "access_log": args.access_log,
         "batch_max_size": args.batch_size,
         "torch_threads": args.torch_threads,
         "model_workers": args.model_workers,
@@ -208,6 +209,7 @@ def start_server(args, data_dir: Path) -> tuple[subprocess.Popen, str]:
         [sys.executable, "-c", SERVER_CODE, json.dumps(cfg)],
         cwd=ROOT,
         env={**os.environ, **server_env(args.server_env), "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.DEVNULL if args.access_log else None,  # uvicorn's access lines
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
@@ -460,6 +462,7 @@ def print_report(s: dict, args) -> None:
         f"model {args.preset or args.model or 'default'}, {args.client} client"
         + (f", server env {' '.join(args.server_env)}" if args.server_env else "")
         + (f", http {args.http}, loop {args.loop}" if (args.http, args.loop) != ("auto", "auto") else "")
+        + (", access log" if args.access_log else "")
         + (f", switch interval {args.switch_interval} s" if args.switch_interval else "")
         + " =="
     )
@@ -548,6 +551,11 @@ def parse_args(argv=None):
         default=[],
         metavar="KEY=VALUE",
         help="environment variable for the started server only, e.g. OMP_WAIT_POLICY=PASSIVE (repeatable)",
+    )
+    p.add_argument(
+        "--access-log",
+        action="store_true",
+        help="the started server logs each request as `afv serve` does (its output goes to /dev/null)",
     )
     p.add_argument("--loop-nice", type=int, help="nice value for the started server's event-loop thread alone")
     p.add_argument("--json", action="store_true", help="also print the summary as JSON")
