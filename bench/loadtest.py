@@ -10,7 +10,8 @@ server's batch size, with the server idle — and reports service throughput as 
     .venv/bin/python bench/loadtest.py                         # default (bundled or untrained tiny) model
     .venv/bin/python bench/loadtest.py --preset cpu            # untrained `cpu`-preset networks (same cost)
     .venv/bin/python bench/loadtest.py --model runs/cpu-c10 --concurrency 32 --duration 30
-    .venv/bin/python bench/loadtest.py --http httptools --loop uvloop   # needs `pip install httptools uvloop`
+    .venv/bin/python bench/loadtest.py --http h11 --loop asyncio        # uvicorn's pure-Python parser and loop
+    .venv/bin/python bench/loadtest.py --client httpx --access-log      # the old client; afv serve's access log
     .venv/bin/python bench/loadtest.py --model-workers 1 | 2             # A/B of the server's model threads
 
 It also prints each server thread's CPU over the load ("main" is the event loop), which shows whether
@@ -537,11 +538,9 @@ def parse_args(argv=None):
         "--model-workers", type=int, help="server's AFV_MODEL_WORKERS (default: one per torch thread on CPU)"
     )
     p.add_argument(
-        "--http", default="auto", help="the started server's HTTP parser: auto (httptools when installed), h11"
+        "--http", default="auto", help="the started server's HTTP parser: auto (httptools, a dependency), h11"
     )
-    p.add_argument(
-        "--loop", default="auto", help="the started server's event loop: auto (uvloop when installed), asyncio"
-    )
+    p.add_argument("--loop", default="auto", help="the started server's event loop: auto (uvloop off Windows), asyncio")
     p.add_argument(
         "--switch-interval", type=float, help="the server's sys.setswitchinterval (Python's default: 0.005 s)"
     )
