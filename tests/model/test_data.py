@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.data import MAX_PIXELS, ImageDecodeError, decode_image, fit_to_square, image_to_uint8
+from model.data import MAX_PIXELS, ImageDecodeError, declared_pixels, decode_image, fit_to_square, image_to_uint8
 
 ROOT = Path(__file__).parents[2]
 CIFAR = sorted((ROOT / "tests" / "fixtures" / "cifar10").rglob("*.jpg"))
@@ -162,3 +162,10 @@ def test_a_large_jpeg_decoded_for_a_fit_is_reduced_yet_fits_like_the_full_decode
 def test_small_jpegs_and_other_formats_decode_in_full_for_a_fit(size, fmt):
     data = _jpeg(*size, fmt)
     assert np.array_equal(np.asarray(decode_image(data, fit=32)), np.asarray(decode_image(data)))
+
+
+def test_declared_pixels_reads_the_header_without_decoding():
+    assert declared_pixels(encode(Image.new("RGB", (30, 7)))) == 210
+    assert declared_pixels(png_header_only(5_000, 4_000)) == 20_000_000  # no pixel data follows
+    assert declared_pixels(png_header_only(50_000, 40_000)) is None  # Pillow's bomb guard: the decode reports it
+    assert declared_pixels(b"junk") is None and declared_pixels(b"") is None

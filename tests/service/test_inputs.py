@@ -369,6 +369,40 @@ def test_decode_images_jpeg_and_webp(settings):
     assert np.abs(x[:, :, 4, 4].astype(int) - [120, 60, 30]).max() <= 3
 
 
+def decode_where(items, settings, monkeypatch) -> tuple[np.ndarray | APIError, list[str]]:
+    """decode_images' output (or its error), and ["thread"] if it went through the thread pool."""
+    import service.inputs as inputs
+
+    calls: list[str] = []
+    real = inputs.run_in_threadpool
+
+    async def spy(fn, *args):
+        calls.append("thread")
+        return await real(fn, *args)
+
+    monkeypatch.setattr(inputs, "run_in_threadpool", spy)
+    try:
+        return asyncio.run(decode_images(items, settings, preprocess)), calls
+    except APIError as e:
+        return e, calls
+
+
+def test_decode_images_of_small_images_stay_on_the_loop(settings, monkeypatch):
+    items = [("a", png(size=(32, 32))), ("b", png((1, 2, 3), size=(64, 64)))]
+    x, calls = decode_where(items, settings, monkeypatch)
+    assert calls == [] and x[1, :, 0, 0].tolist() == [1, 2, 3]
+
+
+@pytest.mark.parametrize("other", [png(size=(65, 64)), b"junk", b"\0" * 70_000], ids=["larger", "unreadable", "bulky"])
+def test_decode_images_goes_to_the_thread_pool_unless_every_image_is_known_small(settings, monkeypatch, other):
+    out, calls = decode_where([("a", png(size=(32, 32))), ("b", other)], settings, monkeypatch)
+    assert calls == ["thread"]
+    if isinstance(out, APIError):  # the unreadable ones fail as before, naming their field
+        assert out.status == 400 and out.message.startswith("b: ")
+    else:
+        assert out.shape == (2, 3, R, R)
+
+
 # ---- issue 13: upload names, strict JSON vs converted form fields, clearer messages ------------
 
 
