@@ -11,6 +11,7 @@ the event loop.
 from __future__ import annotations
 
 import copy
+import io
 import json
 import re
 from typing import Any, TypeVar, get_args, get_origin
@@ -19,12 +20,13 @@ import numpy as np
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import FormData, UploadFile
+from starlette.datastructures import FormData, Headers, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
 from model.data import ImageDecodeError, declared_pixels, decode_image
 from service.errors import APIError, BodyTooLarge, validation_message
+from service.multipart import Part, split_form, text
 from service.settings import Settings
 
 # Images up to 64×64 (the models' own sizes) decode on the event loop: decoded and fitted in 0.14 ms
@@ -32,6 +34,7 @@ from service.settings import Settings
 # idle, more under load). Larger ones go to the thread pool, so that they never hold the loop up.
 INLINE_PIXELS = 64 * 64
 INLINE_BYTES = 64 * 1024
+FAST_FORM_BYTES = 4 * 1024 * 1024  # larger multipart bodies stream through Starlette's parser (spooled)
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -111,14 +114,15 @@ async def _read_json(request: Request) -> Any:
 
 
 async def _read_form(request: Request, model: type[BaseModel], settings: Settings) -> dict:
-    try:
-        form = await request.form(
-            max_files=settings.max_images_per_request * 2 + 2, max_fields=64, max_part_size=settings.max_image_bytes
-        )
-    except BodyTooLarge:
-        raise
-    except (HTTPException, MultiPartException, ValueError) as e:  # malformed multipart
-        raise APIError(400, "bad_request", f"malformed multipart body: {_multipart_reason(e)}") from None
+    max_files, max_fields, max_part = settings.max_images_per_request * 2 + 2, 64, settings.max_image_bytes
+    form = await _plain_form(request, max_files, max_fields, max_part)
+    if form is None:
+        try:
+            form = await request.form(max_files=max_files, max_fields=max_fields, max_part_size=max_part)
+        except BodyTooLarge:
+            raise
+        except (HTTPException, MultiPartException, ValueError) as e:  # malformed multipart
+            raise APIError(400, "bad_request", f"malformed multipart body: {_multipart_reason(e)}") from None
     try:
         data: dict[str, Any] = {}
         for name, f in model.model_fields.items():
@@ -131,6 +135,35 @@ async def _read_form(request: Request, model: type[BaseModel], settings: Setting
         return data
     finally:
         await form.close()
+
+
+async def _plain_form(request: Request, max_files: int, max_fields: int, max_part: int) -> FormData | None:
+    """The form of a small, plain multipart body through `service.multipart`'s fast path; None for any
+    other body, which Starlette's parser then reads (and rejects with its own errors where malformed)."""
+    length = request.headers.get("content-length", "")
+    if not length.isdigit() or int(length) > FAST_FORM_BYTES:
+        return None
+    parts = split_form(await request.body(), request.headers.get("content-type", ""), max_files + max_fields)
+    if parts is None:
+        return None
+    files = [p for p in parts if p.filename is not None]
+    if len(files) > max_files or len(parts) - len(files) > max_fields:
+        return None
+    if any(p.filename is None and len(p.data) > max_part for p in parts):
+        return None
+    return FormData([(p.name, _upload(p) if p.filename is not None else text(p.data)) for p in parts])
+
+
+class _InMemory(io.BytesIO):
+    """Bytes that UploadFile reads in place: it looks for SpooledTemporaryFile's `_rolled` and sends
+    reads of any other file to the thread pool."""
+
+    _rolled = False
+
+
+def _upload(part: Part) -> UploadFile:
+    headers = Headers({"content-type": part.content_type} if part.content_type else {})
+    return UploadFile(_InMemory(part.data), size=len(part.data), filename=part.filename, headers=headers)
 
 
 def _default_upload_names(form: FormData, model: type[BaseModel], data: dict[str, Any]) -> None:
