@@ -167,5 +167,37 @@ def test_small_jpegs_and_other_formats_decode_in_full_for_a_fit(size, fmt):
 def test_declared_pixels_reads_the_header_without_decoding():
     assert declared_pixels(encode(Image.new("RGB", (30, 7)))) == 210
     assert declared_pixels(png_header_only(5_000, 4_000)) == 20_000_000  # no pixel data follows
-    assert declared_pixels(png_header_only(50_000, 40_000)) is None  # Pillow's bomb guard: the decode reports it
+    assert declared_pixels(png_header_only(50_000, 40_000)) == 2_000_000_000  # too large: the decode reports it
     assert declared_pixels(b"junk") is None and declared_pixels(b"") is None
+
+
+def jpeg(size: tuple[int, int], **options) -> bytes:
+    buf = io.BytesIO()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(buf, "JPEG", **options)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        jpeg((37, 19)),
+        jpeg((64, 64), progressive=True),
+        jpeg((5, 300), exif=b"Exif\0\0" + b"\0" * 2000, icc_profile=b"\0" * 5000),
+        encode(Image.new("RGB", (123, 45))),
+        encode(Image.new("LA", (3, 9))),
+        *[p.read_bytes() for p in CIFAR[:20]],
+    ],
+    ids=lambda d: f"{len(d)}-bytes",
+)
+def test_declared_pixels_of_png_and_jpeg_headers_match_pillow(data):
+    with Image.open(io.BytesIO(data)) as img:
+        assert declared_pixels(data) == img.width * img.height
+
+
+def test_declared_pixels_of_cut_or_odd_headers_falls_back_to_pillow():
+    data = jpeg((40, 30))
+    assert declared_pixels(data[:20]) is None  # cut before the frame header
+    buf = io.BytesIO()
+    Image.new("RGB", (7, 6)).save(buf, "BMP")
+    assert declared_pixels(buf.getvalue()) == 42
