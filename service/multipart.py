@@ -58,13 +58,15 @@ def _part(chunk: bytes) -> Part | None:
     head, blank, data = chunk[2:].partition(b"\r\n\r\n")
     if not blank or len(head) > MAX_HEAD_BYTES:
         return None
+    if b"\r" in head.replace(b"\r\n", b"") or b"\n" in head.replace(b"\r\n", b""):  # a stray CR or LF
+        return None
     headers = {}
     for line in head.split(b"\r\n"):
         key, colon, value = line.partition(b":")
         key = key.lower()
         if not colon or key not in _HEADERS or key in headers:
             return None
-        headers[key] = value.strip()
+        headers[key] = value.strip(b" \t")
     m = _DISPOSITION.fullmatch(headers.get(b"content-disposition", b""))
     if m is None:
         return None
