@@ -6,8 +6,9 @@ Makes N distinct JPEG photos-like files (size×size), then, in one run:
 * the ingest pipeline (`service.ingest.ingest`, what `afv index build` runs) from the files: read,
   hash, dedupe, decode and resize, sketch, add to the index; once decoding inline (workers 0) and
   once in worker processes one batch ahead of the model (`--workers`), both with the reduced JPEG
-  decode that new indexes pin (`model.data.decode_image(fit=...)`), then once inline with the full
-  decode of indexes made before it.
+  decode that new indexes pin (`model.data.decode_image(fit=...)`), then inline with each batch
+  decoded side by side in torch's threads (what `afv index build` does without workers), then once
+  inline with the full decode of indexes made before it.
 
     .venv/bin/python bench/ingest_throughput.py                                  # bundled default model
     .venv/bin/python bench/ingest_throughput.py --readout global --images 1000   # the whole-image read-out
@@ -58,7 +59,7 @@ def raw_rate(embedder, folder: Path, work: Path, tag: str = "") -> float:
 
 
 def pipeline_rate(
-    embedder, folder: Path, work: Path, workers: int, reduced: bool = True, tag: str = ""
+    embedder, folder: Path, work: Path, workers: int, reduced: bool = True, tag: str = "", decode_threads: int = 1
 ) -> tuple[float, int]:
     """Images per second of the whole ingest pipeline from files (and how many it added); `reduced`:
     JPEGs decoded at a reduced DCT scale, as a new index pins (False: the full decode of older ones)."""
@@ -66,14 +67,20 @@ def pipeline_rate(
     from service.ingest import FileDecoder, Item, ingest
     from service.model_index import ModelIndex
 
-    with ModelIndex.create(work / f"pipeline-{workers}-{reduced}{tag}", embedder) as mi:
+    with ModelIndex.create(work / f"pipeline-{workers}-{reduced}-{decode_threads}{tag}", embedder) as mi:
         t0 = time.perf_counter()
         items = (Item(rec.data, rec.name, {"path": rec.name}, rec.name) for rec in iter_records(folder))
         decode = FileDecoder(embedder.resolution, reduced=reduced)
         n = sum(
             not o.duplicate and o.ok
             for _, o in ingest(
-                mi.index, items, decode=decode, embed=mi.sketch, batch_size=embedder.batch_size, workers=workers
+                mi.index,
+                items,
+                decode=decode,
+                embed=mi.sketch,
+                batch_size=embedder.batch_size,
+                workers=workers,
+                decode_threads=decode_threads,
             )
         )
         mi.index.save()
@@ -130,6 +137,12 @@ def one_round(embedder, work: Path, workers: int, r: int) -> list[tuple[str, flo
     for w in dict.fromkeys((0, workers)):
         rate, n = pipeline_rate(embedder, photos, work, w, tag=tag)
         rows.append((f"ingest, {w} decode worker(s)", rate, n))
+    import torch
+
+    threads = torch.get_num_threads()
+    if threads > 1:
+        rate, n = pipeline_rate(embedder, photos, work, 0, tag=tag, decode_threads=threads)
+        rows.append((f"ingest, 0, {threads} decode threads", rate, n))
     rate, n = pipeline_rate(embedder, photos, work, 0, reduced=False, tag=tag)
     return rows + [("ingest, 0, full JPEG decode", rate, n)]
 

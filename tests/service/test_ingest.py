@@ -114,16 +114,22 @@ def test_model_decoder_preprocesses_to_the_model_resolution(extractor, images):
         model_decoder(extractor)(b"not an image", "b.jpg")
 
 
-def test_worker_processes_decode_ahead_with_the_same_outcomes(tmp_path, images):
+@pytest.mark.parametrize("ways", [{"workers": 2}, {"decode_threads": 2}], ids=["worker-processes", "decode-threads"])
+def test_decoding_ahead_or_side_by_side_gives_the_same_outcomes(tmp_path, images, ways):
     from service.ingest import FileDecoder
 
     items = [Item(data, name) for name, data in images[:20]] + [Item(b"junk", "bad"), Item(images[0][1], "again")]
-    outcomes = {}
-    for workers in (0, 2):
-        with AFVIndex.create(tmp_path / f"idx{workers}", dim=DIM) as idx:
+    outcomes, vectors = {}, {}
+    for name, how in (("inline", {}), ("other", ways)):
+        with AFVIndex.create(tmp_path / name, dim=DIM) as idx:
             embed = CountingEmbed()
-            got = list(ingest(idx, items, decode=FileDecoder(32), embed=embed, batch_size=6, workers=workers))
-            outcomes[workers] = [(o.id, o.duplicate, type(o.error).__name__) for _, o in got]
+            got = list(ingest(idx, items, decode=FileDecoder(32), embed=embed, batch_size=6, **how))
+            outcomes[name] = [(o.id, o.duplicate, type(o.error).__name__) for _, o in got]
+            vectors[name] = idx.vectors([o.id for _, o in got if o.id is not None])
             assert [it for it, _ in got] == items and idx.count == 20 and embed.images == 20
-    assert outcomes[0] == outcomes[2]
-    assert outcomes[2][20][2] == "ImageDecodeError" and outcomes[2][21][1]  # junk fails alone; a repeat is a duplicate
+    assert outcomes["inline"] == outcomes["other"]
+    assert len(vectors["inline"]) == 20 and vectors["inline"].keys() == vectors["other"].keys()
+    assert all(np.array_equal(vectors["inline"][i], vectors["other"][i]) for i in vectors["inline"])
+    assert (
+        outcomes["other"][20][2] == "ImageDecodeError" and outcomes["other"][21][1]
+    )  # junk fails alone; a repeat is a duplicate
