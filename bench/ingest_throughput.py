@@ -6,9 +6,9 @@ Makes N distinct JPEG photos-like files (size×size), then, in one run:
 * the ingest pipeline (`service.ingest.ingest`, what `afv index build` runs) from the files: read,
   hash, dedupe, decode and resize, sketch, add to the index; once decoding inline (workers 0) and
   once in worker processes one batch ahead of the model (`--workers`), both with the reduced JPEG
-  decode that new indexes pin (`model.data.decode_image(fit=...)`), then inline with each batch
-  decoded side by side in torch's threads (what `afv index build` does without workers), then once
-  inline with the full decode of indexes made before it.
+  decode that new indexes pin (`model.data.decode_image(fit=...)`), inline with each batch decoded
+  side by side in torch's threads (`ingest(decode_threads=...)`), and inline with the
+  full decode of indexes made before it. Odd rounds (`--repeats`) run these in reverse order.
 
     .venv/bin/python bench/ingest_throughput.py                                  # bundled default model
     .venv/bin/python bench/ingest_throughput.py --readout global --images 1000   # the whole-image read-out
@@ -131,20 +131,21 @@ def main() -> None:
 
 
 def one_round(embedder, work: Path, workers: int, r: int) -> list[tuple[str, float, int]]:
-    """Raw, then the pipeline inline and with `workers`, then inline with the full decode: (name, img/s, added)."""
-    tag, photos = f"-{r}", work / "photos"
-    rows = [("raw sketch (pre-decoded)", raw_rate(embedder, photos, work, tag), -1)]  # adds nothing
-    for w in dict.fromkeys((0, workers)):
-        rate, n = pipeline_rate(embedder, photos, work, w, tag=tag)
-        rows.append((f"ingest, {w} decode worker(s)", rate, n))
+    """Raw, then the pipeline: inline, in torch's decode threads, with `workers`, and inline with the
+    full decode: (name, img/s, added) in that order. Odd rounds run the pipeline runs in reverse order,
+    so that no run always comes first or last."""
     import torch
 
-    threads = torch.get_num_threads()
+    tag, photos, threads = f"-{r}", work / "photos", torch.get_num_threads()
+    runs = [(f"ingest, {w} decode worker(s)", {"workers": w}) for w in dict.fromkeys((0, workers))]
     if threads > 1:
-        rate, n = pipeline_rate(embedder, photos, work, 0, tag=tag, decode_threads=threads)
-        rows.append((f"ingest, 0, {threads} decode threads", rate, n))
-    rate, n = pipeline_rate(embedder, photos, work, 0, reduced=False, tag=tag)
-    return rows + [("ingest, 0, full JPEG decode", rate, n)]
+        runs.insert(1, (f"ingest, 0, {threads} decode threads", {"workers": 0, "decode_threads": threads}))
+    runs.append(("ingest, 0, full JPEG decode", {"workers": 0, "reduced": False}))
+    rows = [("raw sketch (pre-decoded)", raw_rate(embedder, photos, work, tag), -1)]  # adds nothing
+    rates = {}
+    for name, how in runs[::-1] if r % 2 else runs:
+        rates[name] = pipeline_rate(embedder, photos, work, tag=tag, **how)
+    return rows + [(name, *rates[name]) for name, _ in runs]
 
 
 if __name__ == "__main__":

@@ -109,8 +109,8 @@ def ingest(
 
     With `workers` > 0, `decode` (which must then be picklable, e.g. `FileDecoder`) runs in that many
     processes, one batch ahead of the model: batch k+1 is decoded while batch k is embedded. Without
-    workers, `decode_threads` > 1 decodes each batch's images side by side in that many threads: on 2
-    cores this beat one decoding thread in 5 rounds of 6 (docs/results.md, 2026-12-07)."""
+    workers, `decode_threads` > 1 decodes each batch's images side by side in that many threads (not
+    the CLI's default: on 2 cores it measured no better than one, docs/results.md, 2026-12-07)."""
     if workers <= 0:
         with ThreadPoolExecutor(decode_threads) if decode_threads > 1 else nullcontext() as pool:
             for batch in batched(items, batch_size):

@@ -87,14 +87,9 @@ def _share_cores(workers: int) -> None:
 
 
 def _ingest(mi: ModelIndex, items: Iterator[Item], workers: int = 0):
-    """The pipeline with the model called directly (no service micro-batcher), decoding in `workers`
-    processes, or else in as many threads as the model has, each batch's images side by side."""
+    """The pipeline with the model called directly (no service micro-batcher), decoding in `workers`."""
     decode = model_decoder(mi.embedder, mi.decode_fit)
-    threads = torch.get_num_threads() if workers <= 0 else 1
-    batch = mi.embedder.batch_size
-    return ingest(
-        mi.index, items, decode=decode, embed=mi.sketch, batch_size=batch, workers=workers, decode_threads=threads
-    )
+    return ingest(mi.index, items, decode=decode, embed=mi.sketch, batch_size=mi.embedder.batch_size, workers=workers)
 
 
 ENGINES = ("local", "ray")
