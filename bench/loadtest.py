@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -239,6 +240,14 @@ class Results:
     def error(self, what: str) -> None:
         self.errors[what] = self.errors.get(what, 0) + 1
 
+    def reply(self, op: str, status: int, t0: float) -> None:
+        """Count one answered request of route `op`, sent at perf_counter time t0."""
+        if status != 200:
+            self.error(f"HTTP {status}")
+            return
+        self.latencies[op].append(time.perf_counter() - t0)
+        self.images += 1 if op == "search" else 2
+
 
 def load_images(n: int) -> list[bytes]:
     files = sorted(IMAGES.rglob("*.jpg"))[:n]
@@ -259,7 +268,7 @@ async def seed_index(client: httpx.AsyncClient, images: list[bytes]) -> None:
 
 
 async def one_request(client: httpx.AsyncClient, op: str, i: int, images: list[bytes], res: Results) -> None:
-    a, b = images[i % len(images)], images[(i * 7 + 3) % len(images)]
+    a, b = images[i % len(images)], images[pair_of(i, len(images))]
     t0 = time.perf_counter()
     try:
         if op == "search":
@@ -269,11 +278,12 @@ async def one_request(client: httpx.AsyncClient, op: str, i: int, images: list[b
     except httpx.HTTPError as e:
         res.error(type(e).__name__)
         return
-    if r.status_code != 200:
-        res.error(f"HTTP {r.status_code}")
-        return
-    res.latencies[op].append(time.perf_counter() - t0)
-    res.images += 1 if op == "search" else 2
+    res.reply(op, r.status_code, t0)
+
+
+def pair_of(i: int, n: int) -> int:
+    """The image that request i's first image is compared with in /v1/distance."""
+    return (i * 7 + 3) % n
 
 
 def op_of(i: int, args) -> str:
@@ -286,21 +296,28 @@ async def drive(url: str, images: list[bytes], args) -> tuple[Results, float]:
     return await (drive_raw if args.client == "raw" else drive_httpx)(url, images, args)
 
 
+async def run_workers(args, send: Callable[[int, int], Awaitable[None]]) -> float:
+    """`concurrency` workers share one request counter and send request i as `send(worker, i)` until
+    --requests or --duration runs out; the seconds it took."""
+    counter, deadline = iter(range(args.requests)), time.perf_counter() + args.duration
+
+    async def worker(w: int) -> None:
+        for i in counter:
+            if time.perf_counter() > deadline:
+                return
+            await send(w, i)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker(w) for w in range(args.concurrency)))
+    return time.perf_counter() - t0
+
+
 async def drive_httpx(url: str, images: list[bytes], args) -> tuple[Results, float]:
-    res, counter = Results(), iter(range(args.requests))
+    res = Results()
     limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
     async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
-        deadline = time.perf_counter() + args.duration
-
-        async def worker() -> None:
-            for i in counter:
-                if time.perf_counter() > deadline:
-                    return
-                await one_request(client, op_of(i, args), i, images, res)
-
-        t0 = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(args.concurrency)))
-        return res, time.perf_counter() - t0
+        elapsed = await run_workers(args, lambda _, i: one_request(client, op_of(i, args), i, images, res))
+    return res, elapsed
 
 
 def raw_requests(host: str, images: list[bytes]) -> dict[str, list[bytes]]:
@@ -312,42 +329,32 @@ def raw_requests(host: str, images: list[bytes]) -> dict[str, list[bytes]]:
         for b in images
     ]
     distance = [
-        post(host, "/v1/distance", [("image_a", images[i], "a.jpg"), ("image_b", images[(i * 7 + 3) % n], "b.jpg")])
+        post(host, "/v1/distance", [("image_a", images[i], "a.jpg"), ("image_b", images[pair_of(i, n)], "b.jpg")])
         for i in range(n)
     ]
     return {"search": search, "distance": distance}
 
 
 async def drive_raw(url: str, images: list[bytes], args) -> tuple[Results, float]:
-    res, counter = Results(), iter(range(args.requests))
-    where = urlparse(url)
+    res, where = Results(), urlparse(url)
     requests = raw_requests(where.netloc, images)
-    deadline = time.perf_counter() + args.duration
+    conns = [Connection(where.hostname or "127.0.0.1", where.port or 80) for _ in range(args.concurrency)]
 
-    async def worker() -> None:
-        conn = Connection(where.hostname or "127.0.0.1", where.port or 80)
+    async def send(w: int, i: int) -> None:
+        op = op_of(i, args)
+        t0 = time.perf_counter()
         try:
-            for i in counter:
-                if time.perf_counter() > deadline:
-                    return
-                op = op_of(i, args)
-                t0 = time.perf_counter()
-                try:
-                    reply = await asyncio.wait_for(conn.send(requests[op][i % len(images)]), 30)
-                except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ProtocolError) as e:
-                    res.error(type(e).__name__)
-                    continue
-                if reply.status != 200:
-                    res.error(f"HTTP {reply.status}")
-                    continue
-                res.latencies[op].append(time.perf_counter() - t0)
-                res.images += 1 if op == "search" else 2
-        finally:
-            await conn.close()
+            reply = await asyncio.wait_for(conns[w].send(requests[op][i % len(images)]), 30)
+        except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ProtocolError) as e:
+            res.error(type(e).__name__)
+            return
+        res.reply(op, reply.status, t0)
 
-    t0 = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(args.concurrency)))
-    return res, time.perf_counter() - t0
+    try:
+        elapsed = await run_workers(args, send)
+    finally:
+        await asyncio.gather(*(c.close() for c in conns))
+    return res, elapsed
 
 
 async def warm_and_seed(url: str, images: list[bytes], n_index: int) -> None:

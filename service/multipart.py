@@ -58,13 +58,11 @@ def _part(chunk: bytes) -> Part | None:
     head, blank, data = chunk[2:].partition(b"\r\n\r\n")
     if not blank or len(head) > MAX_HEAD_BYTES:
         return None
-    if b"\r" in head.replace(b"\r\n", b"") or b"\n" in head.replace(b"\r\n", b""):  # a stray CR or LF
-        return None
     headers = {}
     for line in head.split(b"\r\n"):
         key, colon, value = line.partition(b":")
         key = key.lower()
-        if not colon or key not in _HEADERS or key in headers:
+        if not colon or key not in _HEADERS or key in headers or b"\r" in line or b"\n" in line:  # stray CR/LF
             return None
         headers[key] = value.strip(b" \t")
     m = _DISPOSITION.fullmatch(headers.get(b"content-disposition", b""))
