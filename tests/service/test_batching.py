@@ -97,6 +97,43 @@ def test_requests_arriving_during_a_pass_form_the_next_batch():
     assert rec.sizes == [1, 7]
 
 
+def test_jobs_that_waited_through_a_pass_run_next_without_waiting_again():
+    starts: list[float] = []
+    ends: list[float] = []
+
+    def timed(x: np.ndarray) -> np.ndarray:
+        starts.append(time.perf_counter())
+        time.sleep(0.5)
+        ends.append(time.perf_counter())
+        return x
+
+    b = MicroBatcher({"f": timed}, max_batch=100, max_wait_s=0.2)
+
+    async def during_a_pass():
+        first = asyncio.create_task(b.submit("f", np.zeros((1, 1))))
+        await asyncio.sleep(0.3)  # the first job waited out its 0.2 s alone; its pass is running
+        second = asyncio.create_task(b.submit("f", np.zeros((1, 1))))
+        await asyncio.gather(first, second)
+
+    run(_with(b, during_a_pass))
+    assert len(starts) == 2
+    # by the pass's end the second job has waited 0.4 s, more than its 0.2 s: it goes at once
+    assert starts[1] - ends[0] < 0.1, starts[1] - ends[0]
+
+
+def test_a_job_arriving_at_an_idle_model_waits_for_company():
+    rec = Recorder()
+    b = MicroBatcher({"f": rec}, max_batch=100, max_wait_s=0.3)
+
+    async def staggered():
+        first = asyncio.create_task(b.submit("f", np.zeros((1, 1))))
+        await asyncio.sleep(0.05)
+        await asyncio.gather(first, b.submit("f", np.zeros((1, 1))))
+
+    run(_with(b, staggered))
+    assert rec.sizes == [2]
+
+
 def test_kinds_are_run_separately_and_errors_propagate():
     def boom(x):
         raise RuntimeError("model failed")
