@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from model import jpeg
+
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
@@ -42,9 +44,13 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS, fit: int | None = No
     `fit`: the resolution the image will be fitted to (`fit_to_square`). A larger JPEG is then decoded
     at the smallest DCT scale (1/2, 1/4 or 1/8) that keeps its short side ≥ 2·fit (`Image.draft`):
     measured 1.8× faster at 256 px and 6× at 1024 px, within 0.2-0.3 grey levels of the full decode
-    on average once fitted. Other formats decode in full."""
+    on average once fitted. Other formats decode in full. JPEGs go through libjpeg-turbo directly where
+    that gives Pillow's own pixels (`model.jpeg`, 6× faster on 32-px images)."""
     if not data:
         raise ImageDecodeError("empty file (0 bytes)")
+    fast = jpeg.decode(data, None if fit is None else DRAFT_MARGIN * max(1, fit), max_pixels)
+    if fast is not None:
+        return to_rgb(fast)
     try:
         img = Image.open(io.BytesIO(data))
         if img.width * img.height > max_pixels:
