@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import multiprocessing
+import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -32,6 +33,12 @@ from model.embedder import Embedder
 
 Decode = Callable[[bytes, str], np.ndarray]
 Embed = Callable[[np.ndarray], np.ndarray]
+
+# `decode_threads=None` decodes a batch side by side in threads when its files average at least this
+# many bytes: on 2 cores two threads won 7 of 8 rounds with 97 KiB JPEGs (512 px), 2 of 2 with 56 KiB
+# (384 px) and 2 of 8 with 26 KiB (256 px), where one thread decodes fast enough (docs/results.md)
+DECODE_THREADS_MIN_BYTES = 40 * 1024
+MAX_DECODE_THREADS = 8
 
 
 @dataclass(frozen=True)
@@ -103,20 +110,21 @@ def ingest(
     batch_size: int = 64,
     decode_errors: tuple[type[Exception], ...] = (ImageDecodeError,),
     workers: int = 0,
-    decode_threads: int = 1,
+    decode_threads: int | None = None,
 ) -> Iterator[tuple[Item, Outcome]]:
     """Ingest any number of items in batches of `batch_size`; yields each item with its outcome, in order.
 
     With `workers` > 0, `decode` (which must then be picklable, e.g. `FileDecoder`) runs in that many
     processes, one batch ahead of the model: batch k+1 is decoded while batch k is embedded. Without
-    workers, `decode_threads` > 1 decodes each batch's images side by side in that many threads (not
-    the CLI's default: on 2 cores it measured no better than one, docs/results.md, 2026-12-07)."""
+    workers, each batch is decoded before its model pass: side by side in `decode_threads` threads, or,
+    with None, in one thread per core (at most MAX_DECODE_THREADS) for batches of large files
+    (DECODE_THREADS_MIN_BYTES on average) and in the calling thread for small ones."""
     if workers <= 0:
-        with ThreadPoolExecutor(decode_threads) if decode_threads > 1 else nullcontext() as pool:
+        threads = decode_threads or min(MAX_DECODE_THREADS, os.cpu_count() or 1)
+        with ThreadPoolExecutor(threads) if threads > 1 else nullcontext() as pool:
             for batch in batched(items, batch_size):
-                outcomes = ingest_batch(
-                    index, batch, decode=decode, embed=embed, decode_errors=decode_errors, pool=pool
-                )
+                use = pool if decode_threads is not None or large_files(batch) else None
+                outcomes = ingest_batch(index, batch, decode=decode, embed=embed, decode_errors=decode_errors, pool=use)
                 yield from zip(batch, outcomes)
         return
     # fork, as torch's DataLoader does on Linux: workers start at once and only run PIL/numpy decoding
@@ -239,6 +247,11 @@ def _redo_deleted(
         again = ingest_batch(index, [items[i] for i in gone], decode=decode, embed=embed, decode_errors=decode_errors)
         for i, outcome in zip(gone, again):
             outcomes[i] = outcome
+
+
+def large_files(items: list[Item]) -> bool:
+    """Whether the items' files average DECODE_THREADS_MIN_BYTES or more: worth decoding side by side."""
+    return bool(items) and sum(len(item.data) for item in items) >= DECODE_THREADS_MIN_BYTES * len(items)
 
 
 def index_record(item: Item) -> dict:

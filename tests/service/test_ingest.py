@@ -133,3 +133,26 @@ def test_decoding_ahead_or_side_by_side_gives_the_same_outcomes(tmp_path, images
     assert (
         outcomes["other"][20][2] == "ImageDecodeError" and outcomes["other"][21][1]
     )  # junk fails alone; a repeat is a duplicate
+
+
+def test_by_default_only_batches_of_large_files_are_decoded_in_threads(tmp_path, monkeypatch):
+    import threading
+
+    import service.ingest as ingest_module
+
+    monkeypatch.setattr(ingest_module.os, "cpu_count", lambda: 2)
+    decoded_in: dict[str, str] = {}
+
+    def decode(data: bytes, source: str) -> np.ndarray:
+        decoded_in[source] = threading.current_thread().name
+        return np.zeros((3, 32, 32), np.uint8) + data[0]
+
+    small = [Item(bytes([i]) * 1_000, source=f"small{i}") for i in range(4)]
+    large = [Item(bytes([100 + i]) * ingest_module.DECODE_THREADS_MIN_BYTES, source=f"large{i}") for i in range(4)]
+    with AFVIndex.create(tmp_path / "idx", dim=DIM) as idx:
+        got = list(ingest(idx, small + large, decode=decode, embed=CountingEmbed(), batch_size=4))
+    assert all(o.error is None for _, o in got) and len({o.id for _, o in got}) == 8
+    caller = threading.current_thread().name
+    assert {decoded_in[it.source] for it in small} == {caller}
+    assert caller not in {decoded_in[it.source] for it in large}
+    assert not ingest_module.large_files([Item(b"x" * (ingest_module.DECODE_THREADS_MIN_BYTES - 1))])
