@@ -4,11 +4,12 @@ Makes N distinct JPEG photos-like files (size×size), then, in one run:
 
 * raw: the index sketch of the already decoded images, batch by batch (the model's own speed);
 * the ingest pipeline (`service.ingest.ingest`, what `afv index build` runs) from the files: read,
-  hash, dedupe, decode and resize, sketch, add to the index; once decoding inline (workers 0) and
-  once in worker processes one batch ahead of the model (`--workers`), both with the reduced JPEG
-  decode that new indexes pin (`model.data.decode_image(fit=...)`), inline with each batch decoded
-  side by side in torch's threads (`ingest(decode_threads=...)`), and inline with the
-  full decode of indexes made before it. Odd rounds (`--repeats`) run these in reverse order.
+  hash, dedupe, decode and resize, sketch, add to the index, with the reduced JPEG decode that new
+  indexes pin (`model.data.decode_image(fit=...)`), decoding in one thread between model passes, in
+  torch's number of threads between passes (`ingest(decode_ahead=False)`) and one batch ahead of the
+  model (`decode_ahead=True`), in `--workers` processes ahead, and in one thread with the full decode
+  of indexes made before that pin. It also says which way `ingest`'s defaults take for these files
+  (by their mean size). Odd rounds (`--repeats`) run the pipeline runs in reverse order.
 
     .venv/bin/python bench/ingest_throughput.py                                  # bundled default model
     .venv/bin/python bench/ingest_throughput.py --readout global --images 1000   # the whole-image read-out
@@ -59,7 +60,14 @@ def raw_rate(embedder, folder: Path, work: Path, tag: str = "") -> float:
 
 
 def pipeline_rate(
-    embedder, folder: Path, work: Path, workers: int, reduced: bool = True, tag: str = "", decode_threads: int = 1
+    embedder,
+    folder: Path,
+    work: Path,
+    workers: int,
+    reduced: bool = True,
+    tag: str = "",
+    decode_threads: int | None = 1,
+    decode_ahead: bool | None = False,
 ) -> tuple[float, int]:
     """Images per second of the whole ingest pipeline from files (and how many it added); `reduced`:
     JPEGs decoded at a reduced DCT scale, as a new index pins (False: the full decode of older ones)."""
@@ -67,7 +75,8 @@ def pipeline_rate(
     from service.ingest import FileDecoder, Item, ingest
     from service.model_index import ModelIndex
 
-    with ModelIndex.create(work / f"pipeline-{workers}-{reduced}-{decode_threads}{tag}", embedder) as mi:
+    name = f"pipeline-{workers}-{reduced}-{decode_threads}-{decode_ahead}{tag}"
+    with ModelIndex.create(work / name, embedder) as mi:
         t0 = time.perf_counter()
         items = (Item(rec.data, rec.name, {"path": rec.name}, rec.name) for rec in iter_records(folder))
         decode = FileDecoder(embedder.resolution, reduced=reduced)
@@ -81,6 +90,7 @@ def pipeline_rate(
                 batch_size=embedder.batch_size,
                 workers=workers,
                 decode_threads=decode_threads,
+                decode_ahead=decode_ahead,
             )
         )
         mi.index.save()
@@ -111,12 +121,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="afv-ingest-bench-") as tmp:
         work = Path(tmp)
         make_photos(work / "photos", args.images, args.size)
+        mean_bytes = np.mean([f.stat().st_size for f in (work / "photos").iterdir()])
         rounds = [one_round(embedder, work, args.workers, r) for r in range(args.repeats)]
     print(
         f"model {embedder.name} ({getattr(embedder, 'readout', 'global')}), {args.images} JPEGs of "
         f"{args.size}x{args.size}, batch {embedder.batch_size}, device {embedder.device}, "
         f"torch threads {torch.get_num_threads()}"
     )
+    print(f"`afv index build` decodes these files ({mean_bytes / 1024:.0f} KiB on average) {default_way(mean_bytes)}")
     print(f"{'run':<28} {'img/s':>8} {'vs raw':>7} {'added':>6}")
     for r, rows in enumerate(rounds):
         if args.repeats > 1:
@@ -130,17 +142,28 @@ def main() -> None:
             print(f"{name:<28} {np.median([rows[i][1] / rows[0][1] for rows in rounds]):>15.0%}")
 
 
+def default_way(mean_bytes: float) -> str:
+    """How `ingest`'s defaults decode files of this mean size (`service.ingest.DECODE_THREADS_MIN_BYTES`)."""
+    from service.ingest import DECODE_THREADS_MIN_BYTES
+
+    return "between passes" if mean_bytes >= DECODE_THREADS_MIN_BYTES else "ahead"
+
+
 def one_round(embedder, work: Path, workers: int, r: int) -> list[tuple[str, float, int]]:
-    """Raw, then the pipeline: inline, in torch's decode threads, with `workers`, and inline with the
-    full decode: (name, img/s, added) in that order. Odd rounds run the pipeline runs in reverse order,
+    """Raw, then the pipeline decoding in one thread between model passes, in torch's number of threads
+    between passes and one batch ahead, in `workers` processes ahead, and in one thread with the full
+    JPEG decode: (name, img/s, added) in that order. Odd rounds run the pipeline runs in reverse order,
     so that no run always comes first or last."""
     import torch
 
     tag, photos, threads = f"-{r}", work / "photos", torch.get_num_threads()
-    runs = [(f"ingest, {w} decode worker(s)", {"workers": w}) for w in dict.fromkeys((0, workers))]
+    runs: list[tuple[str, dict]] = [("1 thread, between passes", {"workers": 0})]
     if threads > 1:
-        runs.insert(1, (f"ingest, 0, {threads} decode threads", {"workers": 0, "decode_threads": threads}))
-    runs.append(("ingest, 0, full JPEG decode", {"workers": 0, "reduced": False}))
+        runs.append((f"{threads} threads, between passes", {"workers": 0, "decode_threads": threads}))
+        runs.append((f"{threads} threads, ahead", {"workers": 0, "decode_threads": threads, "decode_ahead": True}))
+    if workers > 0:
+        runs.append((f"{workers} process(es), ahead", {"workers": workers}))
+    runs.append(("1 thread, full JPEG decode", {"workers": 0, "reduced": False}))
     rows = [("raw sketch (pre-decoded)", raw_rate(embedder, photos, work, tag), -1)]  # adds nothing
     rates = {}
     for name, how in runs[::-1] if r % 2 else runs:

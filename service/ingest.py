@@ -21,9 +21,8 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
-from contextlib import nullcontext
 from dataclasses import dataclass, field
-from functools import cached_property, partial
+from functools import cached_property
 
 import numpy as np
 
@@ -34,9 +33,12 @@ from model.embedder import Embedder
 Decode = Callable[[bytes, str], np.ndarray]
 Embed = Callable[[np.ndarray], np.ndarray]
 
-# `decode_threads=None` decodes a batch side by side in threads when its files average at least this
-# many bytes: on 2 cores two threads won 7 of 8 rounds with 97 KiB JPEGs (512 px), 2 of 2 with 56 KiB
-# (384 px) and 2 of 8 with 26 KiB (256 px), where one thread decodes fast enough (docs/results.md)
+# Batches whose files average at least this many bytes are decoded alone, side by side in every decode
+# thread, between model passes; smaller ones one batch ahead, while the model runs. On 2 cores: 97 KiB
+# JPEGs (512 px) decoded in two threads between passes beat one thread in 13 of 14 rounds and decoding
+# ahead in 6 of 9; 26 KiB ones (256 px) decoded ahead beat one thread between passes in 8 of 9 rounds
+# (docs/results.md, 2026-12-07). Decoding ahead competes with the model for the cores, which small
+# files' decoding fits beside and large files' does not.
 DECODE_THREADS_MIN_BYTES = 40 * 1024
 MAX_DECODE_THREADS = 8
 
@@ -111,29 +113,29 @@ def ingest(
     decode_errors: tuple[type[Exception], ...] = (ImageDecodeError,),
     workers: int = 0,
     decode_threads: int | None = None,
+    decode_ahead: bool | None = None,
 ) -> Iterator[tuple[Item, Outcome]]:
     """Ingest any number of items in batches of `batch_size`; yields each item with its outcome, in order.
 
     With `workers` > 0, `decode` (which must then be picklable, e.g. `FileDecoder`) runs in that many
-    processes, one batch ahead of the model: batch k+1 is decoded while batch k is embedded. Without
-    workers, each batch is decoded before its model pass: side by side in `decode_threads` threads, or,
-    with None, in one thread per core (at most MAX_DECODE_THREADS) for batches of large files
-    (DECODE_THREADS_MIN_BYTES on average) and in the calling thread for small ones."""
-    if workers <= 0:
-        threads = decode_threads or min(MAX_DECODE_THREADS, os.cpu_count() or 1)
-        with ThreadPoolExecutor(threads) if threads > 1 else nullcontext() as pool:
-            for batch in batched(items, batch_size):
-                use = pool if decode_threads is not None or large_files(batch) else None
-                outcomes = ingest_batch(index, batch, decode=decode, embed=embed, decode_errors=decode_errors, pool=use)
-                yield from zip(batch, outcomes)
-        return
-    # fork, as torch's DataLoader does on Linux: workers start at once and only run PIL/numpy decoding
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+    processes, one batch ahead of the model: batch k+1 is decoded while batch k is embedded. Otherwise it
+    runs in `decode_threads` threads (None: one per core, at most MAX_DECODE_THREADS): one batch ahead
+    with `decode_ahead`, each batch alone between model passes without, and with None (the default)
+    ahead for batches of small files and alone for batches of large ones (DECODE_THREADS_MIN_BYTES)."""
+    if workers > 0:  # fork, as torch's DataLoader does on Linux: workers start at once and only decode
+        pool: Executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+        decode_ahead = True
+    else:
+        pool = ThreadPoolExecutor(decode_threads or min(MAX_DECODE_THREADS, os.cpu_count() or 1), "afv-decode")
+    with pool:
         ahead: deque[tuple[_Plan, list[Future]]] = deque()
         for batch in batched(items, batch_size):
+            alone = not decode_ahead if decode_ahead is not None else large_files(batch)
+            while alone and ahead:  # the passes before it first: its decode then has every core
+                yield from _finish_pipelined(index, *ahead.popleft(), decode, embed, decode_errors)
             plan = _plan(index, batch)
             ahead.append((plan, [pool.submit(decode, batch[i].data, batch[i].source) for i in plan.todo]))
-            if len(ahead) > 1:
+            if alone or len(ahead) > 1:
                 yield from _finish_pipelined(index, *ahead.popleft(), decode, embed, decode_errors)
         while ahead:
             yield from _finish_pipelined(index, *ahead.popleft(), decode, embed, decode_errors)
@@ -154,8 +156,25 @@ def _finish_pipelined(
             decoded.append(fut.result())
         except decode_errors as e:
             decoded.append(e)
+    decoded = _drop_added_since(index, plan, decoded)
     _complete(index, plan, decoded, decode, embed, decode_errors)
     yield from zip(plan.items, plan.outcomes)
+
+
+def _drop_added_since(index: AFVIndex, plan: _Plan, decoded: list) -> list:
+    """A batch planned while the one before was still embedding: what that one added since is answered as
+    a duplicate now, not embedded again. Returns the decoded images of what is still to embed."""
+    todo = plan.todo
+    added = index.find_sha256([plan.shas[i] for i in todo])
+    if not added:
+        return decoded
+    plan.known.update(added)
+    for sha in added:
+        del plan.first[sha]
+    for i, sha in enumerate(plan.shas):
+        if sha in added:
+            plan.outcomes[i] = Outcome(added[sha], duplicate=True)
+    return [x for i, x in zip(todo, decoded) if plan.shas[i] not in added]
 
 
 def ingest_batch(
@@ -165,14 +184,10 @@ def ingest_batch(
     decode: Decode,
     embed: Embed,
     decode_errors: tuple[type[Exception], ...] = (ImageDecodeError,),
-    pool: Executor | None = None,
 ) -> list[Outcome]:
-    """Ingest one batch with one model pass; an outcome per item, in order. With `pool`, its threads
-    decode the batch's images side by side (Pillow decodes and resizes without the GIL)."""
+    """Ingest one batch with one model pass, decoding in the calling thread; an outcome per item, in order."""
     plan = _plan(index, items)
-    todo = [items[i] for i in plan.todo]
-    one = partial(_decode_one, decode, decode_errors=decode_errors)
-    decoded = list(pool.map(one, todo)) if pool is not None and len(todo) > 1 else [one(item) for item in todo]
+    decoded = [_decode_one(decode, items[i], decode_errors=decode_errors) for i in plan.todo]
     _complete(index, plan, decoded, decode, embed, decode_errors)
     return plan.outcomes
 
@@ -250,7 +265,7 @@ def _redo_deleted(
 
 
 def large_files(items: list[Item]) -> bool:
-    """Whether the items' files average DECODE_THREADS_MIN_BYTES or more: worth decoding side by side."""
+    """Whether the items' files average DECODE_THREADS_MIN_BYTES or more: decoded alone, not ahead."""
     return bool(items) and sum(len(item.data) for item in items) >= DECODE_THREADS_MIN_BYTES * len(items)
 
 

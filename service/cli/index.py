@@ -117,7 +117,8 @@ def build(
         None,
         "--workers",
         help="local: processes decoding images while the model runs (default: a quarter of the cores, at most 4; "
-        "none on 2 cores or for small jobs). ray: model workers (default: one per GPU, else one per 4 CPUs).",
+        "none on 2 cores or for small jobs, where threads decode: small files one batch ahead of the model, large "
+        "ones between its passes). ray: model workers (default: one per GPU, else one per 4 CPUs).",
     ),
     engine: str = typer.Option(
         "local", "--engine", help="local: this process | ray: Ray Data workers (docs/scale-out.md)."

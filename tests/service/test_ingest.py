@@ -114,13 +114,17 @@ def test_model_decoder_preprocesses_to_the_model_resolution(extractor, images):
         model_decoder(extractor)(b"not an image", "b.jpg")
 
 
-@pytest.mark.parametrize("ways", [{"workers": 2}, {"decode_threads": 2}], ids=["worker-processes", "decode-threads"])
+@pytest.mark.parametrize(
+    "ways",
+    [{"workers": 2}, {"decode_threads": 2, "decode_ahead": False}, {"decode_ahead": True, "decode_threads": 2}],
+    ids=["worker-processes", "threads-between-passes", "threads-ahead"],
+)
 def test_decoding_ahead_or_side_by_side_gives_the_same_outcomes(tmp_path, images, ways):
     from service.ingest import FileDecoder
 
     items = [Item(data, name) for name, data in images[:20]] + [Item(b"junk", "bad"), Item(images[0][1], "again")]
     outcomes, vectors = {}, {}
-    for name, how in (("inline", {}), ("other", ways)):
+    for name, how in (("inline", {"decode_threads": 1, "decode_ahead": False}), ("other", ways)):
         with AFVIndex.create(tmp_path / name, dim=DIM) as idx:
             embed = CountingEmbed()
             got = list(ingest(idx, items, decode=FileDecoder(32), embed=embed, batch_size=6, **how))
@@ -135,24 +139,53 @@ def test_decoding_ahead_or_side_by_side_gives_the_same_outcomes(tmp_path, images
     )  # junk fails alone; a repeat is a duplicate
 
 
-def test_by_default_only_batches_of_large_files_are_decoded_in_threads(tmp_path, monkeypatch):
-    import threading
+def test_by_default_small_files_are_decoded_ahead_and_large_ones_alone(tmp_path):
+    import time
 
     import service.ingest as ingest_module
 
-    monkeypatch.setattr(ingest_module.os, "cpu_count", lambda: 2)
-    decoded_in: dict[str, str] = {}
+    decoded: dict[str, float] = {}
+    passes_ended: list[float] = []
 
-    def decode(data: bytes, source: str) -> np.ndarray:
-        decoded_in[source] = threading.current_thread().name
+    def timed_decode(data: bytes, source: str) -> np.ndarray:
+        decoded[source] = time.perf_counter()
         return np.zeros((3, 32, 32), np.uint8) + data[0]
 
+    def slow_embed(x: np.ndarray) -> np.ndarray:
+        time.sleep(0.15)
+        passes_ended.append(time.perf_counter())
+        return CountingEmbed()(x)
+
+    big = ingest_module.DECODE_THREADS_MIN_BYTES
     small = [Item(bytes([i]) * 1_000, source=f"small{i}") for i in range(4)]
-    large = [Item(bytes([100 + i]) * ingest_module.DECODE_THREADS_MIN_BYTES, source=f"large{i}") for i in range(4)]
+    large = [Item(bytes([100 + i]) * big, source=f"large{i}") for i in range(2)]
     with AFVIndex.create(tmp_path / "idx", dim=DIM) as idx:
-        got = list(ingest(idx, small + large, decode=decode, embed=CountingEmbed(), batch_size=4))
-    assert all(o.error is None for _, o in got) and len({o.id for _, o in got}) == 8
-    caller = threading.current_thread().name
-    assert {decoded_in[it.source] for it in small} == {caller}
-    assert caller not in {decoded_in[it.source] for it in large}
-    assert not ingest_module.large_files([Item(b"x" * (ingest_module.DECODE_THREADS_MIN_BYTES - 1))])
+        got = list(ingest(idx, small + large, decode=timed_decode, embed=slow_embed, batch_size=2))
+    assert all(o.error is None for _, o in got) and len({o.id for _, o in got}) == 6
+    assert decoded["small2"] < passes_ended[0]  # the second batch while the first was embedded
+    assert decoded["large0"] > passes_ended[1]  # large files: after the passes before them
+    assert ingest_module.large_files(large) and not ingest_module.large_files([Item(b"x" * (big - 1))])
+
+
+def test_decoding_ahead_in_threads_decodes_the_next_batch_before_the_pass_ends(tmp_path):
+    import threading
+    import time
+
+    decoded: dict[str, tuple[float, str]] = {}
+    passes_ended: list[float] = []
+
+    def slow_embed(x: np.ndarray) -> np.ndarray:
+        time.sleep(0.2)
+        passes_ended.append(time.perf_counter())
+        return CountingEmbed()(x)
+
+    def timed_decode(data: bytes, source: str) -> np.ndarray:
+        decoded[source] = (time.perf_counter(), threading.current_thread().name)
+        return decode(data, source)
+
+    items = [_item(i, source=f"s{i}") for i in range(4)]
+    with AFVIndex.create(tmp_path / "idx", dim=DIM) as idx:
+        got = list(ingest(idx, items, decode=timed_decode, embed=slow_embed, batch_size=2, decode_ahead=True))
+        assert [o.ok for _, o in got] == [True] * 4 and idx.count == 4
+    assert all(name.startswith("afv-decode") for _, name in decoded.values())
+    assert decoded["s2"][0] < passes_ended[0] and decoded["s3"][0] < passes_ended[0]  # batch 2, during pass 1
