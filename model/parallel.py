@@ -165,9 +165,26 @@ class BatchSplitter(Generic[T]):
             self._free.put(r)
 
 
+_forked_split: int | None = None  # set in a forked process by `threads_after_fork`
+
+
+def threads_after_fork(n: int) -> None:
+    """In a forked process: torch single-threaded, and batches split across n threads of our own instead.
+
+    GNU OpenMP (torch's intra-op threads on Linux) is not fork-safe: in a child of a process that has used
+    it, the first parallel region waits forever for threads that were not forked. With one torch thread
+    no parallel region starts, and `BatchSplitter`'s threads (each single-threaded) use the n cores."""
+    global _forked_split
+    set_thread_torch_threads(1)
+    _forked_split = n
+
+
 def split_threads(device: torch.device) -> int:
-    """How many threads to split a batch across: the calling thread's torch threads on CPU, else 1."""
-    return torch.get_num_threads() if device.type == "cpu" else 1
+    """How many threads to split a batch across: the calling thread's torch threads on CPU (in a forked
+    process, the count given to `threads_after_fork`), else 1."""
+    if device.type != "cpu":
+        return 1
+    return _forked_split if _forked_split is not None else torch.get_num_threads()
 
 
 class SplitProjector:

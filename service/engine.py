@@ -34,7 +34,7 @@ from index import AFVIndexError, Hit, IndexFullError, IndexReadOnlyError, IndexW
 from index.collection import DB_FILE
 from model.embedder import Embedder
 from model.loading import load_embedder
-from model.parallel import BatchSplitter, model_threads, set_thread_torch_threads
+from model.parallel import BatchSplitter, model_threads, set_thread_torch_threads, split_threads
 from service import jnd, model_processes
 from service.batching import BatchFn, MicroBatcher
 from service.ingest import Decode, Item, Outcome, ingest_batch
@@ -219,8 +219,11 @@ class Engine:
     # -- model work (worker thread) ------------------------------------------------------------
 
     def _afv_batch(self, x: np.ndarray) -> np.ndarray:
-        """One pass on the calling model thread's own replica of the extractor."""
-        afvs = self._afv_replicas.map(lambda e, b: e.embed(b), torch.from_numpy(x), threads=1)[0]
+        """One pass on the calling model thread's own replica of the extractor; in a model process, where
+        torch runs single-threaded (`model.parallel.threads_after_fork`), split across its threads."""
+        threads = split_threads(self.extractor.device) if self.processes is not None else 1
+        parts = self._afv_replicas.map(lambda e, b: e.embed(b), torch.from_numpy(x), threads=threads)
+        afvs = parts[0] if len(parts) == 1 else torch.cat(parts)
         return afvs.detach().float().cpu().numpy()
 
     async def afv(self, x: np.ndarray) -> np.ndarray:

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from model.memory import keep_freed_memory
-from model.parallel import set_thread_torch_threads
+from model.parallel import set_thread_torch_threads, threads_after_fork
 from service.batching import BatchFn
 
 log = logging.getLogger(__name__)
@@ -199,7 +199,7 @@ def _serve(
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the server stops us
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     keep_freed_memory()
-    torch.set_num_threads(threads)
+    threads_after_fork(threads)  # never torch's own threads here: they hang after fork (see there)
     while True:
         try:
             request = conn.recv()

@@ -150,3 +150,32 @@ def test_a_model_thread_without_a_worker_runs_its_passes_itself():
         assert procs.batch_fns()["pid"](_images(1, 0))[0, 0] == os.getpid()
     finally:
         procs.thread_exit()
+
+
+def _torch_work(x: np.ndarray) -> np.ndarray:
+    """Torch ops large enough for parallel regions, and the thread counts the worker runs them with."""
+    from model.parallel import split_threads
+
+    big = torch.randn(1500, 1500)
+    (big.clone() @ big).sum()
+    return np.array([[split_threads(torch.device("cpu")), torch.get_num_threads()]] * len(x), np.float32)
+
+
+def test_a_worker_of_several_threads_runs_after_the_parent_used_openmp():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    a = torch.randn(1500, 1500)
+    (a.clone() @ a).sum()  # the parent's OpenMP threads exist now: a forked child must not wait for them
+    torch.set_num_threads(before)
+    proc = ModelProcess({"torch": _torch_work}, IN_BYTES, OUT_BYTES, torch_threads=2)
+    proc.start()
+    done: dict[str, np.ndarray] = {}
+    runner = threading.Thread(target=lambda: done.setdefault("out", proc.run("torch", _images(2, 0))), daemon=True)
+    runner.start()
+    runner.join(60)
+    if runner.is_alive():  # hung: free the test run from it
+        os.kill(proc.pid, signal.SIGKILL)
+        runner.join(10)
+    proc.stop()
+    assert "out" in done, "the worker hung in its first parallel region"
+    assert done["out"][0].tolist() == [2, 1]  # split across 2 threads of its own, torch itself single-threaded
