@@ -72,7 +72,7 @@ def declared_pixels(data: bytes) -> int | None:
 
     PNG and JPEG headers are read directly (1-4 µs, against 23-49 µs for Pillow's `Image.open`), others
     through Pillow."""
-    size = _png_size(data) or _jpeg_size(data)
+    size = _png_size(data) or jpeg.size(data)
     if size is not None:
         return size[0] * size[1]
     try:
@@ -82,39 +82,10 @@ def declared_pixels(data: bytes) -> int | None:
         return None
 
 
-_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}  # frame headers
-
-
 def _png_size(data: bytes) -> tuple[int, int] | None:
     if data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR" or len(data) < 24:
         return None
     return struct.unpack(">II", data[16:24])
-
-
-def _jpeg_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) of a JPEG's first frame header, walking the marker segments before it."""
-    if data[:2] != b"\xff\xd8":
-        return None
-    i = 2
-    while i + 4 <= len(data):
-        if data[i] != 0xFF:
-            return None
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length: not expected here
-            return None
-        length = struct.unpack(">H", data[i + 2 : i + 4])[0]
-        if marker in _SOF:
-            if length < 7 or i + 9 > len(data):
-                return None
-            height, width = struct.unpack(">HH", data[i + 5 : i + 9])
-            return width, height
-        if marker in (0xD9, 0xDA) or length < 2:  # end of image or scan before any frame header
-            return None
-        i += 2 + length
-    return None
 
 
 def _reduce(img: Image.Image, fit: int) -> None:

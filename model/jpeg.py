@@ -1,4 +1,5 @@
-"""JPEG decoding through libjpeg-turbo directly (simplejpeg), pixel for pixel what Pillow decodes.
+"""JPEGs without Pillow's Python: the size from the header (`size`), and decoding through libjpeg-turbo
+directly (simplejpeg, `decode`), pixel for pixel what Pillow decodes.
 
 Pillow parses a JPEG's markers in Python before its C decoder runs: 90 of the 108 µs that a 32×32
 CIFAR image takes. simplejpeg hands the whole file to libjpeg-turbo in one call (18 µs). Both use
@@ -14,6 +15,8 @@ Pillow's errors.
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 from PIL import Image
 
@@ -23,6 +26,33 @@ except ImportError:  # an optional speed-up: Pillow decodes everything without i
     simplejpeg = None
 
 _COLOURS = {"YCbCr": "RGB", "Gray": "GRAY"}  # colour spaces taken here → simplejpeg's output
+_FRAMES = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}  # frame headers
+
+
+def size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of a JPEG's first frame header, walking the marker segments before it."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length: not expected here
+            return None
+        length = struct.unpack(">H", data[i + 2 : i + 4])[0]
+        if marker in _FRAMES:
+            if length < 7 or i + 9 > len(data):
+                return None
+            height, width = struct.unpack(">HH", data[i + 5 : i + 9])
+            return width, height
+        if marker in (0xD9, 0xDA) or length < 2:  # end of image or scan before any frame header
+            return None
+        i += 2 + length
+    return None
 
 
 def draft_scale(width: int, height: int, keep: int) -> int:

@@ -128,13 +128,13 @@ def ingest(
     else:
         pool = ThreadPoolExecutor(decode_threads or min(MAX_DECODE_THREADS, os.cpu_count() or 1), "afv-decode")
     with pool:
-        ahead: deque[tuple[_Plan, list[Future]]] = deque()
+        ahead: deque[tuple[_Plan, list[Future], bool]] = deque()
         for batch in batched(items, batch_size):
             alone = not decode_ahead if decode_ahead is not None else large_files(batch)
             while alone and ahead:  # the passes before it first: its decode then has every core
                 yield from _finish_pipelined(index, *ahead.popleft(), decode, embed, decode_errors)
-            plan = _plan(index, batch)
-            ahead.append((plan, [pool.submit(decode, batch[i].data, batch[i].source) for i in plan.todo]))
+            plan, in_flight = _plan(index, batch), bool(ahead)
+            ahead.append((plan, [pool.submit(decode, batch[i].data, batch[i].source) for i in plan.todo], in_flight))
             if alone or len(ahead) > 1:
                 yield from _finish_pipelined(index, *ahead.popleft(), decode, embed, decode_errors)
         while ahead:
@@ -145,18 +145,21 @@ def _finish_pipelined(
     index: AFVIndex,
     plan: _Plan,
     futures: list[Future],
+    planned_in_flight: bool,
     decode: Decode,
     embed: Embed,
     decode_errors: tuple[type[Exception], ...],
 ) -> Iterator[tuple[Item, Outcome]]:
-    """Collect a batch's decoded images from the workers, embed and add them."""
+    """Collect a batch's decoded images from the workers, embed and add them (first dropping what the batch
+    before added meanwhile, if it was planned while that one was in flight)."""
     decoded: list[np.ndarray | Exception] = []
     for fut in futures:
         try:
             decoded.append(fut.result())
         except decode_errors as e:
             decoded.append(e)
-    decoded = _drop_added_since(index, plan, decoded)
+    if planned_in_flight:
+        decoded = _drop_added_since(index, plan, decoded)
     _complete(index, plan, decoded, decode, embed, decode_errors)
     yield from zip(plan.items, plan.outcomes)
 
