@@ -20,9 +20,12 @@ Makes N distinct JPEG photos-like files (size×size), then, in one run:
 from __future__ import annotations
 
 import argparse
+import hashlib
+import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,20 +46,51 @@ def make_photos(folder: Path, n: int, size: int, seed: int = 0) -> None:
         img.save(folder / f"{i:06d}.jpg", quality=90)
 
 
-def raw_rate(embedder, folder: Path, work: Path, tag: str = "") -> float:
-    """Images per second of the sketch alone, on images decoded beforehand."""
+@dataclass
+class Raw:
+    """The sketch alone on pre-decoded images, and the CPU the pipeline needs beside it."""
+
+    rate: float  # images/s
+    cores: float  # cores the raw sketch keeps busy (its CPU seconds over its wall seconds)
+    model_cpu_s: float  # CPU seconds per image of the sketch
+    added_cpu_s: float  # CPU seconds per image of what the pipeline adds: read, hash, reduced decode (one thread)
+
+    def ceiling(self, cores: int) -> float:
+        """The best pipeline/raw share these cores allow if the pipeline added only reading, hashing and
+        decoding: images/s ≤ K / (M + A) against raw's C / M, so the share ≤ K/C · M/(M + A)."""
+        m, a = self.model_cpu_s, self.added_cpu_s
+        return min(1.0, cores / self.cores * m / (m + a))
+
+
+def raw_rate(embedder, folder: Path, work: Path, tag: str = "") -> Raw:
+    """The sketch alone on images decoded beforehand (its speed and CPU), and the CPU per image that the
+    pipeline adds to it, timed in this thread."""
     from model.data import iter_records
     from service.ingest import FileDecoder
     from service.model_index import ModelIndex
 
-    decode = FileDecoder(embedder.resolution)
-    x = np.stack([decode(rec.data, rec.name) for rec in iter_records(folder)])
+    records = list(iter_records(folder))
+    x = np.stack([FileDecoder(embedder.resolution)(rec.data, rec.name) for rec in records])
     with ModelIndex.create(work / f"raw{tag}", embedder) as mi:
         mi.sketch(x[: embedder.batch_size])  # warm-up
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for i in range(0, len(x), embedder.batch_size):
             mi.sketch(x[i : i + embedder.batch_size])
-        return len(x) / (time.perf_counter() - t0)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return Raw(len(x) / wall, cpu / wall, cpu / len(x), added_cpu_s(embedder, folder))
+
+
+def added_cpu_s(embedder, folder: Path) -> float:
+    """CPU seconds per file to read, hash and decode it (reduced, as new indexes pin), in one thread."""
+    from service.ingest import FileDecoder
+
+    decode, files = FileDecoder(embedder.resolution, reduced=True), sorted(folder.iterdir())
+    c0 = time.process_time()
+    for f in files:
+        data = f.read_bytes()
+        hashlib.sha256(data).hexdigest()
+        decode(data, f.name)
+    return (time.process_time() - c0) / len(files)
 
 
 def pipeline_rate(
@@ -130,16 +164,31 @@ def main() -> None:
     )
     print(f"`afv index build` decodes these files ({mean_bytes / 1024:.0f} KiB on average) {default_way(mean_bytes)}")
     print(f"{'run':<28} {'img/s':>8} {'vs raw':>7} {'added':>6}")
-    for r, rows in enumerate(rounds):
+    cores = os.cpu_count() or 1
+    for r, (raw, rows) in enumerate(rounds):
         if args.repeats > 1:
             print(f"round {r + 1}")
-        raw = rows[0][1]
+        print(f"{'raw sketch (pre-decoded)':<28} {raw.rate:>8.1f} {1:>6.0%} {'-':>6}")
         for name, rate, n in rows:
-            print(f"{name:<28} {rate:>8.1f} {rate / raw:>6.0%} {n if n >= 0 else '-':>6}")
+            print(f"{name:<28} {rate:>8.1f} {rate / raw.rate:>6.0%} {n:>6}")
     if args.repeats > 1:
         print("median over the rounds of each run's share of its round's raw rate:")
-        for i, (name, _, _) in enumerate(rounds[0][1:], start=1):
-            print(f"{name:<28} {np.median([rows[i][1] / rows[0][1] for rows in rounds]):>15.0%}")
+        for i, (name, _, _) in enumerate(rounds[0][1]):
+            print(f"{name:<28} {np.median([rows[i][1] / raw.rate for raw, rows in rounds]):>15.0%}")
+    if embedder.device.type == "cpu":
+        print_ceiling([raw for raw, _ in rounds], cores)
+
+
+def print_ceiling(raws: list[Raw], cores: int) -> None:
+    """What the pipeline could reach on these cores at best: the model's CPU per image against what
+    reading, hashing and decoding add (medians over the rounds)."""
+    m, a = (float(np.median([getattr(r, k) for r in raws])) for k in ("model_cpu_s", "added_cpu_s"))
+    busy = float(np.median([r.cores for r in raws]))
+    print(
+        f"CPU ceiling on {cores} core(s): the sketch takes {m * 1e3:.2f} ms CPU per image at raw speed "
+        f"({busy:.2f} cores busy); reading, hashing and the reduced decode add {a * 1e3:.2f} ms: a pipeline "
+        f"with no overhead of its own would reach at most {Raw(0, busy, m, a).ceiling(cores):.0%} of raw"
+    )
 
 
 def default_way(mean_bytes: float) -> str:
@@ -149,8 +198,8 @@ def default_way(mean_bytes: float) -> str:
     return "between passes" if mean_bytes >= DECODE_THREADS_MIN_BYTES else "ahead"
 
 
-def one_round(embedder, work: Path, workers: int, r: int) -> list[tuple[str, float, int]]:
-    """Raw, then the pipeline decoding in one thread between model passes, in torch's number of threads
+def one_round(embedder, work: Path, workers: int, r: int) -> tuple[Raw, list[tuple[str, float, int]]]:
+    """Raw, and the pipeline decoding in one thread between model passes, in torch's number of threads
     between passes and one batch ahead, in `workers` processes ahead, and in one thread with the full
     JPEG decode: (name, img/s, added) in that order. Odd rounds run the pipeline runs in reverse order,
     so that no run always comes first or last."""
@@ -164,11 +213,11 @@ def one_round(embedder, work: Path, workers: int, r: int) -> list[tuple[str, flo
     if workers > 0:
         runs.append((f"{workers} process(es), ahead", {"workers": workers}))
     runs.append(("1 thread, full JPEG decode", {"workers": 0, "reduced": False}))
-    rows = [("raw sketch (pre-decoded)", raw_rate(embedder, photos, work, tag), -1)]  # adds nothing
+    raw = raw_rate(embedder, photos, work, tag)
     rates = {}
     for name, how in runs[::-1] if r % 2 else runs:
         rates[name] = pipeline_rate(embedder, photos, work, tag=tag, **how)
-    return rows + [(name, *rates[name]) for name, _ in runs]
+    return raw, [(name, *rates[name]) for name, _ in runs]
 
 
 if __name__ == "__main__":
