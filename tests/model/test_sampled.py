@@ -28,7 +28,7 @@ def _pyramid(ex: AFVExtractor, readout: str) -> PyramidAFVExtractor:
     return PyramidAFVExtractor(ex, spec, pyramid.estimate_pyramid_stats(ex.d, ex.g, spec, 16, batch_size=16))
 
 
-@pytest.mark.parametrize("kernel", ["sparse", "dense", "chosen"])
+@pytest.mark.parametrize("kernel", ["sparse", "dense", "gather", "chosen"])
 @pytest.mark.parametrize("grid", [1, 2, 4])
 def test_sampled_kernels_equal_the_exact_cell_gradient_at_their_coordinates(extractor, image_batch, grid, kernel):
     d = extractor.d
@@ -44,8 +44,33 @@ def test_sampled_kernels_equal_the_exact_cell_gradient_at_their_coordinates(extr
     got = {
         "sparse": lambda: sampled._sparse_select(m, a, g, masks, grid),
         "dense": lambda: sampled._dense_select(m, a, g, coords, grid),
+        "gather": lambda: sampled._gather_select(m, a, g, masks, grid),
         "chosen": lambda: sampled_weight_cells(m, a, g, plan, masks, grid),
     }[kernel]()
+    torch.testing.assert_close(got, exact[:, :, coords], rtol=1e-4, atol=1e-5 * float(exact.abs().max()))
+
+
+@pytest.mark.parametrize("kernel", ["sparse", "dense", "gather", "gather one image at a time"])
+@pytest.mark.parametrize(("size", "padding"), [(3, 1), (3, 0), (5, 2), (1, 0), (3, 2)])
+def test_sampled_kernels_are_exact_for_any_kernel_size_and_padding(size, padding, kernel, monkeypatch):
+    if kernel == "gather one image at a time":
+        monkeypatch.setattr(sampled, "GATHER_CHUNK_BYTES", 1)
+    torch.manual_seed(0)
+    m = nn.Conv2d(4, 6, size, padding=padding)
+    a = torch.randn(3, 4, 8, 8)
+    out = 8 + 2 * padding - size + 1
+    g = torch.randn(3, 6, out, out)
+    grid = 2
+    exact = pyramid._conv_cell_grads(m, a, g, grid)["weight"]
+    n, taps = m.weight.numel(), size * size
+    flat = torch.randperm(n, generator=torch.Generator().manual_seed(1))[: n // 3]
+    coords = flat[torch.argsort((flat % taps) * n + flat)]
+    masks = tap_masks(coords, tuple(m.weight.shape))
+    got = {
+        "sparse": lambda: sampled._sparse_select(m, a, g, masks, grid),
+        "dense": lambda: sampled._dense_select(m, a, g, coords, grid),
+        "gather": lambda: sampled._gather_select(m, a, g, masks, grid),
+    }[kernel.split()[0]]()
     torch.testing.assert_close(got, exact[:, :, coords], rtol=1e-4, atol=1e-5 * float(exact.abs().max()))
 
 
