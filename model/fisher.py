@@ -276,8 +276,11 @@ def per_sample_grads_loop(d: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return torch.stack(rows)
 
 
-def summed_grad(d: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The floor: one batched backward of sum_b D(x_b) w.r.t. the weights (P values, not B×P)."""
+def summed_grad(d: nn.Module, x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+    """The floor: one batched backward of sum_b D(x_b) w.r.t. the weights (P values, not B×P); with
+    `channels_last` in NHWC memory, as `capture` runs (same values, faster CPU kernels)."""
+    if channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
     params = [p for p in d.parameters()]
     with torch.enable_grad():
         gs = torch.autograd.grad(d(x).sum(), params)

@@ -39,11 +39,13 @@ def test_per_sample_grads_match_the_loop_in_float32_within_backend_precision():
     assert rel.max().item() < 1e-2
 
 
-def test_per_sample_grads_sum_to_the_batched_gradient():
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_per_sample_grads_sum_to_the_batched_gradient(channels_last):
     torch.manual_seed(1)
     d = fold_spectral_norm(Discriminator(PRESETS["tiny"]))
     x = torch.rand(8, 3, 32, 32) * 2 - 1
-    torch.testing.assert_close(fisher.per_sample_grads(d, x).sum(0), fisher.summed_grad(d, x), rtol=1e-4, atol=1e-5)
+    summed = fisher.summed_grad(d, x, channels_last)
+    torch.testing.assert_close(fisher.per_sample_grads(d, x).sum(0), summed, rtol=1e-4, atol=1e-5)
 
 
 def test_folded_discriminator_computes_what_the_spectral_norm_one_does():
