@@ -149,8 +149,8 @@ def _gather_select(m: nn.Conv2d, a: torch.Tensor, g: torch.Tensor, masks: list[T
     """The output-gradient channel and the input channel of every sampled coordinate gathered once, then
     per tap their product over the positions where the tap's shifted input lies inside the map, summed
     per cell: work ∝ sampled coordinates × positions, the fastest kernel where few coordinates meet
-    large maps (paper64's 64×64 layer: 6× faster than the dense kernel, 10× than the sparse one). Chunked so a chunk's gathered
-    channels stay small."""
+    large maps (paper64's 64×64 layer: 6× faster than the dense kernel, 10× than the sparse one).
+    Chunked so a chunk's gathered channels stay small."""
     rows = torch.cat([t.rows for t in masks]).to(g.device)
     cols = torch.cat([t.cols for t in masks]).to(a.device)
     out = torch.empty(g.shape[0], grid * grid, len(rows), dtype=g.dtype, device=g.device)
