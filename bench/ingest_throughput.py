@@ -55,11 +55,12 @@ class Raw:
     model_cpu_s: float  # CPU seconds per image of the sketch
     added_cpu_s: float  # CPU seconds per image of what the pipeline adds: read, hash, reduced decode (one thread)
 
-    def ceiling(self, cores: int) -> float:
-        """The best pipeline/raw share these cores allow if the pipeline added only reading, hashing and
-        decoding: images/s ≤ K / (M + A) against raw's C / M, so the share ≤ K/C · M/(M + A)."""
-        m, a = self.model_cpu_s, self.added_cpu_s
-        return min(1.0, cores / self.cores * m / (m + a))
+
+def cpu_ceiling(cores: int, busy: float, model_s: float, added_s: float) -> float:
+    """The best pipeline/raw share K cores allow if the pipeline added only A = `added_s` of CPU per image
+    to the model's M = `model_s` (raw keeping C = `busy` cores busy): images/s ≤ K / (M + A) against raw's
+    C / M, so the share ≤ K/C · M/(M + A)."""
+    return min(1.0, cores / busy * model_s / (model_s + added_s))
 
 
 def raw_rate(embedder, folder: Path, work: Path, tag: str = "") -> Raw:
@@ -187,7 +188,7 @@ def print_ceiling(raws: list[Raw], cores: int) -> None:
     print(
         f"CPU ceiling on {cores} core(s): the sketch takes {m * 1e3:.2f} ms CPU per image at raw speed "
         f"({busy:.2f} cores busy); reading, hashing and the reduced decode add {a * 1e3:.2f} ms: a pipeline "
-        f"with no overhead of its own would reach at most {Raw(0, busy, m, a).ceiling(cores):.0%} of raw"
+        f"with no overhead of its own would reach at most {cpu_ceiling(cores, busy, m, a):.0%} of raw"
     )
 
 
