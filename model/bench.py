@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -14,8 +16,11 @@ from model import fisher
 from model.data import uint8_to_model
 from model.nets import Discriminator, fold_spectral_norm
 from model.parallel import BatchSplitter, split_threads
+from model.precision import computing_in
 from model.presets import Preset
 from model.sketch import ProjectionError, Projector, pairwise_distances
+
+R = TypeVar("R")
 
 
 def _sync(device: torch.device) -> None:
@@ -46,33 +51,46 @@ def floor_time(fn: Callable[[bool], object], n_images: int, device: torch.device
 
 
 def bench_extract(
-    preset: Preset, batch_size: int, device: torch.device, repeats: int = 3, loop_images: int | None = None
+    preset: Preset,
+    batch_size: int,
+    device: torch.device,
+    repeats: int = 3,
+    loop_images: int | None = None,
+    precision: str = "fp32",
 ) -> dict[str, float | str]:
     """Images/s of (a) the batch-1 autograd loop, (b) `per_sample_grads` with the batch split across the
     torch threads on CPU, one part per thread (`model.parallel`), (b') the same as one pass with intra-op
     threads, (c) one summed backward (the floor: the faster of NCHW and channels-last memory) and (c') the
-    floor split too."""
+    floor split too, all in `precision`; with bf16 also (a) and (c) in fp32, the arithmetic of the
+    authors' loop."""
     torch.manual_seed(0)
     d = fold_spectral_norm(Discriminator(preset)).to(device)
     r = preset.resolution
     x = torch.rand(batch_size, 3, r, r, device=device) * 2 - 1
     n_loop = min(loop_images or batch_size, batch_size)
     split, parts = BatchSplitter(d), split_threads(device)
-    t_loop = time_per_image(lambda: fisher.per_sample_grads_loop(d, x[:n_loop]), n_loop, device, repeats)
-    t_ours = time_per_image(
-        lambda: torch.cat(split.map(fisher.per_sample_grads, x, parts)), batch_size, device, repeats
-    )
-    t_one = time_per_image(lambda: fisher.per_sample_grads(d, x), batch_size, device, repeats)
-    t_floor = floor_time(lambda nhwc: fisher.summed_grad(d, x, nhwc), batch_size, device, repeats)
+
+    def loop(arithmetic: str = precision) -> float:
+        run = in_precision(arithmetic, device, fisher.per_sample_grads_loop)
+        return time_per_image(lambda: run(d, x[:n_loop]), n_loop, device, repeats)
+
+    def floor(arithmetic: str = precision) -> float:
+        summed = in_precision(arithmetic, device, fisher.summed_grad)
+        return floor_time(lambda nhwc: summed(d, x, nhwc), batch_size, device, repeats)
+
+    ours = in_precision(precision, device, fisher.per_sample_grads)  # entered in each part's own thread
+    summed = in_precision(precision, device, fisher.summed_grad)
+    t_loop = loop()
+    t_ours = time_per_image(lambda: torch.cat(split.map(ours, x, parts)), batch_size, device, repeats)
+    t_one = time_per_image(lambda: ours(d, x), batch_size, device, repeats)
+    t_floor = floor()
     t_floor_split = floor_time(
-        lambda nhwc: sum(split.map(partial(fisher.summed_grad, channels_last=nhwc), x, parts)),
-        batch_size,
-        device,
-        repeats,
+        lambda nhwc: sum(split.map(partial(summed, channels_last=nhwc), x, parts)), batch_size, device, repeats
     )
-    return {
+    out: dict[str, float | str] = {
         "preset": preset.name,
         "device": str(device),
+        "precision": precision,
         "batch": batch_size,
         "params": sum(p.numel() for p in d.parameters()),
         "parts": parts,
@@ -84,6 +102,21 @@ def bench_extract(
         "speedup_vs_loop": t_loop / t_ours,
         "slowdown_vs_floor": t_ours / t_floor,
     }
+    if precision != "fp32":
+        t_loop32 = loop("fp32")
+        out |= {"loop_fp32_img_s": 1 / t_loop32, "floor_fp32_img_s": 1 / floor("fp32")}
+        out["speedup_vs_fp32_loop"] = t_loop32 / t_ours
+    return out
+
+
+def in_precision(precision: str, device: torch.device, fn: Callable[..., R]) -> Callable[..., R]:
+    """`fn` run inside `computing_in(precision)`, entered per call (and so in the thread that calls)."""
+
+    def run(*args: object, **kwargs: object) -> R:
+        with computing_in(precision, device):
+            return fn(*args, **kwargs)
+
+    return run
 
 
 def _img_s(fn: Callable[[torch.Tensor], object], x: torch.Tensor, bs: int, device: torch.device, repeats: int) -> float:
@@ -115,14 +148,21 @@ def bench_sketch(extractor, x: torch.Tensor, configs: dict[str, dict], d: int = 
     """Speed and distance fidelity of each projection config {label: Projector kwargs} against exact AFVs.
 
     Every time is measured in this one run, beside the batched-gradient floor and exact extraction, so
-    the ratios hold on a noisy machine. A config the model cannot use gets {"error": reason}.
+    the ratios hold on a noisy machine. A config the model cannot use gets {"error": reason}. The
+    extractor's precision applies to every timing; the reference distances are always fp32 exact AFVs
+    (with bf16 the fp32 floor and exact AFVs are timed too).
     """
-    bs, dev = extractor.batch_size, extractor.device
-    ref = pairwise_distances(torch.cat([extractor.embed(x[i : i + bs]) for i in range(0, x.shape[0], bs)]))
-    floor = max(_img_s(partial(_floor_pass, extractor.d, nhwc), x, bs, dev, repeats) for nhwc in LAYOUTS)
+    bs, dev, precision = extractor.batch_size, extractor.device, extractor.precision
+    with fp32(extractor):
+        ref = pairwise_distances(torch.cat([extractor.embed(x[i : i + bs]) for i in range(0, x.shape[0], bs)]))
+    floor = _floor_img_s(extractor, x, precision, repeats)
     exact_afv = _img_s(extractor.embed, x, bs, dev, repeats)
     out: dict = {"n_images": int(x.shape[0]), "afv_dim": extractor.dim, "d": d, "floor_img_s": floor}
-    out["exact_afv_img_s"], out["configs"] = exact_afv, {}
+    out["exact_afv_img_s"], out["precision"], out["configs"] = exact_afv, precision, {}
+    if precision != "fp32":
+        with fp32(extractor):
+            out["exact_afv_fp32_img_s"] = _img_s(extractor.embed, x, bs, dev, repeats)
+        out["floor_fp32_img_s"] = _floor_img_s(extractor, x, "fp32", repeats)
     for label, kwargs in configs.items():
         try:
             proj = Projector(extractor, d=d, **kwargs)
@@ -134,3 +174,21 @@ def bench_sketch(extractor, x: torch.Tensor, configs: dict[str, dict], d: int = 
         row = {"img_s": speed, "time_vs_floor": floor / speed, "speedup_vs_exact_afv": speed / exact_afv}
         out["configs"][label] = {**row, **_fidelity(ref, est), "inner_dim": proj.inner_dim}
     return out
+
+
+@contextmanager
+def fp32(embedder) -> Iterator[None]:
+    """The embedder computing in fp32 for a while (the reference), its own precision restored after."""
+    before = embedder.precision
+    embedder.set_precision("fp32")
+    try:
+        yield
+    finally:
+        embedder.set_precision(before)
+
+
+def _floor_img_s(extractor, x: torch.Tensor, precision: str, repeats: int) -> float:
+    """The floor's images/s on the extractor's network in `precision` (the faster memory layout)."""
+    dev = extractor.device
+    passes = [in_precision(precision, dev, partial(_floor_pass, extractor.d, nhwc)) for nhwc in LAYOUTS]
+    return max(_img_s(p, x, extractor.batch_size, dev, repeats) for p in passes)

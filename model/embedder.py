@@ -10,6 +10,7 @@ here, from images or from vectors already embedded, so the CLI, the HTTP service
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -20,7 +21,10 @@ from PIL import Image
 
 from model import fisher
 from model.data import image_to_uint8
+from model.precision import check_precision, native_bf16
 from model.presets import Preset
+
+log = logging.getLogger(__name__)
 
 
 def _difference(va: torch.Tensor | np.ndarray, vb: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -124,6 +128,7 @@ class Embedder:
     """Base class: subclasses set the attributes below and implement `raw_embed`."""
 
     kind = "embedder"  # afv | bigan | bigbigan | gfmn-moments
+    precisions: tuple[str, ...] = ("fp32",)  # what `set_precision` accepts (`model.precision`)
 
     def __init__(
         self,
@@ -145,6 +150,15 @@ class Embedder:
         self.normalization, self.batch_size = normalization, batch_size
         self.model_hash, self.stats_hash = model_hash, stats_hash
         self.lock = threading.Lock()  # model work on the shared modules: one batch at a time
+        self.precision = "fp32"
+
+    def set_precision(self, precision: str) -> None:
+        """Compute from now on in `precision` (`model.precision`); ValueError where this embedder can't."""
+        if check_precision(precision) not in self.precisions:
+            raise ValueError(f"a '{self.kind}' model computes in {' or '.join(self.precisions)} only, not {precision}")
+        if precision == "bf16" and not native_bf16(self.device):
+            log.warning("this %s has no bfloat16 arithmetic: bf16 is emulated and slower than fp32", self.device.type)
+        self.precision = precision
 
     @property
     def resolution(self) -> int:

@@ -20,6 +20,7 @@ from model.checkpoint import (
 from model.data import uint8_to_model
 from model.embedder import DistanceReport, Embedder
 from model.nets import Discriminator, Generator, fold_spectral_norm
+from model.precision import PRECISIONS, computing_in
 from model.presets import get_preset
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,7 @@ class AFVExtractor(Embedder):
     """Images → Adversarial Fisher Vectors of one discriminator (with its stored Fisher statistics)."""
 
     kind = "afv"
+    precisions = PRECISIONS
 
     def __init__(
         self,
@@ -165,8 +167,8 @@ class AFVExtractor(Embedder):
 
     def raw_fisher_vectors(self, x: torch.Tensor) -> torch.Tensor:
         """N×3×R×R uint8 (one batch) → N×P un-normalised V = diag(I)^-1/2 (∇θD(x) − mean), on device."""
-        with self.lock:
-            grads = fisher.per_sample_grads(self.d, uint8_to_model(x.to(self.device)))
+        with self.lock, computing_in(self.precision, self.device):
+            grads = fisher.per_sample_grads(self.d, uint8_to_model(x.to(self.device)))  # float32 out
         return grads.sub_(self.stats.mean).mul_(self.inv_std)  # fisher_vectors in place: no B×P temporaries
 
     def afv(self, x: torch.Tensor) -> torch.Tensor:

@@ -224,7 +224,7 @@ def capture(
             h.remove()
         for p, f in zip(d.parameters(), flags):
             p.requires_grad_(f)
-    return [(m, inputs[id(m)], g) for m, g in zip(layers, grads)]
+    return [(m, inputs[id(m)].to(g.dtype), g) for m, g in zip(layers, grads)]  # bf16: the image is still fp32
 
 
 CPU_CHUNK_BYTES = 64 << 20  # on CPU, chunks bound the widest activation (measured: larger is not faster)

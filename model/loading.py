@@ -22,6 +22,7 @@ from model.checkpoint import find_checkpoint, read_checkpoint
 from model.embedder import Embedder
 from model.extract import AFVExtractor, default_run_dir, resolve_device
 from model.gfmn import MOMENTS, moment_embedder
+from model.precision import check_precision
 from model.pyramid import GLOBAL
 from model.registry import Method, checkpoint_method, methods_with
 
@@ -35,12 +36,29 @@ def load_embedder(
     batch_size: int = 64,
     embedding: str | None = None,
     readout: str | None = None,
+    precision: str = "fp32",
 ) -> Embedder:
     """RUN_DIR (or model.pt/last.pt path; None = the bundled default) → its embedder.
 
     `readout` ('global' or 'pyramid-1-2-4', …) overrides the AFV read-out the model was exported with;
-    `embedding` picks an encoder's output (z | hidden | z+hidden) or, for any run, 'moments'.
+    `embedding` picks an encoder's output (z | hidden | z+hidden) or, for any run, 'moments'; `precision`
+    the arithmetic of the gradient pass (fp32, or bf16 for AFV models: `model.precision`).
     """
+    check_precision(precision)  # a typo fails before the model loads
+    embedder = _load(run, device, normalization, batch_size, embedding, readout)
+    embedder.set_precision(precision)
+    return embedder
+
+
+def _load(
+    run: str | Path | None,
+    device: str,
+    normalization: str | None,
+    batch_size: int,
+    embedding: str | None,
+    readout: str | None,
+) -> Embedder:
+    """`load_embedder` before its precision is set."""
     options = {k: v for k, v in {"embedding": embedding, "readout": readout}.items() if v is not None}
     run = run if run is not None else default_run_dir()
     if run is None:

@@ -44,6 +44,7 @@ from model.data import uint8_to_model
 from model.embedder import DistanceReport, squared_parts
 from model.extract import AFVExtractor, load_or_estimate_stats, load_pinned_stats, save_stats
 from model.nets import Generator
+from model.precision import computing_in
 
 log = logging.getLogger(__name__)
 
@@ -278,9 +279,9 @@ class PyramidAFVExtractor(AFVExtractor):
 
     def cell_vectors(self, x: torch.Tensor) -> torch.Tensor:
         """N×3×R×R uint8 (one batch) → B×R×P per-cell vectors, normalised and level-weighted."""
-        with self.lock:
+        with self.lock, computing_in(self.precision, self.device):
             grads = view_grads(self.d, uint8_to_model(x.to(self.device)), self.spec)
-        v = grads.sub_(self.cell_mean).mul_(self.cell_inv)  # `view_grads` made it: changed in place
+        v = grads.float().sub_(self.cell_mean).mul_(self.cell_inv)  # `view_grads` made it: changed in place
         scale = self.weights[None, :, None] / math.sqrt(len(self.units))
         if len(self.units) == 1:
             return fisher.normalize_(v, self.normalization).mul_(scale)

@@ -33,6 +33,7 @@ from torch.nn import functional as F
 
 from model import fisher
 from model.data import uint8_to_model
+from model.precision import computing_in
 from model.pyramid import (
     _cells,
     _conv_cell_grads,
@@ -254,6 +255,8 @@ def sampled_weight_cells(
         "dense": lambda: _dense_select(m, a, g, plan.coords, grid),
         "gather": lambda: _gather_select(m, a, g, masks, grid),
     }
+    if a.dtype == torch.bfloat16:
+        del run["sparse"]  # torch's sampled_addmm has no bfloat16 kernel on CPU
     bucket = 1 << max(0, a.shape[0] - 1).bit_length()
     key: tuple = (plan.name, plan.shape, len(plan.coords), tuple(a.shape[1:]), grid, bucket, a.device.type, a.dtype)
     key += (torch.get_num_threads(),)  # a part on one thread may prefer another kernel than a whole batch
@@ -328,9 +331,13 @@ class SampledAFV:
 
     def raw_cells(self, x: torch.Tensor) -> torch.Tensor:
         """Model-space B×3×R×R (one view) → B×grid²×M raw gradient coordinates per finest cell."""
-        ex = self.extractor
-        with ex.lock:
-            captured, fmap = capture_with_map(ex.d, x, channels_last=self.channels_last)
+        with computing_in(self.extractor.precision, x.device):
+            return self._cells_of(x).float()
+
+    def _cells_of(self, x: torch.Tensor) -> torch.Tensor:
+        """`raw_cells` in the precision the caller set up (bf16: the cells come out in bfloat16)."""
+        with self.extractor.lock:
+            captured, fmap = capture_with_map(self.extractor.d, x, channels_last=self.channels_last)
         per_param: dict[int, torch.Tensor] = {}
         for m, a, g in captured:
             plan = self._by_module.get(m)
@@ -344,7 +351,7 @@ class SampledAFV:
                     grads["bias"] = _cells(g, self.grid).sum(-1)
             for pname, grad in grads.items():
                 per_param[id(getattr(m, pname))] = grad
-        return torch.cat([per_param[id(p)] for p in ex.d.parameters()], dim=2)
+        return torch.cat([per_param[id(p)] for p in self.extractor.d.parameters()], dim=2)
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

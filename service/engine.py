@@ -100,7 +100,11 @@ class Resources:
         if settings.torch_threads is not None:
             torch.set_num_threads(settings.torch_threads)
         embedder = load_embedder(
-            settings.model, device=settings.device, embedding=settings.embedding, readout=settings.readout
+            settings.model,
+            device=settings.device,
+            embedding=settings.embedding,
+            readout=settings.readout,
+            precision=settings.precision,
         )
         index_dir = settings.resolved_index_dir
         index = _open_index(index_dir, embedder, settings.read_only)

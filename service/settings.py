@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -27,6 +27,9 @@ class Settings(BaseSettings):
         default=None, description="AFV models: global | pyramid-1-2-4 (spatial pyramid); None = the model's own."
     )
     device: str = Field(default="auto", description="auto | cpu | cuda")
+    precision: Literal["fp32", "bf16"] = Field(
+        default="fp32", description="AFV models: the gradient pass in fp32, or bf16 (faster on AMX CPUs and GPUs)."
+    )
     data_dir: Path = Field(default=Path("./data"), description="Server state: index, JND calibration.")
     index_dir: Path | None = Field(
         default=None,

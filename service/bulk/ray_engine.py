@@ -83,6 +83,7 @@ class RayOptions:
     gpus_per_worker: float | None = None
     cpus_per_worker: float | None = None
     batch_size: int = 64
+    precision: str = "fp32"
 
 
 @dataclass(frozen=True)
@@ -162,6 +163,7 @@ def embed_shards(
                     "pins": pins,
                     "batch_size": options.batch_size,
                     "threads": workers.threads,
+                    "precision": options.precision,
                 },
                 batch_size=options.batch_size,
                 batch_format="numpy",

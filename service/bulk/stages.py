@@ -61,7 +61,7 @@ def _row(record: dict, error: str, pixels: np.ndarray) -> dict:
 class Sketcher:
     """The model (loaded once per worker: its GPU if it has one) and the index's projection."""
 
-    def __init__(self, model: str | None, pins: dict, batch_size: int, threads: int = 0):
+    def __init__(self, model: str | None, pins: dict, batch_size: int, threads: int = 0, precision: str = "fp32"):
         import torch
 
         from model.loading import load_embedder
@@ -70,7 +70,8 @@ class Sketcher:
 
         if threads > 0:
             torch.set_num_threads(threads)
-        embedder = load_embedder(model, batch_size=batch_size)  # device auto: CUDA when the worker has it
+        # device auto: CUDA when the worker has it
+        embedder = load_embedder(model, batch_size=batch_size, precision=precision)
         self.projector = check_pins(pins, embedder)
         self._split = SplitProjector(self.projector)  # a worker of several CPU threads splits each batch
 

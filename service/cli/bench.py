@@ -14,7 +14,16 @@ import typer
 
 from index.faiss_index import VectorIndex, exact_rerank, plan_index
 from service.cli.index import parse_size
-from service.cli.options import DeviceOpt, JsonOpt, ModelOpt, ReadoutOpt, fail, load_images, load_model
+from service.cli.options import (
+    DeviceOpt,
+    JsonOpt,
+    ModelOpt,
+    PrecisionOpt,
+    ReadoutOpt,
+    fail,
+    load_images,
+    load_model,
+)
 
 bench_app = typer.Typer(help="Benchmarks (not part of the test suite).", no_args_is_help=True)
 
@@ -26,19 +35,22 @@ def bench_extract_cmd(
     device: DeviceOpt = "auto",
     repeats: int = 3,
     loop_images: Annotated[int, typer.Option(help="Images timed in the batch-1 loop.")] = 32,
+    precision: PrecisionOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Time (a) the batch-1 autograd loop, (b) our extractor (split across threads on CPU, and in one pass),
     (c) the batched-gradient floor (in one pass, and split)."""
     from model.bench import bench_extract
     from model.extract import resolve_device
+    from model.precision import check_precision
     from model.presets import get_preset
 
     try:
         dev, presets = resolve_device(device), [get_preset(p) for p in preset]
+        arithmetic = check_precision(precision or "fp32")
     except ValueError as e:
         fail(str(e))
-    rows = [bench_extract(p, batch_size, dev, repeats, loop_images) for p in presets]
+    rows = [bench_extract(p, batch_size, dev, repeats, loop_images, arithmetic) for p in presets]
     if json_out:
         typer.echo(json.dumps(rows, indent=2))
         return
@@ -57,6 +69,13 @@ def bench_extract_cmd(
         "thread (CPU); (b1) one pass with intra-op threads; (c) one summed backward, (c2) the same split. "
         "a/b = speed-up over the loop, b/c = time relative to the floor."
     )
+    if arithmetic != "fp32":
+        typer.echo(f"all of the above in {arithmetic}; in fp32, the authors' arithmetic:")
+        for r in rows:
+            typer.echo(
+                f"{r['preset']:<8} (a) loop {r['loop_fp32_img_s']:.1f}, (c) floor {r['floor_fp32_img_s']:.1f} img/s; "
+                f"(b) in {arithmetic} is {r['speedup_vs_fp32_loop']:.2f}x the fp32 loop"
+            )
 
 
 def _sketch_configs(modes: list[str], samples: list[int]) -> dict[str, dict]:
@@ -100,6 +119,7 @@ def bench_sketch_cmd(
     dim: int = 1024,
     stats_samples: int = 256,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = None,
     repeats: int = 3,
     json_out: JsonOpt = False,
 ) -> None:
@@ -114,6 +134,7 @@ def bench_sketch_cmd(
             if preset is not None
             else load_model(model, device, normalization=normalization, readout=readout, batch_size=32)
         )
+        ex.set_precision(precision or "fp32")
     except ValueError as e:
         fail(str(e))
     if getattr(ex, "kind", None) != "afv":
@@ -126,7 +147,13 @@ def bench_sketch_cmd(
     typer.echo(
         f"{ex.name} ({r['afv_dim']:,} AFV values, {ex.normalization}), {r['n_images']} images, d={dim}: "
         f"floor {r['floor_img_s']:.1f} img/s, exact AFVs {r['exact_afv_img_s']:.1f} img/s"
+        + (f" in {r['precision']}" if r["precision"] != "fp32" else "")
     )
+    if r["precision"] != "fp32":
+        typer.echo(
+            f"in fp32: floor {r['floor_fp32_img_s']:.1f} img/s, exact AFVs {r['exact_afv_fp32_img_s']:.1f} img/s "
+            "(errors below are against fp32 exact AFVs)"
+        )
     typer.echo(
         f"{'projection':<14} {'img/s':>8} {'vs floor':>9} {'vs exact':>9} {'pearson':>8} {'mean err':>9} "
         f"{'max err':>8} {'mean ratio':>10}   (vs floor: time / floor time; errors: |d/d_exact - 1|)"

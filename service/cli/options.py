@@ -19,6 +19,14 @@ if TYPE_CHECKING:
 
 ModelOpt = Annotated[Path | None, typer.Option("--model", help="Run directory (default: the bundled model).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda")]
+PrecisionOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--precision",
+        help="fp32 | bf16: the gradient pass's arithmetic (AFV models; bf16 pays off for 64-px networks on CPUs "
+        "with AMX and on GPUs, docs/results.md). Default fp32.",
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 EmbeddingOpt = Annotated[str | None, typer.Option(help="bigan/bigbigan models: z | hidden | z+hidden (default z).")]
 ReadoutOpt = Annotated[

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from service.cli.options import DeviceOpt, EmbeddingOpt, ModelOpt, fail
+from model.precision import PRECISIONS
+from service.cli.options import DeviceOpt, EmbeddingOpt, ModelOpt, PrecisionOpt, fail
 
 if TYPE_CHECKING:
     from service.engine import Resources
@@ -23,6 +24,7 @@ def serve_command(
     model: ModelOpt = None,
     index: Annotated[Path | None, typer.Option("--index", help="Index folder (default: DATA_DIR/index-MODEL).")] = None,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = None,
     embedding: EmbeddingOpt = None,
     readout: Annotated[
         str | None, typer.Option(help="AFV models: global | pyramid-1-2-4 (spatial pyramid); default: the model's own.")
@@ -56,6 +58,8 @@ def serve_command(
         _route(shards, host, port)
         return
 
+    if precision is not None and precision not in PRECISIONS:
+        fail(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     updates: dict[str, Any] = {"device": device}
     if model is not None:
         updates["model"] = model
@@ -63,6 +67,8 @@ def serve_command(
         updates["index_dir"] = index
     if embedding is not None:
         updates["embedding"] = embedding
+    if precision is not None:
+        updates["precision"] = precision
     if readout is not None:
         updates["readout"] = readout
     if read_only:

@@ -38,3 +38,14 @@ def test_empty_path_settings_mean_none_not_the_current_folder(monkeypatch, tmp_p
     monkeypatch.setenv("AFV_MODEL", " ")
     s = Settings()
     assert s.demo_collection is None and s.model is None
+
+
+def test_precision_is_fp32_unless_set_and_only_a_known_one(monkeypatch):
+    import pydantic
+    import pytest
+
+    assert Settings().precision == "fp32"
+    monkeypatch.setenv("AFV_PRECISION", "bf16")
+    assert Settings().precision == "bf16"
+    with pytest.raises(pydantic.ValidationError, match="precision"):
+        Settings(precision="bf32")

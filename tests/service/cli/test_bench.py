@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from service.cli import app
@@ -65,3 +66,30 @@ def test_bench_sketch_names_projections_a_model_cannot_use():
 def test_bench_sketch_refuses_model_and_preset_together(tmp_path):
     res = _sketch("--preset", "tiny", "--model", str(tmp_path))
     assert res.exit_code == 1 and "not both" in res.output
+
+
+def test_bench_extract_in_bf16_reports_the_fp32_loop_and_floor_beside():
+    res = runner.invoke(app, ["bench", "extract", "--preset", "tiny", "--batch-size", "4", "--loop-images", "4",
+                              "--repeats", "1", "--device", "cpu", "--precision", "bf16", "--json"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    row = json.loads(res.stdout[res.stdout.index("[") :])[0]
+    assert row["precision"] == "bf16"
+    assert row["loop_fp32_img_s"] > 0 and row["floor_fp32_img_s"] > 0
+    assert row["speedup_vs_fp32_loop"] == pytest.approx(row["ours_img_s"] / row["loop_fp32_img_s"])
+
+
+def test_bench_sketch_in_bf16_measures_errors_against_fp32_exact_afvs():
+    res = _sketch("--preset", "tiny", "--stats-samples", "16", "--dim", "256", "--mode", "exact",
+                  "--precision", "bf16", "--json")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    r = json.loads(res.stdout[res.stdout.index("{") :])
+    assert r["precision"] == "bf16" and r["floor_fp32_img_s"] > 0 and r["exact_afv_fp32_img_s"] > 0
+    exact = r["configs"]["exact"]
+    assert 0 < exact["rel_error_mean"] < 0.25 and exact["pearson"] > 0.9  # the sketch, in bf16, against fp32
+
+
+def test_bench_commands_refuse_an_unknown_precision():
+    res = runner.invoke(app, ["bench", "extract", "--preset", "tiny", "--precision", "bf32"])
+    assert res.exit_code == 1 and "unknown precision 'bf32'" in res.output
+    res = _sketch("--preset", "tiny", "--stats-samples", "16", "--precision", "fp8")
+    assert res.exit_code == 1 and "unknown precision 'fp8'" in res.output

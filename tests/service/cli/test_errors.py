@@ -20,6 +20,12 @@ CASES = {  # id: (arguments, what stderr says, whether the model is the test's s
     "eval copies, bad edit": (["eval", "copies", "{tmp}", "--metric", "l2", "--edit", "x"], "unknown edit", False),
     "bench extract, unknown preset": (["bench", "extract", "--preset", "huge"], "unknown preset 'huge'", False),
     "serve, no run": (["serve", "--model", "{tmp}/none"], "no such model folder", False),
+    "serve, bad precision": (["serve", "--precision", "bf32"], "unknown precision 'bf32'", False),
+    "index build, bad precision": (
+        ["index", "build", "{tmp}", "--index", "{tmp}/ix", "--precision", "bf32"],
+        "unknown precision 'bf32'",
+        False,
+    ),
 }
 
 

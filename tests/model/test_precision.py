@@ -1,0 +1,97 @@
+"""bf16 arithmetic of the gradient pass: AFVs, pyramid AFVs and sampled sketches stay close to fp32 (and do
+change, so bf16 is really in effect), in split threads too; bad names and non-AFV models are refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from model import pyramid
+from model.embedder import Embedder, named_layout
+from model.extract import AFVExtractor
+from model.loading import load_embedder
+from model.parallel import SplitProjector
+from model.precision import check_precision, computing_in
+from model.pyramid import PyramidAFVExtractor, parse_readout
+from model.sampled import SampledAFV
+from model.sketch import Projector, pairwise_distances
+
+
+def _power(ex: AFVExtractor) -> AFVExtractor:
+    return AFVExtractor(ex.d, ex.g, ex.stats, device=ex.device, normalization="power", batch_size=32)
+
+
+def _pyramid(ex: AFVExtractor) -> PyramidAFVExtractor:
+    spec = parse_readout("pyramid-1-2")
+    return PyramidAFVExtractor(ex, spec, pyramid.estimate_pyramid_stats(ex.d, ex.g, spec, 16, batch_size=16))
+
+
+def _in(embedder, precision: str, fn):
+    before = embedder.precision
+    embedder.set_precision(precision)
+    try:
+        return fn()
+    finally:
+        embedder.set_precision(before)
+
+
+def _distance_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    da, db = pairwise_distances(a), pairwise_distances(b)
+    return float(np.abs(db / da - 1).mean())
+
+
+@pytest.mark.parametrize("kind", ["global", "pyramid", "sampled"])
+def test_bf16_vectors_differ_from_fp32_yet_keep_their_distances(extractor, image_batch, kind):
+    ex = _pyramid(extractor) if kind == "pyramid" else _power(extractor)
+    embed = SampledAFV(ex, samples=2000) if kind == "sampled" else ex.embed
+    x = image_batch[:8]
+    v32, v16 = _in(ex, "fp32", lambda: embed(x)), _in(ex, "bf16", lambda: embed(x))
+    assert v16.dtype == torch.float32 and v16.shape == v32.shape
+    assert not torch.equal(v16, v32)  # bf16 was in effect
+    assert _distance_error(v32, v16) < 0.02
+
+
+def test_split_threads_compute_in_the_embedders_precision(extractor, image_batch):
+    ex = _power(extractor)
+    proj = Projector(ex, d=128, mode="sampled", samples=2000)
+    x = image_batch[:8]
+    fp32 = proj.embed(x)
+    ex.set_precision("bf16")
+    whole, split = proj.embed(x), SplitProjector(proj, part=2)
+    torch.set_num_threads(2)  # the split uses the calling thread's torch threads: 2 parts on 2 threads
+    try:
+        parts = split.embed(x)
+    finally:
+        torch.set_num_threads(1)
+    assert not np.array_equal(parts, fp32)  # autocast is per thread: the parts' threads entered it too
+    np.testing.assert_allclose(parts, whole, rtol=0, atol=2e-2 * float(np.abs(whole).max()))
+
+
+def test_unknown_precision_is_refused_naming_the_choices():
+    with pytest.raises(ValueError, match="fp32, bf16"):
+        check_precision("bf32")
+    with pytest.raises(ValueError, match="bf32"):
+        computing_in("bf32", torch.device("cpu"))
+
+
+def test_a_bad_precision_fails_before_the_model_loads(tmp_path):
+    with pytest.raises(ValueError, match="precision"):
+        load_embedder(tmp_path / "no-such-run", precision="bf32")
+
+
+def test_embedders_without_bf16_support_refuse_it(extractor):
+    emb = Embedder(
+        extractor.preset,
+        device=torch.device("cpu"),
+        layout=named_layout([("z", 4)]),
+        normalization="none",
+        batch_size=4,
+        name="plain",
+        model_hash="0",
+        stats_hash="0",
+    )
+    emb.set_precision("fp32")
+    with pytest.raises(ValueError, match="fp32 only"):
+        emb.set_precision("bf16")
+    assert emb.precision == "fp32"
