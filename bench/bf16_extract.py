@@ -1,10 +1,12 @@
 """Would bfloat16 extraction pay? AFVs computed with a bfloat16 copy of the discriminator (AMX on recent
 Xeons, tensor cores on GPUs) against float32, in one run: speed and how far the distances move.
 
-Not used by the service: this measures the option (#14 item 1 asks for exact AFVs). Prints images/s of
+The service's opt-in `--precision bf16` (`model/precision.py`, autocast) is the same arithmetic. Prints images/s of
 the float32 batch-1 loop, floor and exact extractor, the same three in bfloat16, and for the bfloat16
 AFVs (the Fisher normalisation stays float32) the error of the distances between distinct images and
-between each image and its JPEG re-encoding (quality 90), a near copy, where rounding noise weighs most.
+between each image and its JPEG re-encoding (quality 90), a near copy, where rounding noise weighs most;
+then the near-copy error with only the forward/backward pass in bfloat16, and with only the per-sample
+products in bfloat16 (which of the two makes the noise).
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/bf16_extract.py --preset paper64 --images 32
     OMP_NUM_THREADS=1 .venv/bin/python bench/bf16_extract.py --model model/weights/afv-tinyimagenet-64-h200-cpu64
@@ -28,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 from model import fisher  # noqa: E402
 from model.bench import time_per_image  # noqa: E402
 from model.data import uint8_to_model  # noqa: E402
+from model.precision import computing_in  # noqa: E402
 from model.sketch import pairwise_distances  # noqa: E402
 
 
@@ -58,6 +61,22 @@ def afvs(ex, x: torch.Tensor, grads) -> torch.Tensor:
         g = grads(uint8_to_model(x[i : i + ex.batch_size]))
         out.append(fisher.normalize_(g.sub_(ex.stats.mean).mul_(ex.inv_std), ex.normalization))
     return torch.cat(out)
+
+
+def split_grads(d: torch.nn.Module, pass_bf16: bool, products_bf16: bool):
+    """Per-sample gradients with the forward/backward pass and the per-sample products each in bf16 or fp32."""
+    cpu = torch.device("cpu")
+
+    def grads(xb: torch.Tensor) -> torch.Tensor:
+        with computing_in("bf16" if pass_bf16 else "fp32", cpu):
+            captured = fisher.capture(d, xb, channels_last=True)
+        dtype = torch.bfloat16 if products_bf16 else torch.float32
+        out = torch.empty(len(xb), sum(p.numel() for p in d.parameters()))
+        with computing_in("bf16" if products_bf16 else "fp32", cpu):
+            fisher._assemble(d, [(m, a.to(dtype), g.to(dtype)) for m, a, g in captured], out)
+        return out
+
+    return grads
 
 
 def errors(ref: np.ndarray, est: np.ndarray) -> str:
@@ -116,6 +135,9 @@ def main() -> None:
     print(f"  re-encoding distance / median distinct distance: float32 {share32:.3f}, bfloat16 {share16:.3f}")
     noise = (v16[:n] - v32[:n]).norm(dim=1) / v32[:n].norm(dim=1)
     print(f"AFV rounding noise |v16 - v32| / |v32|: mean {noise.mean():.2%}")
+    for label, pass16, prod16 in (("forward/backward", True, False), ("per-sample products", False, True)):
+        v = afvs(ex, torch.cat([x, xc]), split_grads(d32, pass16, prod16))
+        print(f"only the {label} in bfloat16: re-encoding {errors(c32, (v[:n] - v[n:]).norm(dim=1).numpy())}")
 
 
 if __name__ == "__main__":

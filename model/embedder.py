@@ -156,8 +156,13 @@ class Embedder:
         """Compute from now on in `precision` (`model.precision`); ValueError where this embedder can't."""
         if check_precision(precision) not in self.precisions:
             raise ValueError(f"a '{self.kind}' model computes in {' or '.join(self.precisions)} only, not {precision}")
-        if precision == "bf16" and not native_bf16(self.device):
-            log.warning("this %s has no bfloat16 arithmetic: bf16 is emulated and slower than fp32", self.device.type)
+        if precision == "bf16":
+            log.warning(
+                "bf16: distances between near copies move by several %% (rounding noise; model/precision.py): "
+                "use fp32 for copy detection and JND judgments"
+            )
+            if not native_bf16(self.device):
+                log.warning("this %s has no bfloat16 arithmetic: bf16 is emulated, slower than fp32", self.device.type)
         self.precision = precision
 
     @property

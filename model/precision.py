@@ -1,11 +1,15 @@
 """The arithmetic of the gradient pass: float32, or bfloat16 where the hardware multiplies it natively.
 
-AFVs are computed from one forward and one backward pass and the per-sample weight-gradient products;
-under `bf16` those run in bfloat16 (torch autocast: AMX/AVX512-BF16 on recent Xeons, tensor cores on
-GPUs) and the result comes back as float32 before the Fisher normalisation. On paper64 on a
-Sapphire Rapids core that made exact AFVs 2.2× faster at a 0.3 % mean relative error of the distances
-(docs/results.md, "bfloat16"); small networks (the bundled 32-px model) get slower, so float32 stays
-the default. Fisher statistics are always estimated in float32.
+Under `bf16` the forward and backward pass and the per-sample weight-gradient products run in bfloat16
+(torch autocast: AMX/AVX512-BF16 on recent Xeons, tensor cores on GPUs); the result comes back as
+float32 before the Fisher normalisation, and Fisher statistics are always estimated in float32. On
+paper64 on 2 Sapphire Rapids cores exact AFVs ran 2.1-2.4× faster (docs/results.md, "bfloat16").
+
+The price is rounding noise, and it lands where the service works hardest: distances between distinct
+images move by 0.2-0.3 %, but an image and its JPEG re-encoding came out 4.9 % farther or nearer on
+average (trained cpu64; 31 % on untrained paper64). The noise comes from the forward and backward pass in
+bfloat16, not from the products. So fp32 stays the default, and bf16 is for set distances and
+category-level search on large networks, not for copy detection or JND judgments.
 """
 
 from __future__ import annotations

@@ -28,7 +28,9 @@ class Settings(BaseSettings):
     )
     device: str = Field(default="auto", description="auto | cpu | cuda")
     precision: Literal["fp32", "bf16"] = Field(
-        default="fp32", description="AFV models: the gradient pass in fp32, or bf16 (faster on AMX CPUs and GPUs)."
+        default="fp32",
+        description="AFV models: the gradient pass in fp32, or bf16 (faster on AMX CPUs and GPUs, but near-copy "
+        "distances move by several %: not for copy detection or JND).",
     )
     data_dir: Path = Field(default=Path("./data"), description="Server state: index, JND calibration.")
     index_dir: Path | None = Field(
