@@ -6,7 +6,7 @@ the float32 batch-1 loop, floor and exact extractor, the same three in bfloat16,
 AFVs (the Fisher normalisation stays float32) the error of the distances between distinct images and
 between each image and its JPEG re-encoding (quality 90), a near copy, where rounding noise weighs most;
 then the near-copy error with only the forward/backward pass in bfloat16, and with only the per-sample
-products in bfloat16 (which of the two makes the noise).
+products in bfloat16 (which of the two makes the noise; the latter is `--precision mixed`, timed too).
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/bf16_extract.py --preset paper64 --images 32
     OMP_NUM_THREADS=1 .venv/bin/python bench/bf16_extract.py --model model/weights/afv-tinyimagenet-64-h200-cpu64
@@ -118,6 +118,9 @@ def main() -> None:
     for label, r in (("float32", f32), ("bfloat16", b16)):
         print(f"{label:<12} {r[0]:>8.1f} {r[1]:>8.1f} {r[2]:>7.1f}")
     print(f"bfloat16 ours / float32 ours {b16[2] / f32[2]:.2f}x, / float32 loop {b16[2] / f32[0]:.2f}x")
+    with computing_in("mixed", cpu):  # --precision mixed: the float32 pass, bfloat16 products
+        mixed = 1 / time_per_image(lambda: fisher.per_sample_grads(d32, xm), len(xm), cpu, 2)
+    print(f"mixed ours {mixed:.1f} img/s: / float32 ours {mixed / f32[2]:.2f}x, / float32 loop {mixed / f32[0]:.2f}x")
 
     def grads16(xb: torch.Tensor) -> torch.Tensor:
         return fisher.per_sample_grads(d16, xb.bfloat16()).float()

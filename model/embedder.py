@@ -158,11 +158,11 @@ class Embedder:
             raise ValueError(f"a '{self.kind}' model computes in {' or '.join(self.precisions)} only, not {precision}")
         if precision == "bf16":
             log.warning(
-                "bf16: distances between near copies move by several %% (rounding noise; model/precision.py): "
-                "use fp32 for copy detection and JND judgments"
+                "bf16: distances between near copies move by several % (rounding noise; model/precision.py): "
+                "use fp32 or mixed for copy detection and JND judgments"
             )
-            if not native_bf16(self.device):
-                log.warning("this %s has no bfloat16 arithmetic: bf16 is emulated, slower than fp32", self.device.type)
+        if precision != "fp32" and not native_bf16(self.device):
+            log.warning("this %s has no bfloat16 arithmetic: %s is emulated, slower", self.device.type, precision)
         self.precision = precision
 
     @property

@@ -1,24 +1,33 @@
-"""The arithmetic of the gradient pass: float32, or bfloat16 where the hardware multiplies it natively.
+"""The arithmetic of the gradient pass: float32, bfloat16 products, or bfloat16 throughout.
 
-Under `bf16` the forward and backward pass and the per-sample weight-gradient products run in bfloat16
-(torch autocast: AMX/AVX512-BF16 on recent Xeons, tensor cores on GPUs); the result comes back as
-float32 before the Fisher normalisation, and Fisher statistics are always estimated in float32. On
-paper64 on 2 Sapphire Rapids cores exact AFVs ran 2.1-2.4× faster (docs/results.md, "bfloat16").
+An AFV comes from one forward and one backward pass (the capture) and per-sample weight-gradient products
+of what it captured. Three precisions:
 
-The price is rounding noise, and it lands where the service works hardest: distances between distinct
-images move by 0.2-0.3 %, but an image and its JPEG re-encoding came out 4.9 % farther or nearer on
-average (trained cpu64; 31 % on untrained paper64). The noise comes from the forward and backward pass in
-bfloat16, not from the products. So fp32 stays the default, and bf16 is for set distances and
-category-level search on large networks, not for copy detection or JND judgments.
+- `fp32`: everything in float32 (the default).
+- `mixed`: the capture in float32, the captured tensors rounded to bfloat16 for the products, which run
+  on the matrix units (AMX on recent Xeons, tensor cores on GPUs) and accumulate in float32. Distances
+  move by well under 1 %, near copies included.
+- `bf16`: the capture too, under torch autocast: about 2× faster again on 64-px networks, but its
+  rounding noise lands where the service works hardest: an image and its JPEG re-encoding came out
+  4.9 % farther or nearer on average (trained cpu64; 31 % on untrained paper64), against 0.2 % for
+  distinct images. For set distances and category-level search, not for copy detection or JND.
+
+Vectors come back as float32 before the Fisher normalisation, and Fisher statistics are always estimated
+in float32. Measurements: docs/results.md, "bfloat16 extraction". Like autocast, the setting is per
+thread: `computing_in` is entered in the thread that computes.
 """
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
+import threading
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import torch
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "mixed", "bf16")
+
+_local = threading.local()
 
 
 def check_precision(precision: str) -> str:
@@ -29,11 +38,28 @@ def check_precision(precision: str) -> str:
 
 
 def computing_in(precision: str, device: torch.device) -> AbstractContextManager:
-    """A context in which the gradient pass runs in `precision` on `device` (autocast is per thread:
-    enter it in the thread that computes)."""
+    """A context in which the gradient pass runs in `precision` on `device` (entered in the thread that
+    computes: autocast and the product dtype are per thread)."""
     if check_precision(precision) == "fp32":
         return nullcontext()
+    if precision == "mixed":
+        return _products_in(torch.bfloat16)
     return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def products_dtype() -> torch.dtype | None:
+    """The dtype this thread's per-sample products take their operands in (None: as captured)."""
+    return getattr(_local, "products", None)
+
+
+@contextmanager
+def _products_in(dtype: torch.dtype) -> Iterator[None]:
+    before = products_dtype()
+    _local.products = dtype
+    try:
+        yield
+    finally:
+        _local.products = before
 
 
 def native_bf16(device: torch.device) -> bool:

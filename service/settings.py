@@ -27,10 +27,10 @@ class Settings(BaseSettings):
         default=None, description="AFV models: global | pyramid-1-2-4 (spatial pyramid); None = the model's own."
     )
     device: str = Field(default="auto", description="auto | cpu | cuda")
-    precision: Literal["fp32", "bf16"] = Field(
+    precision: Literal["fp32", "mixed", "bf16"] = Field(
         default="fp32",
-        description="AFV models: the gradient pass in fp32, or bf16 (faster on AMX CPUs and GPUs, but near-copy "
-        "distances move by several %: not for copy detection or JND).",
+        description="AFV models: the gradient pass in fp32, mixed (bfloat16 products, distances within 1 %) or bf16 "
+        "(faster again, but near-copy distances move by several %: not for copy detection or JND).",
     )
     data_dir: Path = Field(default=Path("./data"), description="Server state: index, JND calibration.")
     index_dir: Path | None = Field(

@@ -69,7 +69,9 @@ def bench_extract_cmd(
         "thread (CPU); (b1) one pass with intra-op threads; (c) one summed backward, (c2) the same split. "
         "a/b = speed-up over the loop, b/c = time relative to the floor."
     )
-    if arithmetic != "fp32":
+    if arithmetic == "mixed":
+        typer.echo("mixed: (b) with bfloat16 products; (a) and (c) have no per-sample products and run in fp32.")
+    if arithmetic == "bf16":
         typer.echo(f"all of the above in {arithmetic}; in fp32, the authors' arithmetic:")
         for r in rows:
             typer.echo(
@@ -149,7 +151,7 @@ def bench_sketch_cmd(
         f"floor {r['floor_img_s']:.1f} img/s, exact AFVs {r['exact_afv_img_s']:.1f} img/s"
         + (f" in {r['precision']}" if r["precision"] != "fp32" else "")
     )
-    if r["precision"] != "fp32":
+    if r["precision"] == "bf16":
         typer.echo(
             f"in fp32: floor {r['floor_fp32_img_s']:.1f} img/s, exact AFVs {r['exact_afv_fp32_img_s']:.1f} img/s "
             "(errors below are against fp32 exact AFVs)"

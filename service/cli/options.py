@@ -23,8 +23,9 @@ PrecisionOpt = Annotated[
     str | None,
     typer.Option(
         "--precision",
-        help="fp32 | bf16: the gradient pass's arithmetic (AFV models). bf16 is about 2x faster for 64-px networks "
-        "on CPUs with AMX, but moves near-copy distances by several % (not for copy detection or JND). Default fp32.",
+        help="fp32 | mixed | bf16: the gradient pass's arithmetic (AFV models; model/precision.py). mixed: the "
+        "per-sample products in bfloat16, distances within 1 %; bf16: everything, faster again on CPUs with AMX, "
+        "but near-copy distances move by several % (not for copy detection or JND). Default fp32.",
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]

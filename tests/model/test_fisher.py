@@ -138,8 +138,9 @@ def test_every_conv_weight_gradient_method_equals_autograd_per_image(conv, chann
     if channels_last:
         a, g = (t.contiguous(memory_format=torch.channels_last) for t in (a, g))
     ref = _autograd_conv_weight_grads(m, a, g)
-    methods = [f for f in fisher._CONV_METHODS if f is not fisher._conv_w_shift or fisher._shift_applies(m)]
-    assert (fisher._conv_w_shift in methods) == (conv.get("stride", 1) == 1)
+    shifts = (fisher._conv_w_shift, fisher._conv_w_shift_mm)
+    methods = [f for f in fisher._CONV_METHODS if f not in shifts or fisher._shift_applies(m)]
+    assert (fisher._conv_w_shift_mm in methods) == (conv.get("stride", 1) == 1)
     for fn in methods:
         got = fn(m, a, g).reshape(ref.shape)
         torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-12, msg=fn.__name__)

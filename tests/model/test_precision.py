@@ -1,5 +1,6 @@
-"""bf16 arithmetic of the gradient pass: AFVs, pyramid AFVs and sampled sketches stay close to fp32 (and do
-change, so bf16 is really in effect), in split threads too; bad names and non-AFV models are refused."""
+"""mixed and bf16 arithmetic of the gradient pass: AFVs, pyramid AFVs and sampled sketches stay close to fp32
+(and do change, so the precision is really in effect), in split threads too; mixed keeps near copies' distances;
+bad names and non-AFV models are refused."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 import torch
 
 from model import pyramid
+from model.data import uint8_to_model
 from model.embedder import Embedder, named_layout
 from model.extract import AFVExtractor
 from model.loading import load_embedder
@@ -41,35 +43,61 @@ def _distance_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(np.abs(db / da - 1).mean())
 
 
+@pytest.mark.parametrize("precision", ["mixed", "bf16"])
 @pytest.mark.parametrize("kind", ["global", "pyramid", "sampled"])
-def test_bf16_vectors_differ_from_fp32_yet_keep_their_distances(extractor, image_batch, kind):
+def test_vectors_differ_from_fp32_yet_keep_their_distances(extractor, image_batch, kind, precision):
     ex = _pyramid(extractor) if kind == "pyramid" else _power(extractor)
     embed = SampledAFV(ex, samples=2000) if kind == "sampled" else ex.embed
     x = image_batch[:8]
-    v32, v16 = _in(ex, "fp32", lambda: embed(x)), _in(ex, "bf16", lambda: embed(x))
+    v32, v16 = _in(ex, "fp32", lambda: embed(x)), _in(ex, precision, lambda: embed(x))
     assert v16.dtype == torch.float32 and v16.shape == v32.shape
     assert not torch.equal(v16, v32)  # bf16 was in effect
     assert _distance_error(v32, v16) < 0.02
 
 
-def test_split_threads_compute_in_the_embedders_precision(extractor, image_batch):
+@pytest.mark.parametrize("precision", ["mixed", "bf16"])
+def test_split_threads_compute_in_the_embedders_precision(extractor, image_batch, precision):
     ex = _power(extractor)
     proj = Projector(ex, d=128, mode="sampled", samples=2000)
     x = image_batch[:8]
     fp32 = proj.embed(x)
-    ex.set_precision("bf16")
+    ex.set_precision(precision)
     whole, split = proj.embed(x), SplitProjector(proj, part=2)
     torch.set_num_threads(2)  # the split uses the calling thread's torch threads: 2 parts on 2 threads
     try:
         parts = split.embed(x)
     finally:
         torch.set_num_threads(1)
-    assert not np.array_equal(parts, fp32)  # autocast is per thread: the parts' threads entered it too
+    assert not np.array_equal(parts, fp32)  # the precision is per thread: the parts' threads entered it too
     np.testing.assert_allclose(parts, whole, rtol=0, atol=2e-2 * float(np.abs(whole).max()))
 
 
+def test_mixed_keeps_the_distance_to_a_near_copy(extractor, image_batch):
+    ex = _power(extractor)
+    x = image_batch[:8]
+    noise = torch.randint(-2, 3, x.shape, generator=torch.Generator().manual_seed(0))
+    near = (x.int() + noise).clamp(0, 255).to(torch.uint8)  # every pixel off by at most 2 levels
+    d32 = _in(ex, "fp32", lambda: (ex.embed(x) - ex.embed(near)).norm(dim=1))
+    dmix = _in(ex, "mixed", lambda: (ex.embed(x) - ex.embed(near)).norm(dim=1))
+    assert not torch.equal(d32, dmix)
+    assert float((dmix / d32 - 1).abs().max()) < 0.02
+
+
+def test_the_per_sample_shift_kernel_in_bf16_is_the_fp32_gradient_rounded(extractor, image_batch):
+    from torch import nn
+
+    from model import fisher
+
+    conv = next(m for m in extractor.d.modules() if isinstance(m, nn.Conv2d) and m.in_channels > 3)
+    captured = fisher.capture(extractor.d, uint8_to_model(image_batch[:4]))
+    m, a, g = next(c for c in captured if c[0] is conv)
+    ref = fisher._conv_w_shift(m, a, g)
+    got = fisher._conv_w_shift_mm(m, a.bfloat16(), g.bfloat16()).float()
+    assert float((got - ref).norm() / ref.norm()) < 0.02
+
+
 def test_unknown_precision_is_refused_naming_the_choices():
-    with pytest.raises(ValueError, match="fp32, bf16"):
+    with pytest.raises(ValueError, match="fp32, mixed, bf16"):
         check_precision("bf32")
     with pytest.raises(ValueError, match="bf32"):
         computing_in("bf32", torch.device("cpu"))

@@ -93,3 +93,12 @@ def test_bench_commands_refuse_an_unknown_precision():
     assert res.exit_code == 1 and "unknown precision 'bf32'" in res.output
     res = _sketch("--preset", "tiny", "--stats-samples", "16", "--precision", "fp8")
     assert res.exit_code == 1 and "unknown precision 'fp8'" in res.output
+
+
+def test_bench_extract_in_mixed_precision_times_only_ours_differently():
+    res = runner.invoke(app, ["bench", "extract", "--preset", "tiny", "--batch-size", "4", "--loop-images", "4",
+                              "--repeats", "1", "--device", "cpu", "--precision", "mixed", "--json"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    row = json.loads(res.stdout[res.stdout.index("[") :])[0]
+    assert row["precision"] == "mixed" and row["ours_img_s"] > 0
+    assert "loop_fp32_img_s" not in row  # the loop and floor have no per-sample products: fp32 already
