@@ -6,7 +6,8 @@ the float32 batch-1 loop, floor and exact extractor, the same three in bfloat16,
 AFVs (the Fisher normalisation stays float32) the error of the distances between distinct images and
 between each image and its JPEG re-encoding (quality 90), a near copy, where rounding noise weighs most;
 then the near-copy error with only the forward/backward pass in bfloat16, and with only the per-sample
-products in bfloat16 (which of the two makes the noise; the latter is `--precision mixed`, timed too).
+products in bfloat16 (which of the two makes the noise), and with `--precision mixed` (timed too): only the
+forward pass in float32.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/bf16_extract.py --preset paper64 --images 32
     OMP_NUM_THREADS=1 .venv/bin/python bench/bf16_extract.py --model model/weights/afv-tinyimagenet-64-h200-cpu64
@@ -79,6 +80,16 @@ def split_grads(d: torch.nn.Module, pass_bf16: bool, products_bf16: bool):
     return grads
 
 
+def mixed_grads(d: torch.nn.Module):
+    """Per-sample gradients as `--precision mixed` computes them."""
+
+    def grads(xb: torch.Tensor) -> torch.Tensor:
+        with computing_in("mixed", torch.device("cpu")):
+            return fisher.per_sample_grads(d, xb)
+
+    return grads
+
+
 def errors(ref: np.ndarray, est: np.ndarray) -> str:
     r = est / np.maximum(ref, 1e-12)
     return f"mean |d16/d32 - 1| {np.abs(r - 1).mean():.2%}, max {np.abs(r - 1).max():.2%}, mean ratio {r.mean():.4f}"
@@ -118,8 +129,7 @@ def main() -> None:
     for label, r in (("float32", f32), ("bfloat16", b16)):
         print(f"{label:<12} {r[0]:>8.1f} {r[1]:>8.1f} {r[2]:>7.1f}")
     print(f"bfloat16 ours / float32 ours {b16[2] / f32[2]:.2f}x, / float32 loop {b16[2] / f32[0]:.2f}x")
-    with computing_in("mixed", cpu):  # --precision mixed: the float32 pass, bfloat16 products
-        mixed = 1 / time_per_image(lambda: fisher.per_sample_grads(d32, xm), len(xm), cpu, 2)
+    mixed = 1 / time_per_image(lambda: mixed_grads(d32)(xm), len(xm), cpu, 2)
     print(f"mixed ours {mixed:.1f} img/s: / float32 ours {mixed / f32[2]:.2f}x, / float32 loop {mixed / f32[0]:.2f}x")
 
     def grads16(xb: torch.Tensor) -> torch.Tensor:
@@ -141,6 +151,8 @@ def main() -> None:
     for label, pass16, prod16 in (("forward/backward", True, False), ("per-sample products", False, True)):
         v = afvs(ex, torch.cat([x, xc]), split_grads(d32, pass16, prod16))
         print(f"only the {label} in bfloat16: re-encoding {errors(c32, (v[:n] - v[n:]).norm(dim=1).numpy())}")
+    v = afvs(ex, torch.cat([x, xc]), mixed_grads(d32))
+    print(f"mixed (the forward alone in float32): re-encoding {errors(c32, (v[:n] - v[n:]).norm(dim=1).numpy())}")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ its output-gradient and its (unfolded) input activation, so no batch-1 loop and 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -234,10 +236,11 @@ def capture(
     flags = [p.requires_grad for p in d.parameters()]
     if channels_last and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
+    dtype = products_dtype()  # 'mixed': bf16 products, and the convs' input gradients in bf16 too
     try:
         for p in d.parameters():
             p.requires_grad_(False)
-        with torch.enable_grad():
+        with torch.enable_grad(), _input_grads_in(dtype, layers):
             y = d(x.detach().requires_grad_(True))
             grads = torch.autograd.grad(y.sum(), [outputs[id(m)] for m in layers])
     finally:
@@ -245,8 +248,49 @@ def capture(
             h.remove()
         for p, f in zip(d.parameters(), flags):
             p.requires_grad_(f)
-    dtype = products_dtype()  # 'mixed': the products' operands in bf16; 'bf16': g is, the image input is not yet
-    return [(m, inputs[id(m)].to(dtype or g.dtype), g.to(dtype or g.dtype)) for m, g in zip(layers, grads)]
+    dtype = dtype or grads[0].dtype  # 'bf16' (autocast): g is bf16 already, the image input not yet
+    return [(m, inputs[id(m)].to(dtype), g.to(dtype)) for m, g in zip(layers, grads)]
+
+
+class _LowPrecisionInputGrad(torch.autograd.Function):
+    """A conv whose forward runs as it is (float32) and whose input gradient is computed in a lower
+    precision: the forward's rounding is what makes near copies' AFVs noisy, the backward's is not."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, m: nn.Conv2d, dtype: torch.dtype) -> torch.Tensor:
+        ctx.m, ctx.dtype = m, dtype
+        ctx.x_meta = torch.empty_like(x, dtype=dtype)  # only its shape and layout are read
+        return m._conv_forward(x, m.weight, m.bias)
+
+    @staticmethod
+    def backward(ctx, go: torch.Tensor):
+        m, dtype = ctx.m, ctx.dtype
+        grad = torch.ops.aten.convolution_backward(
+            go.to(dtype), ctx.x_meta, m.weight.to(dtype), None, m.stride, m.padding, m.dilation,
+            False, (0, 0), m.groups, (True, False, False),
+        )[0]  # fmt: skip
+        return grad.to(go.dtype), None, None
+
+
+def _forward_of(m: nn.Conv2d, dtype: torch.dtype):
+    """The conv's forward with its input gradient in `dtype`."""
+    return lambda x: _LowPrecisionInputGrad.apply(x, m, dtype)
+
+
+@contextmanager
+def _input_grads_in(dtype: torch.dtype | None, layers: list[Layer]) -> Iterator[None]:
+    """While capturing: the convs' input gradients in `dtype` (None: as the forward runs)."""
+    if dtype is None:
+        yield
+        return
+    convs = [m for m in layers if isinstance(m, nn.Conv2d) and isinstance(m.padding, tuple)]
+    for m in convs:
+        m.forward = _forward_of(m, dtype)  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        for m in convs:
+            del m.forward
 
 
 CPU_CHUNK_BYTES = 64 << 20  # on CPU, chunks bound the widest activation (measured: larger is not faster)

@@ -29,8 +29,9 @@ class Settings(BaseSettings):
     device: str = Field(default="auto", description="auto | cpu | cuda")
     precision: Literal["fp32", "mixed", "bf16"] = Field(
         default="fp32",
-        description="AFV models: the gradient pass in fp32, mixed (bfloat16 products, distances within 1 %) or bf16 "
-        "(faster again, but near-copy distances move by several %: not for copy detection or JND).",
+        description="AFV models: the gradient pass in fp32, mixed (all but the forward pass in bfloat16; distances "
+        "within 0.1-0.4 %) or bf16 (faster again, but near-copy distances move by several %: not for copy detection "
+        "or JND).",
     )
     data_dir: Path = Field(default=Path("./data"), description="Server state: index, JND calibration.")
     index_dir: Path | None = Field(

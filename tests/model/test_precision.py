@@ -96,6 +96,25 @@ def test_the_per_sample_shift_kernel_in_bf16_is_the_fp32_gradient_rounded(extrac
     assert float((got - ref).norm() / ref.norm()) < 0.02
 
 
+def test_mixed_capture_keeps_the_fp32_forward_and_rounds_only_the_gradients(extractor, image_batch):
+    from torch import nn
+
+    from model import fisher
+
+    x = uint8_to_model(image_batch[:4])
+    ref = fisher.capture(extractor.d, x)
+    with computing_in("mixed", torch.device("cpu")):
+        got = fisher.capture(extractor.d, x)
+    convs = [m for m in extractor.d.modules() if isinstance(m, nn.Conv2d)]
+    assert all("forward" not in vars(m) for m in convs)  # the convs' own forward is back
+    for (m, a32, g32), (_, a16, g16) in zip(ref, got, strict=True):
+        assert a16.dtype == g16.dtype == torch.bfloat16
+        assert torch.equal(a16, a32.to(torch.bfloat16))  # the forward ran in float32: its inputs, rounded once
+        assert float((g16.float() - g32).norm() / g32.norm()) < 0.05, m  # bf16 input gradients on the way
+    # the backward ran in bfloat16: deeper output-gradients are not the float32 ones rounded once
+    assert any(not torch.equal(g16, g32.to(torch.bfloat16)) for (_, _, g32), (_, _, g16) in zip(ref, got))
+
+
 def test_unknown_precision_is_refused_naming_the_choices():
     with pytest.raises(ValueError, match="fp32, mixed, bf16"):
         check_precision("bf32")
