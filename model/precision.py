@@ -7,7 +7,7 @@ of what it captured. Three precisions:
 - `mixed`: the forward pass in float32; the convs' input gradients of the backward pass and the
   per-sample products in bfloat16, on the matrix units (AMX on recent Xeons, tensor cores on GPUs), with
   float32 accumulation. Near copies' distances move by 0.1-0.4 % on average (at most 1.5 %), distinct
-  images' by 0.02 %; paper64 ran about 1.5× faster than fp32 on one core.
+  images' by 0.02 %; paper64 ran about 1.5× faster than fp32 (small networks gain nothing).
 - `bf16`: the forward pass too, under torch autocast: faster again on 64-px networks, but the forward's
   rounding noise lands where the service works hardest: an image and its JPEG re-encoding came out
   4.9 % farther or nearer on average (trained cpu64; 31 % on untrained paper64), against 0.2 % for

@@ -23,10 +23,10 @@ PrecisionOpt = Annotated[
     str | None,
     typer.Option(
         "--precision",
-        help="fp32 | mixed | bf16: the gradient pass's arithmetic (AFV models; model/precision.py). mixed: all but "
-        "the forward pass in bfloat16, about 1.5x faster for 64-px models on CPUs with AMX, distances within 0.1-0.4 "
-        "%; bf16: everything, faster again, but near-copy distances move by several % (not for copy detection or "
-        "JND). Default fp32.",
+        help="fp32 | mixed | bf16: the gradient pass's arithmetic (AFV models; model/precision.py). mixed: all "
+        "but the forward pass in bfloat16, about 1.5x faster for paper64-sized models on CPUs with AMX, distances "
+        "within 0.1-0.4 %; bf16: everything, faster again, but near-copy distances move by several % (not for copy "
+        "detection or JND). Default fp32.",
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
