@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.grad import conv2d_weight
 
-from model.precision import products_dtype
+from model.precision import input_grads_dtype, products_dtype
 
 if TYPE_CHECKING:
     from model.nets import Generator
@@ -236,11 +236,10 @@ def capture(
     flags = [p.requires_grad for p in d.parameters()]
     if channels_last and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
-    dtype = products_dtype()  # 'mixed': bf16 products, and the convs' input gradients in bf16 too
     try:
         for p in d.parameters():
             p.requires_grad_(False)
-        with torch.enable_grad(), _input_grads_in(dtype, layers):
+        with torch.enable_grad(), _input_grads_in(input_grads_dtype(), layers):  # 'mixed': bf16
             y = d(x.detach().requires_grad_(True))
             grads = torch.autograd.grad(y.sum(), [outputs[id(m)] for m in layers])
     finally:
@@ -248,7 +247,7 @@ def capture(
             h.remove()
         for p, f in zip(d.parameters(), flags):
             p.requires_grad_(f)
-    dtype = dtype or grads[0].dtype  # 'bf16' (autocast): g is bf16 already, the image input not yet
+    dtype = products_dtype() or grads[0].dtype  # 'bf16' (autocast): g is bf16 already, the image input not yet
     return [(m, inputs[id(m)].to(dtype), g.to(dtype)) for m, g in zip(layers, grads)]
 
 

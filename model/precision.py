@@ -40,11 +40,11 @@ def check_precision(precision: str) -> str:
 
 def computing_in(precision: str, device: torch.device) -> AbstractContextManager:
     """A context in which the gradient pass runs in `precision` on `device` (entered in the thread that
-    computes: autocast and the product dtype are per thread)."""
+    computes: autocast and the dtypes below are per thread)."""
     if check_precision(precision) == "fp32":
         return nullcontext()
     if precision == "mixed":
-        return _products_in(torch.bfloat16)
+        return _mixed()
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
@@ -53,14 +53,32 @@ def products_dtype() -> torch.dtype | None:
     return getattr(_local, "products", None)
 
 
+def input_grads_dtype() -> torch.dtype | None:
+    """The dtype this thread's convs compute their input gradients in (None: as their forward ran)."""
+    return getattr(_local, "input_grads", None)
+
+
 @contextmanager
-def _products_in(dtype: torch.dtype) -> Iterator[None]:
+def products_in(dtype: torch.dtype | None) -> Iterator[None]:
+    """The per-sample products' operands in `dtype` for a while (a caller whose kernels are not GEMMs, such
+    as the sampled sketch's gathers, keeps them in float32)."""
     before = products_dtype()
     _local.products = dtype
     try:
         yield
     finally:
         _local.products = before
+
+
+@contextmanager
+def _mixed() -> Iterator[None]:
+    before = input_grads_dtype()
+    _local.input_grads = torch.bfloat16
+    try:
+        with products_in(torch.bfloat16):
+            yield
+    finally:
+        _local.input_grads = before
 
 
 def native_bf16(device: torch.device) -> bool:

@@ -33,7 +33,7 @@ from torch.nn import functional as F
 
 from model import fisher
 from model.data import uint8_to_model
-from model.precision import computing_in
+from model.precision import computing_in, products_in
 from model.pyramid import (
     _cells,
     _conv_cell_grads,
@@ -331,7 +331,8 @@ class SampledAFV:
 
     def raw_cells(self, x: torch.Tensor) -> torch.Tensor:
         """Model-space B×3×R×R (one view) → B×grid²×M raw gradient coordinates per finest cell."""
-        with computing_in(self.extractor.precision, x.device):
+        # mixed: bf16 input gradients in the capture, but float32 operands for the gathers (not GEMMs)
+        with computing_in(self.extractor.precision, x.device), products_in(None):
             return self._cells_of(x).float()
 
     def _cells_of(self, x: torch.Tensor) -> torch.Tensor:
