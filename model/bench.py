@@ -42,12 +42,23 @@ def time_per_image(fn: Callable[[], object], n_images: int, device: torch.device
 
 
 LAYOUTS = (False, True)  # the floor's memory layouts: NCHW, then channels-last (`fisher.summed_grad`)
+Timed = tuple[Callable[[], object], int]  # a method to time and the images one call handles
 
 
-def floor_time(fn: Callable[[bool], object], n_images: int, device: torch.device, repeats: int) -> float:
-    """Seconds per image of the floor `fn(channels_last)`, timed in NCHW and in channels-last memory: the
-    faster counts (channels-last is 1.3-1.7x faster on CPU for the 64-px networks; the extractor uses it)."""
-    return min(time_per_image(partial(fn, nhwc), n_images, device, repeats) for nhwc in LAYOUTS)
+def interleaved(fns: dict[str, Timed], device: torch.device, repeats: int) -> dict[str, float]:
+    """Best-of-`repeats` seconds per image of each {name: (fn, images)}, the repeats taken in turns (a, b, c,
+    a, b, c, …) so that a slow minute of this noisy machine weighs on every method alike; one warm-up each."""
+    for fn, _ in fns.values():
+        fn()
+        _sync(device)
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(repeats):
+        for name, (fn, n) in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            best[name] = min(best[name], (time.perf_counter() - t0) / n)
+    return best
 
 
 def bench_extract(
@@ -62,31 +73,25 @@ def bench_extract(
     torch threads on CPU, one part per thread (`model.parallel`), (b') the same as one pass with intra-op
     threads, (c) one summed backward (the floor: the faster of NCHW and channels-last memory) and (c') the
     floor split too, all in `precision` (which for 'mixed' changes only (b)); with bf16 also (a) and (c) in
-    fp32, the arithmetic of the authors' loop."""
+    fp32, the arithmetic of the authors' loop. All timed in turns (`interleaved`)."""
     torch.manual_seed(0)
     d = fold_spectral_norm(Discriminator(preset)).to(device)
     r = preset.resolution
     x = torch.rand(batch_size, 3, r, r, device=device) * 2 - 1
     n_loop = min(loop_images or batch_size, batch_size)
     split, parts = BatchSplitter(d), split_threads(device)
-
-    def loop(arithmetic: str = precision) -> float:
-        run = in_precision(arithmetic, device, fisher.per_sample_grads_loop)
-        return time_per_image(lambda: run(d, x[:n_loop]), n_loop, device, repeats)
-
-    def floor(arithmetic: str = precision) -> float:
-        summed = in_precision(arithmetic, device, fisher.summed_grad)
-        return floor_time(lambda nhwc: summed(d, x, nhwc), batch_size, device, repeats)
-
     ours = in_precision(precision, device, fisher.per_sample_grads)  # entered in each part's own thread
     summed = in_precision(precision, device, fisher.summed_grad)
-    t_loop = loop()
-    t_ours = time_per_image(lambda: torch.cat(split.map(ours, x, parts)), batch_size, device, repeats)
-    t_one = time_per_image(lambda: ours(d, x), batch_size, device, repeats)
-    t_floor = floor()
-    t_floor_split = floor_time(
-        lambda nhwc: sum(split.map(partial(summed, channels_last=nhwc), x, parts)), batch_size, device, repeats
-    )
+    fns: dict[str, Timed] = {
+        **_loop_and_floor(d, x, n_loop, precision, device),
+        "ours": (lambda: torch.cat(split.map(ours, x, parts)), batch_size),
+        "one": (lambda: ours(d, x), batch_size),
+        **{f"split {nhwc}": (partial(_split_sum, split, summed, x, parts, nhwc), batch_size) for nhwc in LAYOUTS},
+    }
+    if precision == "bf16":  # 'mixed' changes only the per-sample products: the loop and floor are fp32 anyway
+        fns |= {f"{k} fp32": v for k, v in _loop_and_floor(d, x, n_loop, "fp32", device).items()}
+    t = interleaved(fns, device, repeats)
+    t_floor = min(t[f"floor {nhwc}"] for nhwc in LAYOUTS)
     out: dict[str, float | str] = {
         "preset": preset.name,
         "device": str(device),
@@ -94,19 +99,33 @@ def bench_extract(
         "batch": batch_size,
         "params": sum(p.numel() for p in d.parameters()),
         "parts": parts,
-        "loop_img_s": 1 / t_loop,
-        "ours_img_s": 1 / t_ours,
-        "ours_one_pass_img_s": 1 / t_one,
+        "loop_img_s": 1 / t["loop"],
+        "ours_img_s": 1 / t["ours"],
+        "ours_one_pass_img_s": 1 / t["one"],
         "floor_img_s": 1 / t_floor,
-        "floor_split_img_s": 1 / t_floor_split,
-        "speedup_vs_loop": t_loop / t_ours,
-        "slowdown_vs_floor": t_ours / t_floor,
+        "floor_split_img_s": 1 / min(t[f"split {nhwc}"] for nhwc in LAYOUTS),
+        "speedup_vs_loop": t["loop"] / t["ours"],
+        "slowdown_vs_floor": t["ours"] / t_floor,
     }
-    if precision == "bf16":  # 'mixed' changes only the per-sample products: the loop and floor are fp32 anyway
-        t_loop32 = loop("fp32")
-        out |= {"loop_fp32_img_s": 1 / t_loop32, "floor_fp32_img_s": 1 / floor("fp32")}
-        out["speedup_vs_fp32_loop"] = t_loop32 / t_ours
+    if precision == "bf16":
+        out |= {"loop_fp32_img_s": 1 / t["loop fp32"], "speedup_vs_fp32_loop": t["loop fp32"] / t["ours"]}
+        out["floor_fp32_img_s"] = 1 / min(t[f"floor {nhwc} fp32"] for nhwc in LAYOUTS)
     return out
+
+
+def _loop_and_floor(
+    d: torch.nn.Module, x: torch.Tensor, n_loop: int, precision: str, device: torch.device
+) -> dict[str, Timed]:
+    """The batch-1 loop and the floor in both memory layouts, in `precision`, as `interleaved` takes them."""
+    loop = in_precision(precision, device, fisher.per_sample_grads_loop)
+    summed = in_precision(precision, device, fisher.summed_grad)
+    fns: dict[str, Timed] = {"loop": (partial(loop, d, x[:n_loop]), n_loop)}
+    return fns | {f"floor {nhwc}": (partial(summed, d, x, nhwc), x.shape[0]) for nhwc in LAYOUTS}
+
+
+def _split_sum(split: BatchSplitter, summed: Callable, x: torch.Tensor, parts: int, nhwc: bool) -> torch.Tensor:
+    """The floor split across the threads like ours (its parts' gradients summed)."""
+    return torch.stack(split.map(partial(summed, channels_last=nhwc), x, parts)).sum(0)
 
 
 def in_precision(precision: str, device: torch.device, fn: Callable[..., R]) -> Callable[..., R]:
