@@ -72,8 +72,8 @@ def bench_extract(
     """Images/s of (a) the batch-1 autograd loop, (b) `per_sample_grads` with the batch split across the
     torch threads on CPU, one part per thread (`model.parallel`), (b') the same as one pass with intra-op
     threads, (c) one summed backward (the floor: the faster of NCHW and channels-last memory) and (c') the
-    floor split too, all in `precision` (which for 'mixed' changes only (b)); with bf16 also (a) and (c) in
-    fp32, the arithmetic of the authors' loop. All timed in turns (`interleaved`)."""
+    floor split too, all in `precision` (for 'mixed': only (b), the others have no capture); with bf16
+    also (a) and (c) in fp32, the arithmetic of the authors' loop. All timed in turns (`interleaved`)."""
     torch.manual_seed(0)
     d = fold_spectral_norm(Discriminator(preset)).to(device)
     r = preset.resolution
@@ -88,7 +88,7 @@ def bench_extract(
         "one": (lambda: ours(d, x), batch_size),
         **{f"split {nhwc}": (partial(_split_sum, split, summed, x, parts, nhwc), batch_size) for nhwc in LAYOUTS},
     }
-    if precision == "bf16":  # 'mixed' changes only the per-sample products: the loop and floor are fp32 anyway
+    if precision == "bf16":  # 'mixed' acts on the capture and its products: the loop and floor stay fp32
         fns |= {f"{k} fp32": v for k, v in _loop_and_floor(d, x, n_loop, "fp32", device).items()}
     t = interleaved(fns, device, repeats)
     t_floor = min(t[f"floor {nhwc}"] for nhwc in LAYOUTS)

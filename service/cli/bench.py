@@ -70,7 +70,7 @@ def bench_extract_cmd(
         "a/b = speed-up over the loop, b/c = time relative to the floor."
     )
     if arithmetic == "mixed":
-        typer.echo("mixed: (b) with bfloat16 products; (a) and (c) have no per-sample products and run in fp32.")
+        typer.echo("mixed: (b) with the backward's input gradients and the products in bfloat16; (a) and (c) in fp32.")
     if arithmetic == "bf16":
         typer.echo(f"all of the above in {arithmetic}; in fp32, the authors' arithmetic:")
         for r in rows:
