@@ -138,16 +138,6 @@ def in_precision(precision: str, device: torch.device, fn: Callable[..., R]) -> 
     return run
 
 
-def _img_s(fn: Callable[[torch.Tensor], object], x: torch.Tensor, bs: int, device: torch.device, repeats: int) -> float:
-    """Images per second of fn over x in batches of bs (best of `repeats`, after a warm-up batch)."""
-
-    def run() -> None:
-        for i in range(0, x.shape[0], bs):
-            fn(x[i : i + bs])
-
-    return 1 / time_per_image(run, x.shape[0], device, repeats)
-
-
 def _fidelity(ref: np.ndarray, est: np.ndarray) -> dict[str, float]:
     ratio = est / np.maximum(ref, 1e-12)
     return {
@@ -166,22 +156,19 @@ def _floor_pass(d: torch.nn.Module, channels_last: bool, x: torch.Tensor) -> tor
 def bench_sketch(extractor, x: torch.Tensor, configs: dict[str, dict], d: int = 1024, repeats: int = 3) -> dict:
     """Speed and distance fidelity of each projection config {label: Projector kwargs} against exact AFVs.
 
-    Every time is measured in this one run, beside the batched-gradient floor and exact extraction, so
-    the ratios hold on a noisy machine. A config the model cannot use gets {"error": reason}. The
-    extractor's precision applies to every timing; the reference distances are always fp32 exact AFVs
-    (with bf16 the fp32 floor and exact AFVs are timed too; 'mixed' leaves the floor in fp32).
+    Every time is measured in this one run, in turns (`interleaved`) with the batched-gradient floor and
+    exact extraction, so the ratios hold on a noisy machine. A config the model cannot use gets {"error":
+    reason}. The extractor's precision applies to every timing; the reference distances are always fp32
+    exact AFVs (with bf16 the fp32 floor and exact AFVs are timed too; 'mixed' leaves the floor in fp32).
     """
     bs, dev, precision = extractor.batch_size, extractor.device, extractor.precision
     with fp32(extractor):
         ref = pairwise_distances(torch.cat([extractor.embed(x[i : i + bs]) for i in range(0, x.shape[0], bs)]))
-    floor = _floor_img_s(extractor, x, precision, repeats)
-    exact_afv = _img_s(extractor.embed, x, bs, dev, repeats)
-    out: dict = {"n_images": int(x.shape[0]), "afv_dim": extractor.dim, "d": d, "floor_img_s": floor}
-    out["exact_afv_img_s"], out["precision"], out["configs"] = exact_afv, precision, {}
-    if precision == "bf16":  # 'mixed' leaves the floor in fp32; its exact AFVs are timed above
-        with fp32(extractor):
-            out["exact_afv_fp32_img_s"] = _img_s(extractor.embed, x, bs, dev, repeats)
-        out["floor_fp32_img_s"] = _floor_img_s(extractor, x, "fp32", repeats)
+    out: dict = {"n_images": int(x.shape[0]), "afv_dim": extractor.dim, "d": d, "precision": precision, "configs": {}}
+    fns = {**_floor_passes(extractor, x, precision), "exact": (_over(extractor.embed, x, bs), x.shape[0])}
+    if precision == "bf16":
+        fns |= {f"{k} fp32": v for k, v in _floor_passes(extractor, x, "fp32").items()}
+        fns["exact fp32"] = (_over(in_fp32(extractor, extractor.embed), x, bs), x.shape[0])
     for label, kwargs in configs.items():
         try:
             proj = Projector(extractor, d=d, **kwargs)
@@ -189,10 +176,51 @@ def bench_sketch(extractor, x: torch.Tensor, configs: dict[str, dict], d: int = 
             out["configs"][label] = {"error": str(e)}
             continue
         est = pairwise_distances(torch.from_numpy(proj.embed(x)))
-        speed = _img_s(proj.embed, x, bs, dev, repeats)
-        row = {"img_s": speed, "time_vs_floor": floor / speed, "speedup_vs_exact_afv": speed / exact_afv}
-        out["configs"][label] = {**row, **_fidelity(ref, est), "inner_dim": proj.inner_dim}
+        out["configs"][label] = {**_fidelity(ref, est), "inner_dim": proj.inner_dim}
+        fns[label] = (_over(proj.embed, x, bs), x.shape[0])
+    t = interleaved(fns, dev, repeats)
+    floor, exact_afv = 1 / min(t[f"floor {nhwc}"] for nhwc in LAYOUTS), 1 / t["exact"]
+    out |= {"floor_img_s": floor, "exact_afv_img_s": exact_afv}
+    if precision == "bf16":
+        out["floor_fp32_img_s"] = 1 / min(t[f"floor {nhwc} fp32"] for nhwc in LAYOUTS)
+        out["exact_afv_fp32_img_s"] = 1 / t["exact fp32"]
+    for label, row in out["configs"].items():
+        if label in t:
+            speed = 1 / t[label]
+            row |= {"img_s": speed, "time_vs_floor": floor / speed, "speedup_vs_exact_afv": speed / exact_afv}
     return out
+
+
+def _over(fn: Callable[[torch.Tensor], object], x: torch.Tensor, bs: int) -> Callable[[], None]:
+    """fn over all of x in batches of bs."""
+
+    def run() -> None:
+        for i in range(0, x.shape[0], bs):
+            fn(x[i : i + bs])
+
+    return run
+
+
+def in_fp32(embedder, fn: Callable[..., R]) -> Callable[..., R]:
+    """`fn` run with the embedder computing in fp32 (its own precision restored after each call)."""
+
+    def run(*args: object, **kwargs: object) -> R:
+        with fp32(embedder):
+            return fn(*args, **kwargs)
+
+    return run
+
+
+def _floor_passes(extractor, x: torch.Tensor, precision: str) -> dict[str, Timed]:
+    """The floor in both memory layouts on the extractor's network, in `precision`, over all of x."""
+    dev, bs = extractor.device, extractor.batch_size
+    return {
+        f"floor {nhwc}": (
+            _over(in_precision(precision, dev, partial(_floor_pass, extractor.d, nhwc)), x, bs),
+            x.shape[0],
+        )
+        for nhwc in LAYOUTS
+    }
 
 
 @contextmanager
@@ -204,10 +232,3 @@ def fp32(embedder) -> Iterator[None]:
         yield
     finally:
         embedder.set_precision(before)
-
-
-def _floor_img_s(extractor, x: torch.Tensor, precision: str, repeats: int) -> float:
-    """The floor's images/s on the extractor's network in `precision` (the faster memory layout)."""
-    dev = extractor.device
-    passes = [in_precision(precision, dev, partial(_floor_pass, extractor.d, nhwc)) for nhwc in LAYOUTS]
-    return max(_img_s(p, x, extractor.batch_size, dev, repeats) for p in passes)
