@@ -225,10 +225,10 @@ def _floor_passes(extractor, x: torch.Tensor, precision: str) -> dict[str, Timed
 
 @contextmanager
 def fp32(embedder) -> Iterator[None]:
-    """The embedder computing in fp32 for a while (the reference), its own precision restored after."""
-    before = embedder.precision
-    embedder.set_precision("fp32")
+    """The embedder computing in fp32 for a while (the reference), its own precision restored after (set
+    directly: both are valid, and `set_precision` would repeat its bf16 warning on every restore)."""
+    before, embedder.precision = embedder.precision, "fp32"
     try:
         yield
     finally:
-        embedder.set_precision(before)
+        embedder.precision = before

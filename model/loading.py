@@ -42,7 +42,7 @@ def load_embedder(
 
     `readout` ('global' or 'pyramid-1-2-4', …) overrides the AFV read-out the model was exported with;
     `embedding` picks an encoder's output (z | hidden | z+hidden) or, for any run, 'moments'; `precision`
-    the arithmetic of the gradient pass (fp32, or bf16 for AFV models: `model.precision`).
+    the arithmetic of the gradient pass (fp32, or mixed or bf16 for AFV models: `model.precision`).
     """
     check_precision(precision)  # a typo fails before the model loads
     embedder = _load(run, device, normalization, batch_size, embedding, readout)

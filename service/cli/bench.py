@@ -23,6 +23,7 @@ from service.cli.options import (
     fail,
     load_images,
     load_model,
+    precision_of,
 )
 
 bench_app = typer.Typer(help="Benchmarks (not part of the test suite).", no_args_is_help=True)
@@ -42,14 +43,13 @@ def bench_extract_cmd(
     (c) the batched-gradient floor (in one pass, and split)."""
     from model.bench import bench_extract
     from model.extract import resolve_device
-    from model.precision import check_precision
     from model.presets import get_preset
 
     try:
         dev, presets = resolve_device(device), [get_preset(p) for p in preset]
-        arithmetic = check_precision(precision or "fp32")
     except ValueError as e:
         fail(str(e))
+    arithmetic = precision_of(precision)
     rows = [bench_extract(p, batch_size, dev, repeats, loop_images, arithmetic) for p in presets]
     if json_out:
         typer.echo(json.dumps(rows, indent=2))
@@ -136,7 +136,7 @@ def bench_sketch_cmd(
             if preset is not None
             else load_model(model, device, normalization=normalization, readout=readout, batch_size=32)
         )
-        ex.set_precision(precision or "fp32")
+        ex.set_precision(precision_of(precision))
     except ValueError as e:
         fail(str(e))
     if getattr(ex, "kind", None) != "afv":

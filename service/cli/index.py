@@ -15,7 +15,6 @@ from tqdm import tqdm
 
 from index import AFVIndex, AFVIndexError
 from model.data import IMAGE_SUFFIXES, ImageDecodeError, decode_image, iter_records
-from model.precision import PRECISIONS
 from service.bulk.ray_engine import RayOptions
 from service.bulk.sources import collection_metadata
 from service.cli import options as opts  # opts.load_model, looked up per call: tests swap it
@@ -164,18 +163,17 @@ def build(
     }
     if engine not in ENGINES:
         fail(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
-    if precision is not None and precision not in PRECISIONS:
-        fail(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    arithmetic = opts.precision_of(precision)
     if engine == "ray":
         ray = RayOptions(
-            address, workers, gpus_per_worker, cpus_per_worker, batch_size or RayOptions.batch_size, precision or "fp32"
+            address, workers, gpus_per_worker, cpus_per_worker, batch_size or RayOptions.batch_size, arithmetic
         )
         _build_on_ray(images, index, model, options, ray, shard_size, embeddings)
         return
     if given := [name for name, value in ray_only.items() if value is not None]:
         fail(f"{', '.join(given)} apply to --engine ray")
     try:
-        with ModelIndex.open_or_create(index, opts.load_model(model, precision=precision or "fp32"), options) as mi:
+        with ModelIndex.open_or_create(index, opts.load_model(model, precision=arithmetic), options) as mi:
             added, present, skipped = _build(mi, Path(images), workers)
             count = mi.index.count
     except (AFVIndexError, FileNotFoundError, ValueError) as e:

@@ -37,6 +37,16 @@ ReadoutOpt = Annotated[
 ]
 
 
+def precision_of(value: str | None) -> str:
+    """A `--precision` value checked (None: fp32); an unknown one is a `fail()` naming the choices."""
+    from model.precision import check_precision
+
+    try:
+        return check_precision(value or "fp32")
+    except ValueError as e:
+        fail(str(e))
+
+
 def fail(message: str) -> NoReturn:
     """Print `error: MESSAGE` in red on stderr and exit 1 (no traceback)."""
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)

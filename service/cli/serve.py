@@ -8,8 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from model.precision import PRECISIONS
-from service.cli.options import DeviceOpt, EmbeddingOpt, ModelOpt, PrecisionOpt, fail
+from service.cli.options import DeviceOpt, EmbeddingOpt, ModelOpt, PrecisionOpt, fail, precision_of
 
 if TYPE_CHECKING:
     from service.engine import Resources
@@ -58,8 +57,8 @@ def serve_command(
         _route(shards, host, port)
         return
 
-    if precision is not None and precision not in PRECISIONS:
-        fail(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision is not None:
+        precision = precision_of(precision)  # before anything loads
     updates: dict[str, Any] = {"device": device}
     if model is not None:
         updates["model"] = model

@@ -13,27 +13,16 @@ from service.cli import app
 runner = CliRunner()
 
 
-def test_bench_extract_reports_the_loop_ours_split_and_whole_and_the_floor(tmp_path):
-    res = runner.invoke(
-        app,
-        [
-            "bench",
-            "extract",
-            "--preset",
-            "tiny",
-            "--batch-size",
-            "4",
-            "--loop-images",
-            "4",
-            "--repeats",
-            "1",
-            "--device",
-            "cpu",
-            "--json",
-        ],
-    )
+def _extract_row(*extra: str) -> dict:
+    """`afv bench extract` of the tiny preset, small and fast, as JSON: its one row."""
+    base = ["bench", "extract", "--preset", "tiny", "--batch-size", "4", "--loop-images", "4", "--repeats", "1"]
+    res = runner.invoke(app, [*base, "--device", "cpu", "--json", *extra])
     assert res.exit_code == 0, res.output
-    row = json.loads(res.stdout[res.stdout.index("[") :])[0]
+    return json.loads(res.stdout[res.stdout.index("[") :])[0]
+
+
+def test_bench_extract_reports_the_loop_ours_split_and_whole_and_the_floor():
+    row = _extract_row()
     rates = ("loop_img_s", "ours_img_s", "ours_one_pass_img_s", "floor_img_s", "floor_split_img_s")
     assert all(row[k] > 0 for k in rates)
 
@@ -69,10 +58,7 @@ def test_bench_sketch_refuses_model_and_preset_together(tmp_path):
 
 
 def test_bench_extract_in_bf16_reports_the_fp32_loop_and_floor_beside():
-    res = runner.invoke(app, ["bench", "extract", "--preset", "tiny", "--batch-size", "4", "--loop-images", "4",
-                              "--repeats", "1", "--device", "cpu", "--precision", "bf16", "--json"])  # fmt: skip
-    assert res.exit_code == 0, res.output
-    row = json.loads(res.stdout[res.stdout.index("[") :])[0]
+    row = _extract_row("--precision", "bf16")
     assert row["precision"] == "bf16"
     assert row["loop_fp32_img_s"] > 0 and row["floor_fp32_img_s"] > 0
     assert row["speedup_vs_fp32_loop"] == pytest.approx(row["ours_img_s"] / row["loop_fp32_img_s"])
@@ -96,9 +82,6 @@ def test_bench_commands_refuse_an_unknown_precision():
 
 
 def test_bench_extract_in_mixed_precision_times_only_ours_differently():
-    res = runner.invoke(app, ["bench", "extract", "--preset", "tiny", "--batch-size", "4", "--loop-images", "4",
-                              "--repeats", "1", "--device", "cpu", "--precision", "mixed", "--json"])  # fmt: skip
-    assert res.exit_code == 0, res.output
-    row = json.loads(res.stdout[res.stdout.index("[") :])[0]
+    row = _extract_row("--precision", "mixed")
     assert row["precision"] == "mixed" and row["ours_img_s"] > 0
     assert "loop_fp32_img_s" not in row  # the loop and floor have no per-sample products: fp32 already
