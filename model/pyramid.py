@@ -120,16 +120,86 @@ def _cells(t: torch.Tensor, n: int) -> torch.Tensor:
     return t.reshape(b, n * n, c, (h // n) * (w // n))
 
 
-def _conv_cell_grads(m: nn.Conv2d, a: torch.Tensor, g: torch.Tensor, n: int) -> dict[str, torch.Tensor]:
-    """Per-cell weight/bias gradients of a conv layer: B×n²×(weight numel), B×n²×Co."""
+def cell_rows(t: torch.Tensor, n: int) -> torch.Tensor:
+    """B×C×H×W → B·n²×(H/n·W/n)×C: each cell's positions as rows of channels (from channels-last memory
+    a copy in runs of C values, where `_cells` copies value by value)."""
+    b, c, h, w = t.shape
+    if h % n or w % n:
+        raise ValueError(f"a {h}×{w} feature map cannot be split into a {n}×{n} grid")
+    rows = t.permute(0, 2, 3, 1).reshape(b, n, h // n, n, w // n, c).transpose(2, 3)
+    return rows.reshape(b * n * n, (h // n) * (w // n), c)
+
+
+def cell_columns(m: nn.Conv2d, a: torch.Tensor, out_hw: tuple[int, ...], n: int, taps_first: bool) -> torch.Tensor:
+    """im2col of a stride-1 conv's input split by the output's n×n cells: B·n²×(positions per cell)×(Ci·taps),
+    one strided copy of the padded channels-last input. Columns are tap-major (tap, channel) when
+    `taps_first` (runs of Ci values: the faster copy), else in the weight's (channel, tap) order."""
+    (kh, kw), (ph, pw) = m.kernel_size, fisher.unfold_padding(m)
+    nhwc = a.permute(0, 2, 3, 1)
+    ap = F.pad(nhwc, (0, 0, pw, pw, ph, ph)) if ph or pw else nhwc
+    b, c, h, w = a.shape[0], a.shape[1], out_hw[0] // n, out_hw[1] // n
+    sb, sy, sx, sc = ap.stride()
+    if taps_first:
+        size, stride = (b, n, n, h, w, kh, kw, c), (sb, h * sy, w * sx, sy, sx, sy, sx, sc)
+    else:
+        size, stride = (b, n, n, h, w, c, kh, kw), (sb, h * sy, w * sx, sy, sx, sc, sy, sx)
+    return ap.as_strided(size, stride, ap.storage_offset()).reshape(b * n * n, h * w, -1)
+
+
+def _cell_w_unfold(m: nn.Conv2d, a: torch.Tensor, g: torch.Tensor, n: int) -> torch.Tensor:
+    """Any conv: F.unfold, both maps split into cells channel-major, one GEMM per sample and cell."""
     cols = F.unfold(a, m.kernel_size, dilation=m.dilation, padding=fisher.unfold_padding(m), stride=m.stride)
     cols = cols.reshape(a.shape[0], -1, *g.shape[2:])
-    gc = _cells(g, n)
-    w = torch.matmul(gc, _cells(cols, n).transpose(-1, -2))
-    out = {"weight": w.flatten(2)}
+    return torch.matmul(_cells(g, n), _cells(cols, n).transpose(-1, -2)).flatten(2)
+
+
+def _cell_w_rows(m: nn.Conv2d, a: torch.Tensor, g: torch.Tensor, n: int) -> torch.Tensor:
+    """Stride-1 convs: cell rows of both maps, columns in the weight's order, one GEMM per sample and cell."""
+    w = torch.matmul(cell_rows(g, n).transpose(1, 2), cell_columns(m, a, g.shape[2:], n, taps_first=False))
+    return w.view(a.shape[0], n * n, -1)
+
+
+def _cell_w_rows_taps(m: nn.Conv2d, a: torch.Tensor, g: torch.Tensor, n: int) -> torch.Tensor:
+    """Stride-1 convs: as `_cell_w_rows` with tap-major columns (the faster copy on large maps), then the
+    gradient permuted to the weight's order."""
+    co, ci, kh, kw = m.weight.shape
+    w = torch.matmul(cell_rows(g, n).transpose(1, 2), cell_columns(m, a, g.shape[2:], n, taps_first=True))
+    return w.view(-1, co, kh * kw, ci).transpose(2, 3).reshape(a.shape[0], n * n, -1)
+
+
+_cell_choice: dict[tuple, Callable] = {}
+
+
+def cell_weight_grads(m: nn.Conv2d, a: torch.Tensor, g: torch.Tensor, n: int) -> torch.Tensor:
+    """B×n²×(weight numel): a conv layer's per-cell weight gradients by the fastest of equivalent kernels,
+    timed once per layer shape, layout, device, dtype, batch-size bucket and thread count (as `fisher`
+    picks its whole-image kernels)."""
+    fns: list[Callable] = [_cell_w_unfold]
+    if fisher._shift_applies(m):
+        fns += [_cell_w_rows, _cell_w_rows_taps]
+    layout = (a.is_contiguous(memory_format=torch.channels_last), g.is_contiguous(memory_format=torch.channels_last))
+    bucket = 1 << max(0, a.shape[0] - 1).bit_length()
+    key: tuple = (tuple(a.shape[1:]), tuple(g.shape[1:]), layout, bucket, tuple(m.weight.shape), m.stride)
+    key += (m.padding, n, a.device.type, a.dtype, torch.get_num_threads())
+    if key not in _cell_choice:
+        _cell_choice[key] = min(fns, key=lambda fn: fisher.best_time(lambda: fn(m, a, g, n), a.device))
+    return _cell_choice[key](m, a, g, n)
+
+
+def _conv_cell_grads(m: nn.Conv2d, a: torch.Tensor, g: torch.Tensor, n: int) -> dict[str, torch.Tensor]:
+    """Per-cell weight/bias gradients of a conv layer: B×n²×(weight numel), B×n²×Co."""
+    out = {"weight": cell_weight_grads(m, a, g, n)}
     if m.bias is not None:
-        out["bias"] = gc.sum(-1)
+        out["bias"] = cell_sums(g, n)
     return out
+
+
+def cell_sums(t: torch.Tensor, n: int) -> torch.Tensor:
+    """B×C×H×W → B×n²×C: each cell's sum over its positions (a conv's per-cell bias gradient), no copy."""
+    b, c, h, w = t.shape
+    if h % n or w % n:
+        raise ValueError(f"a {h}×{w} feature map cannot be split into a {n}×{n} grid")
+    return t.unflatten(3, (n, w // n)).unflatten(2, (n, h // n)).sum((3, 5)).flatten(2).transpose(1, 2)
 
 
 def _head_cell_grads(m: nn.Linear, feature_map: torch.Tensor, g: torch.Tensor, n: int) -> dict[str, torch.Tensor]:

@@ -73,25 +73,49 @@ def _rng(seed: int, *tags: int) -> np.random.Generator:
 
 
 class SparseSketch:
-    """Seeded sparse JL map R^m → R^d: each input coordinate adds ±1/√nnz to `nnz` random buckets."""
+    """Seeded sparse JL map R^m → R^d: each input coordinate adds ±1/√nnz to `nnz` random buckets.
 
-    def __init__(self, m: int, d: int, seed: int, nnz: int = 4, device: torch.device | str = "cpu"):
+    `scale` (m values) multiplies each coordinate first, folded into the map: a fixed per-coordinate
+    weight costs no pass of its own over the input."""
+
+    def __init__(
+        self,
+        m: int,
+        d: int,
+        seed: int,
+        nnz: int = 4,
+        device: torch.device | str = "cpu",
+        scale: torch.Tensor | None = None,
+    ):
         rng = _rng(seed, 0x5EED)
         self.m, self.d, self.nnz = m, d, nnz
         self.buckets = torch.from_numpy(rng.integers(0, d, size=(nnz, m), dtype=np.int64)).to(device)
-        signs = rng.integers(0, 2, size=(nnz, m)).astype(np.float32) * 2 - 1
-        self.signs = torch.from_numpy(signs / np.float32(math.sqrt(nnz))).to(device)
+        signs = torch.from_numpy(rng.integers(0, 2, size=(nnz, m)).astype(np.float32) * 2 - 1)
+        signs = signs / math.sqrt(nnz)
+        self.signs = (signs if scale is None else signs * scale.float().cpu()).to(device)
+        self._matrix: torch.Tensor | None = None
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
         """B×m → B×d (float32, on z's device)."""
         if z.shape[1] != self.m:
             raise ProjectionError(f"sketch expects {self.m} input values, got {z.shape[1]}")
         z = z.float()
+        if z.device.type == "cpu":  # one sparse GEMM: about 2× faster than nnz index_adds on CPU
+            return (self._csr() @ z.T).T.contiguous()
         out = torch.zeros(z.shape[0], self.d, dtype=torch.float32, device=z.device)
         signed = torch.empty_like(z)  # one temporary for all nnz rounds
         for k in range(self.nnz):
             out.index_add_(1, self.buckets[k], torch.mul(z, self.signs[k], out=signed))
         return out
+
+    def _csr(self) -> torch.Tensor:
+        """The map as a d×m CSR matrix (built on first use; a coordinate hashed twice to one bucket sums)."""
+        if self._matrix is None:
+            cols = torch.arange(self.m, device=self.buckets.device).expand(self.nnz, -1)
+            index = torch.stack([self.buckets.flatten(), cols.flatten()])
+            coo = torch.sparse_coo_tensor(index, self.signs.flatten(), (self.d, self.m), check_invariants=False)
+            self._matrix = coo.coalesce().to_sparse_csr()
+        return self._matrix
 
 
 def kronecker_std(sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -205,7 +229,8 @@ class Projector:
         self._build_fast() if mode == "fast" else None
         self.sampler = SampledAFV(extractor, samples, seed, exact_below) if mode == "sampled" else None
         self.inner_dim = self._inner_dim()
-        self.sketch = SparseSketch(self.inner_dim, d, seed, nnz, device=extractor.device)
+        scale = self.sampler.coordinate_scale if self.sampler is not None else None
+        self.sketch = SparseSketch(self.inner_dim, d, seed, nnz, device=extractor.device, scale=scale)
 
     def _slot(self, name: str) -> fisher.ParamSlot | None:
         return next((s for s in self.extractor.layout if s.name == name), None)
@@ -255,7 +280,7 @@ class Projector:
         if self.mode == "exact":
             return self.sketch(self.extractor.embed(x))
         if self.sampler is not None:
-            return self.sketch(self.sampler(x))
+            return self.sketch(self.sampler.unscaled(x).flatten(1))  # the sketch applies its fixed weights
         out = self.sketch(self.inner(x))
         return F.normalize(out, dim=1) if self.normalization == "l2" else out
 

@@ -26,6 +26,30 @@ def test_cell_gradients_sum_exactly_to_the_whole_image_gradient(tiny_run, cifar_
     torch.testing.assert_close(cells.sum(1), fisher.per_sample_grads(d, x), rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("kernel", ["_cell_w_unfold", "_cell_w_rows", "_cell_w_rows_taps", "cell_weight_grads"])
+@pytest.mark.parametrize(("size", "padding"), [(3, 1), (3, 0), (5, 2), (1, 0), (3, 2)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_every_cell_kernel_gives_each_cells_own_conv_gradient(kernel, size, padding, channels_last):
+    """Against torch's own weight gradient of the output-gradient masked to one cell (a non-square map)."""
+    torch.manual_seed(0)
+    m = torch.nn.Conv2d(4, 6, size, padding=padding).double()
+    a = torch.randn(3, 4, 8, 12, dtype=torch.float64)
+    ho, wo = 8 + 2 * padding - size + 1, 12 + 2 * padding - size + 1
+    g = torch.randn(3, 6, ho, wo, dtype=torch.float64)
+    if channels_last:
+        a, g = a.contiguous(memory_format=torch.channels_last), g.contiguous(memory_format=torch.channels_last)
+    grid = 2
+    got = getattr(pyramid, kernel)(m, a, g, grid)
+    for c in range(grid * grid):
+        r, k = divmod(c, grid)
+        mask = torch.zeros(ho, wo, dtype=torch.float64)
+        mask[r * ho // grid : (r + 1) * ho // grid, k * wo // grid : (k + 1) * wo // grid] = 1
+        for b in range(3):
+            want = torch.nn.grad.conv2d_weight(a[b : b + 1], m.weight.shape, (g[b] * mask)[None], padding=padding)
+            torch.testing.assert_close(got[b, c], want.flatten(), rtol=1e-10, atol=1e-10)
+            torch.testing.assert_close(pyramid.cell_sums(g, grid)[b, c], (g[b] * mask).sum((1, 2)))
+
+
 def test_each_pyramid_level_is_a_coarsening_of_the_finest(tiny_run, cifar_images):
     d = load_embedder(tiny_run, device="cpu").d.double()
     x = uint8_to_model(cifar_images[:3]).double()

@@ -106,6 +106,23 @@ def test_sampled_distances_track_exact_ones_for_pyramid_power_afvs(extractor, im
     assert np.abs(est / ref - 1).mean() < 0.05
 
 
+@pytest.mark.parametrize("normalization", ["l2", "power"])
+def test_each_cell_and_block_is_normalised_by_its_weighted_sample_norm(extractor, image_batch, normalization):
+    ex = _pyramid(_with_norm(extractor, normalization), "pyramid-2+blocks")
+    s = SampledAFV(ex, samples=600, exact_below=0)
+    assert s.n_units > 1 and float(s.weights.max()) > 1  # blocks, and a real sample
+    x = image_batch[:4]
+    v = (pyramid.pool_levels(s.raw_cells(uint8_to_model(x)), s.levels) - s.mean) * s.inv
+    v = v.sign() * v.abs().sqrt() if normalization == "power" else v
+    want = torch.empty_like(v)
+    for k in range(s.n_units):
+        unit = s.unit_of == k
+        norm = (v[:, :, unit] ** 2 * s.weights[unit]).sum(-1, keepdim=True).sqrt()
+        want[:, :, unit] = v[:, :, unit] / norm
+    want = want * s.weights.sqrt() * s.cell_weight[None, :, None]
+    torch.testing.assert_close(s(x), want.flatten(1), rtol=1e-4, atol=1e-6)
+
+
 def test_the_plan_is_seeded_and_spends_the_samples_where_maps_are_small(extractor):
     d, res = extractor.d, extractor.resolution
     a, b = plan_samples(d, res, 2000, 0, 0), plan_samples(d, res, 2000, 0, 0)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from model.extract import AFVExtractor
-from model.sketch import ProjectionError, Projector, kronecker_std, pairwise_distances
+from model.sketch import ProjectionError, Projector, SparseSketch, kronecker_std, pairwise_distances
 
 
 def test_fast_mode_without_sketching_is_the_exact_fisher_vector(extractor, image_batch):
@@ -90,3 +90,28 @@ def test_sampled_mode_accepts_power_normalisation(extractor, image_batch):
     ex = AFVExtractor(extractor.d, extractor.g, extractor.stats, device=extractor.device, normalization="power")
     out = Projector(ex, mode="sampled", d=32, exact_below=0, samples=500).embed(image_batch[:4])
     assert out.shape == (4, 32) and np.isfinite(out).all()
+
+
+@pytest.mark.parametrize("scaled", [False, True])
+def test_sparse_sketch_adds_each_signed_coordinate_to_its_buckets(scaled):
+    """Against a dense matrix built from the seeded buckets and signs (duplicate buckets add up)."""
+    m, d, nnz = 300, 16, 4  # few buckets: some coordinates hash twice into one
+    scale = torch.rand(m) + 0.5 if scaled else None
+    sketch = SparseSketch(m, d, seed=3, nnz=nnz, scale=scale)
+    rng = np.random.default_rng(np.random.SeedSequence([3, 0x5EED]))
+    buckets = rng.integers(0, d, size=(nnz, m))
+    signs = (rng.integers(0, 2, size=(nnz, m)) * 2 - 1) / np.sqrt(nnz)
+    dense = np.zeros((m, d))
+    for k in range(nnz):
+        np.add.at(dense, (np.arange(m), buckets[k]), signs[k] * (scale.numpy() if scaled else 1.0))
+    z = torch.randn(5, m)
+    torch.testing.assert_close(sketch(z), z @ torch.from_numpy(dense).float(), rtol=1e-5, atol=1e-5)
+
+
+def test_the_sampled_projection_sketches_the_sampled_vector(extractor, image_batch):
+    """The sampled weights folded into the sketch's map give the sketch of the weighted sample."""
+    proj = Projector(extractor, d=64, mode="sampled", samples=500, exact_below=0)
+    x = image_batch[:4]
+    plain = SparseSketch(proj.inner_dim, 64, proj.seed, proj.nnz)
+    want = plain(proj.sampler(x))
+    torch.testing.assert_close(torch.from_numpy(proj.embed(x)), want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
