@@ -351,11 +351,12 @@ class PyramidAFVExtractor(AFVExtractor):
         """N×3×R×R uint8 (one batch) → B×R×P per-cell vectors, normalised and level-weighted."""
         with self.lock, computing_in(self.precision, self.device):
             grads = view_grads(self.d, uint8_to_model(x.to(self.device)), self.spec)
-        v = grads.float().sub_(self.cell_mean).mul_(self.cell_inv)  # `view_grads` made it: changed in place
-        scale = self.weights[None, :, None] / math.sqrt(len(self.units))
-        if len(self.units) == 1:
-            return fisher.normalize_(v, self.normalization).mul_(scale)
-        return torch.cat([fisher.normalize_(v[:, :, u], self.normalization) for u in self.units], dim=2).mul_(scale)
+        scale = self.weights / math.sqrt(len(self.units))
+        if len(self.units) == 1:  # `view_grads` made it: changed in place
+            return fisher.fisher_normalize_(grads.float(), self.cell_mean, self.cell_inv, self.normalization, scale)
+        v = grads.float().sub_(self.cell_mean).mul_(self.cell_inv)
+        parts = [fisher.normalize_(v[:, :, u], self.normalization) for u in self.units]
+        return torch.cat(parts, dim=2).mul_(scale[None, :, None])
 
     def raw_embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.cell_vectors(x).flatten(1)

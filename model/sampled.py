@@ -384,27 +384,28 @@ class SampledAFV:
         ex = self.extractor
         xm = uint8_to_model(x.to(ex.device))
         raw = over_views(lambda v: pool_levels(self.raw_cells(v), self.levels), xm, self.lowres)  # B×R×M
+        if self.n_units == 1:
+            method = self.extractor.normalization
+            return fisher.fisher_normalize_(raw, self.mean, self.inv, method, weights=self.weights_dev)
         return self._normalize(raw.sub_(self.mean).mul_(self.inv))
 
     def _normalize(self, v: torch.Tensor) -> torch.Tensor:
-        """The extractor's normalisation per cell and unit, norms estimated from the weighted sample (in place)."""
+        """The extractor's normalisation per cell and unit (`+blocks`), norms estimated from the weighted
+        sample (in place)."""
         method = self.extractor.normalization
         if method == "none":
             return v
         if method == "power":
             magnitude = v.abs()
-            squares = self._weighted_sums(magnitude)  # the signed square root's square is |v|
+            squares = self._unit_sums(magnitude)  # the signed square root's square is |v|
             v = magnitude.sqrt_().copysign_(v)  # one full-size temporary, not two (see `fisher.normalize_`)
         elif method == "l2":
-            squares = self._weighted_sums(v.square())
+            squares = self._unit_sums(v.square())
         else:
             raise ValueError(f"unknown normalization {method!r}")
         return v.mul_(squares.sqrt_().clamp_min_(1e-12).reciprocal_())
 
-    def _weighted_sums(self, t: torch.Tensor) -> torch.Tensor:
-        """Σ n/m-weighted values of B×R×M `t` per cell and unit: B×R×1 with one unit, else B×R×M (each
-        coordinate's unit total)."""
-        if self.n_units == 1:
-            return torch.matmul(t, self.weights_dev)[..., None]  # a GEMV: one read of t
+    def _unit_sums(self, t: torch.Tensor) -> torch.Tensor:
+        """B×R×M: each coordinate's unit total of the n/m-weighted values of B×R×M `t`."""
         sums = torch.zeros(*t.shape[:2], self.n_units, device=t.device, dtype=t.dtype)
         return sums.index_add_(2, self.unit_of, t * self.weights_dev).index_select(2, self.unit_of)

@@ -186,3 +186,22 @@ def test_in_place_normalisation_equals_the_pure_one_on_rows_and_views(method):
 def test_in_place_normalisation_refuses_an_unknown_method():
     with pytest.raises(ValueError, match="unknown normalization"):
         fisher.normalize_(torch.ones(2, 3), "softmax")
+
+
+@pytest.mark.parametrize("method", ["none", "l2", "power"])
+@pytest.mark.parametrize("cells", [1, 4])
+@pytest.mark.parametrize("block_rows", [1, 3, 64])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_fisher_normalize_in_blocks_equals_the_whole_tensor_steps(method, cells, block_rows, weighted, monkeypatch):
+    """Blocks of any size, across samples and cells, give (v − mean)·inv normalised per row, times the cell scale."""
+    torch.manual_seed(0)
+    n, p = 5, 37
+    monkeypatch.setattr(fisher, "_BLOCK_BYTES", block_rows * p * 4)
+    v, mean, inv = torch.randn(n, cells, p), torch.randn(cells, p), torch.rand(cells, p) + 0.5
+    scale, weights = torch.rand(cells) + 0.5, (torch.rand(p) * 3 if weighted else None)
+    x = (v - mean) * inv
+    x = x.sign() * x.abs().sqrt() if method == "power" else x
+    w = torch.ones(p) if weights is None else weights
+    want = x if method == "none" else x / (x**2 * w).sum(-1, keepdim=True).sqrt()
+    got = fisher.fisher_normalize_(v.clone(), mean, inv, method, scale, weights)
+    torch.testing.assert_close(got, want * scale[:, None], rtol=1e-5, atol=1e-6)
