@@ -146,34 +146,38 @@ def cell_columns(m: nn.Conv2d, a: torch.Tensor, out_hw: tuple[int, ...], n: int,
     return ap.as_strided(size, stride, ap.storage_offset()).reshape(b * n * n, h * w, -1)
 
 
-def _cell_w_unfold(m: nn.Conv2d, a: torch.Tensor, g: torch.Tensor, n: int) -> torch.Tensor:
+def _cell_w_unfold(m: nn.Conv2d, a: torch.Tensor, g: torch.Tensor, n: int, out: torch.Tensor) -> None:
     """Any conv: F.unfold, both maps split into cells channel-major, one GEMM per sample and cell."""
     cols = F.unfold(a, m.kernel_size, dilation=m.dilation, padding=fisher.unfold_padding(m), stride=m.stride)
     cols = cols.reshape(a.shape[0], -1, *g.shape[2:])
-    return torch.matmul(_cells(g, n), _cells(cols, n).transpose(-1, -2)).flatten(2)
+    out.copy_(torch.matmul(_cells(g, n), _cells(cols, n).transpose(-1, -2)).flatten(2))
 
 
-def _cell_w_rows(m: nn.Conv2d, a: torch.Tensor, g: torch.Tensor, n: int) -> torch.Tensor:
+def _cell_w_rows(m: nn.Conv2d, a: torch.Tensor, g: torch.Tensor, n: int, out: torch.Tensor) -> None:
     """Stride-1 convs: cell rows of both maps, columns in the weight's order, one GEMM per sample and cell."""
     w = torch.matmul(cell_rows(g, n).transpose(1, 2), cell_columns(m, a, g.shape[2:], n, taps_first=False))
-    return w.view(a.shape[0], n * n, -1)
+    out.copy_(w.view(a.shape[0], n * n, -1))
 
 
-def _cell_w_rows_taps(m: nn.Conv2d, a: torch.Tensor, g: torch.Tensor, n: int) -> torch.Tensor:
-    """Stride-1 convs: as `_cell_w_rows` with tap-major columns (the faster copy on large maps), then the
-    gradient permuted to the weight's order."""
+def _cell_w_rows_taps(m: nn.Conv2d, a: torch.Tensor, g: torch.Tensor, n: int, out: torch.Tensor) -> None:
+    """Stride-1 convs: as `_cell_w_rows` with tap-major columns (the faster copy on large maps), the
+    gradient permuted to the weight's order as it is stored."""
     co, ci, kh, kw = m.weight.shape
     w = torch.matmul(cell_rows(g, n).transpose(1, 2), cell_columns(m, a, g.shape[2:], n, taps_first=True))
-    return w.view(-1, co, kh * kw, ci).transpose(2, 3).reshape(a.shape[0], n * n, -1)
+    out.unflatten(2, (co, ci, kh * kw)).copy_(w.view(a.shape[0], n * n, co, kh * kw, ci).transpose(3, 4))
 
 
 _cell_choice: dict[tuple, Callable] = {}
 
 
-def cell_weight_grads(m: nn.Conv2d, a: torch.Tensor, g: torch.Tensor, n: int) -> torch.Tensor:
+def cell_weight_grads(
+    m: nn.Conv2d, a: torch.Tensor, g: torch.Tensor, n: int, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """B×n²×(weight numel): a conv layer's per-cell weight gradients by the fastest of equivalent kernels,
     timed once per layer shape, layout, device, dtype, batch-size bucket and thread count (as `fisher`
-    picks its whole-image kernels)."""
+    picks its whole-image kernels). Written into `out` (e.g. the layer's slice of all gradients) if given."""
+    if out is None:
+        out = torch.empty(a.shape[0], n * n, m.weight.numel(), dtype=a.dtype, device=a.device)
     fns: list[Callable] = [_cell_w_unfold]
     if fisher._shift_applies(m):
         fns += [_cell_w_rows, _cell_w_rows_taps]
@@ -182,8 +186,9 @@ def cell_weight_grads(m: nn.Conv2d, a: torch.Tensor, g: torch.Tensor, n: int) ->
     key: tuple = (tuple(a.shape[1:]), tuple(g.shape[1:]), layout, bucket, tuple(m.weight.shape), m.stride)
     key += (m.padding, n, a.device.type, a.dtype, torch.get_num_threads())
     if key not in _cell_choice:
-        _cell_choice[key] = min(fns, key=lambda fn: fisher.best_time(lambda: fn(m, a, g, n), a.device))
-    return _cell_choice[key](m, a, g, n)
+        _cell_choice[key] = min(fns, key=lambda fn: fisher.best_time(lambda: fn(m, a, g, n, out), a.device))
+    _cell_choice[key](m, a, g, n, out)
+    return out
 
 
 def _conv_cell_grads(m: nn.Conv2d, a: torch.Tensor, g: torch.Tensor, n: int) -> dict[str, torch.Tensor]:
@@ -231,12 +236,22 @@ def cell_grads(d: nn.Module, x: torch.Tensor, n: int) -> torch.Tensor:
     Summed over the cells they give `fisher.per_sample_grads(d, x)`. `d` is a folded Discriminator.
     """
     captured, fmap = capture_with_map(d, x)
-    per_param: dict[int, torch.Tensor] = {}
+    slots = dict(zip((id(p) for p in d.parameters()), fisher.param_layout(d), strict=True))
+    total = sum(s.numel for s in slots.values())
+    out = torch.empty(x.shape[0], n * n, total, dtype=captured[0][1].dtype, device=x.device)
+
+    def part(p: torch.Tensor) -> torch.Tensor:  # each layer writes its own slice: no concatenating copy
+        return out[:, :, slots[id(p)].start : slots[id(p)].start + p.numel()]
+
     for m, a, g in captured:
-        grads = _conv_cell_grads(m, a, g, n) if isinstance(m, nn.Conv2d) else _head_cell_grads(m, fmap, g, n)
-        for pname, grad in grads.items():
-            per_param[id(getattr(m, pname))] = grad
-    return torch.cat([per_param[id(p)] for p in d.parameters()], dim=2)
+        if isinstance(m, nn.Conv2d):
+            cell_weight_grads(m, a, g, n, out=part(m.weight))
+            if m.bias is not None:
+                part(m.bias).copy_(cell_sums(g, n))
+        else:
+            for pname, grad in _head_cell_grads(m, fmap, g, n).items():
+                part(getattr(m, pname)).copy_(grad)
+    return out
 
 
 def pooling_matrix(levels: tuple[int, ...]) -> torch.Tensor:
