@@ -36,12 +36,12 @@ from model.data import uint8_to_model
 from model.precision import computing_in, products_in
 from model.pyramid import (
     _cells,
-    _conv_cell_grads,
     _head_cell_grads,
     capture_with_map,
     cell_columns,
     cell_rows,
     cell_sums,
+    cell_weight_grads,
     over_views,
     pool_levels,
 )
@@ -149,7 +149,9 @@ def tap_masks(coords: torch.Tensor, shape: tuple[int, ...]) -> list[TapSample]:
     return out
 
 
-def _gather_select(m: nn.Conv2d, a: torch.Tensor, g: torch.Tensor, masks: list[TapSample], grid: int) -> torch.Tensor:
+def _gather_select(
+    m: nn.Conv2d, a: torch.Tensor, g: torch.Tensor, masks: list[TapSample], grid: int, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """The output-gradient channel and the input channel of every sampled coordinate gathered once, then
     per tap their product over the positions where the tap's shifted input lies inside the map, summed
     per cell: work ∝ sampled coordinates × positions, the fastest kernel where few coordinates meet
@@ -157,7 +159,7 @@ def _gather_select(m: nn.Conv2d, a: torch.Tensor, g: torch.Tensor, masks: list[T
     Chunked so a chunk's gathered channels stay small."""
     rows = torch.cat([t.rows for t in masks]).to(g.device)
     cols = torch.cat([t.cols for t in masks]).to(a.device)
-    out = torch.empty(g.shape[0], grid * grid, len(rows), dtype=g.dtype, device=g.device)
+    out = torch.empty(g.shape[0], grid * grid, len(rows), dtype=g.dtype, device=g.device) if out is None else out
     step = max(1, GATHER_CHUNK_BYTES // (len(rows) * g[0, 0].numel() * g.element_size()))
     counts, taps = [len(t.rows) for t in masks], [t.tap for t in masks]
     for i in range(0, g.shape[0], step):
@@ -225,14 +227,16 @@ def _sparse_select(m: nn.Conv2d, a: torch.Tensor, g: torch.Tensor, masks: list[T
     return torch.cat(parts, dim=1).reshape(b, cells, -1)
 
 
-def _dense_select(m: nn.Conv2d, a: torch.Tensor, g: torch.Tensor, coords: torch.Tensor, grid: int) -> torch.Tensor:
+def _dense_select(
+    m: nn.Conv2d, a: torch.Tensor, g: torch.Tensor, coords: torch.Tensor, grid: int, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """The whole per-cell gradient (one GEMM per sample and cell, on cell rows of both maps with tap-major
     columns: `pyramid.cell_columns`), then its sampled coordinates: faster than the sparse kernel where
     cells hold few positions. Chunked so a chunk's gradients stay small."""
     n = m.weight.numel()
     step = max(1, DENSE_CHUNK_BYTES // (grid * grid * n * a.element_size()))
     tap_major = _tap_major(coords, m.weight.shape).to(a.device)
-    out = torch.empty(a.shape[0], grid * grid, len(coords), dtype=a.dtype, device=a.device)
+    out = torch.empty(a.shape[0], grid * grid, len(coords), dtype=a.dtype, device=a.device) if out is None else out
     for i in range(0, a.shape[0], step):
         gi = g[i : i + step]
         cols = cell_columns(m, a[i : i + step], gi.shape[2:], grid, taps_first=True)
@@ -253,9 +257,16 @@ _kernel_choice: dict[tuple, str] = {}
 
 
 def sampled_weight_cells(
-    m: nn.Conv2d, a: torch.Tensor, g: torch.Tensor, plan: LayerSample, masks: list[TapSample], grid: int
+    m: nn.Conv2d,
+    a: torch.Tensor,
+    g: torch.Tensor,
+    plan: LayerSample,
+    masks: list[TapSample],
+    grid: int,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """B×grid²×M: the sampled weight-gradient coordinates of each sample, split by image cell.
+    """B×grid²×M: the sampled weight-gradient coordinates of each sample, split by image cell (written into
+    `out`, e.g. the layer's slice of all cells' coordinates, if given).
 
     Three kernels give the same values: gather-multiply-sum and the sparse one (work ∝ sampled
     coordinates), and dense-then-select (a GEMM ∝ all coordinates, but far faster per multiply-add).
@@ -263,10 +274,12 @@ def sampled_weight_cells(
     conv kernels.
     """
     assert plan.coords is not None
+    if out is None:
+        out = torch.empty(a.shape[0], grid * grid, len(plan.coords), dtype=a.dtype, device=a.device)
     run = {
-        "sparse": lambda: _sparse_select(m, a, g, masks, grid),
-        "dense": lambda: _dense_select(m, a, g, plan.coords, grid),
-        "gather": lambda: _gather_select(m, a, g, masks, grid),
+        "sparse": lambda: out.copy_(_sparse_select(m, a, g, masks, grid)),
+        "dense": lambda: _dense_select(m, a, g, plan.coords, grid, out),
+        "gather": lambda: _gather_select(m, a, g, masks, grid, out),
     }
     if a.dtype == torch.bfloat16:
         del run["sparse"]  # torch's sampled_addmm has no bfloat16 kernel on CPU
@@ -298,7 +311,7 @@ class SampledAFV:
         modules = dict(extractor.d.named_modules())
         self._by_module = {modules[p.name]: p for p in self.plans}  # module keys: a replica's copy maps to its own
         self._masks = {p.name: tap_masks(p.coords, p.shape) for p in self.plans if p.coords is not None}
-        self.coords, self.weights, self.units = self._layout()
+        self.coords, self.weights, self.units, self._lengths = self._layout()
         self.dim_per_cell = len(self.coords)
         device = extractor.device
         if spec is not None:
@@ -324,8 +337,9 @@ class SampledAFV:
         """Share of D's parameters whose coordinates are computed (1.0 = everything exact)."""
         return self.dim_per_cell / sum(s.numel for s in self.extractor.layout)
 
-    def _layout(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Flat-P indices of the kept coordinates (parameter order), their n/m weights and unit ids."""
+    def _layout(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
+        """Flat-P indices of the kept coordinates (parameter order), their n/m weights, unit ids and the
+        number kept of each parameter."""
         ex = self.extractor
         slots = {s.name: s for s in ex.layout}
         plans = {p.name + ".weight": p for p in self.plans}
@@ -340,7 +354,7 @@ class SampledAFV:
         unit_of = torch.zeros(len(flat), dtype=torch.long)
         for k, u in enumerate(units):
             unit_of[(flat >= u.start) & (flat < u.stop)] = k
-        return flat, torch.cat(weights), unit_of
+        return flat, torch.cat(weights), unit_of, [len(c) for c in coords]
 
     def raw_cells(self, x: torch.Tensor) -> torch.Tensor:
         """Model-space B×3×R×R (one view) → B×grid²×M raw gradient coordinates per finest cell."""
@@ -352,20 +366,27 @@ class SampledAFV:
         """`raw_cells` in the precision the caller set up (bf16: the cells come out in bfloat16)."""
         with self.extractor.lock:
             captured, fmap = capture_with_map(self.extractor.d, x, channels_last=self.channels_last)
-        per_param: dict[int, torch.Tensor] = {}
+        out = torch.empty(x.shape[0], self.grid**2, self.dim_per_cell, dtype=captured[0][1].dtype, device=x.device)
+        spans, start = {}, 0
+        for p, n in zip(self.extractor.d.parameters(), self._lengths, strict=True):
+            spans[id(p)], start = slice(start, start + n), start + n
+
+        def part(p: torch.Tensor) -> torch.Tensor:  # each layer writes its own slice: no concatenating copy
+            return out[:, :, spans[id(p)]]
+
         for m, a, g in captured:
             plan = self._by_module.get(m)
             if isinstance(m, nn.Linear):
-                grads = _head_cell_grads(m, fmap, g, self.grid)
-            elif plan is None or plan.exact:
-                grads = _conv_cell_grads(m, a, g, self.grid)
+                for pname, grad in _head_cell_grads(m, fmap, g, self.grid).items():
+                    part(getattr(m, pname)).copy_(grad)
+                continue
+            if plan is None or plan.exact:
+                cell_weight_grads(m, a, g, self.grid, out=part(m.weight))
             else:
-                grads = {"weight": sampled_weight_cells(m, a, g, plan, self._masks[plan.name], self.grid)}
-                if m.bias is not None:
-                    grads["bias"] = cell_sums(g, self.grid)
-            for pname, grad in grads.items():
-                per_param[id(getattr(m, pname))] = grad
-        return torch.cat([per_param[id(p)] for p in self.extractor.d.parameters()], dim=2)
+                sampled_weight_cells(m, a, g, plan, self._masks[plan.name], self.grid, out=part(m.weight))
+            if m.bias is not None:
+                part(m.bias).copy_(cell_sums(g, self.grid))
+        return out
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
