@@ -115,3 +115,11 @@ def test_the_sampled_projection_sketches_the_sampled_vector(extractor, image_bat
     plain = SparseSketch(proj.inner_dim, 64, proj.seed, proj.nnz)
     want = plain(proj.sampler(x))
     torch.testing.assert_close(torch.from_numpy(proj.embed(x)), want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
+
+
+def test_a_map_too_large_for_csr_adds_the_same_buckets(monkeypatch):
+    z = torch.randn(3, 500)
+    sketch = SparseSketch(500, 32, seed=1, scale=torch.rand(500))
+    via_csr = sketch(z)
+    monkeypatch.setattr("model.sketch.CSR_MAX_NNZ", 10)
+    torch.testing.assert_close(sketch(z), via_csr, rtol=1e-5, atol=1e-5)
