@@ -16,12 +16,13 @@ def extractor(tiny_run):
     return load_embedder(tiny_run, device="cpu", readout="pyramid-1-2-4")
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("grid", [1, 2, 4])
-def test_cell_gradients_sum_exactly_to_the_whole_image_gradient(tiny_run, cifar_images, grid):
+def test_cell_gradients_sum_exactly_to_the_whole_image_gradient(tiny_run, cifar_images, grid, channels_last):
     base = load_embedder(tiny_run, device="cpu")
     d = base.d.double()
     x = uint8_to_model(cifar_images[:4]).double()
-    cells = pyramid.cell_grads(d, x, grid)
+    cells = pyramid.cell_grads(d, x, grid, channels_last)
     assert cells.shape == (4, grid * grid, base.dim)
     torch.testing.assert_close(cells.sum(1), fisher.per_sample_grads(d, x), rtol=0, atol=1e-12)
 
@@ -158,8 +159,9 @@ def test_lowres_view_stacks_the_low_passed_image_as_more_cells(tiny_run, cifar_i
     x = uint8_to_model(cifar_images[:2]).double()
     both = pyramid.view_grads(d, x, pyramid.parse_readout("pyramid-1-2+lowres"))
     assert both.shape[1] == 2 * 5
-    torch.testing.assert_close(both[:, :5], pyramid.pyramid_grads(d, x, (1, 2)), rtol=0, atol=0)
-    torch.testing.assert_close(both[:, 5:], pyramid.pyramid_grads(d, pyramid.lowpass(x), (1, 2)), rtol=0, atol=0)
+    views = [pyramid.pyramid_grads(d, v, (1, 2), channels_last=True) for v in (x, pyramid.lowpass(x))]  # as on CPU
+    torch.testing.assert_close(both[:, :5], views[0], rtol=0, atol=0)
+    torch.testing.assert_close(both[:, 5:], views[1], rtol=0, atol=0)
     flat = torch.full((1, 3, 8, 8), 0.5, dtype=torch.float64)
     torch.testing.assert_close(pyramid.lowpass(flat), flat)  # a constant image has nothing to lose
 
