@@ -162,6 +162,7 @@ class ModelProcess:
                     raise EOFError
             reply = self._conn.recv()
         except (EOFError, OSError) as e:
+            self._proc.join(1.0)  # its pipe can close before it is reaped: exitcode would still be None
             code = self._proc.exitcode
             self._restart(f"exited during a pass (exit code {code})")
             raise ModelProcessDied(f"the model process exited during the pass (exit code {code}); retry") from e
