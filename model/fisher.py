@@ -106,7 +106,8 @@ def _conv_w_split(m: nn.Conv2d, a: torch.Tensor, g: torch.Tensor) -> torch.Tenso
     )
 
 
-def _shift_applies(m: nn.Conv2d) -> bool:
+def shift_applies(m: nn.Conv2d) -> bool:
+    """Whether a conv's weight gradient is a sum of shifted windows (stride 1, no dilation, one group)."""
     return m.stride == (1, 1) and m.dilation == (1, 1) and m.groups == 1 and not isinstance(m.padding, str)
 
 
@@ -159,7 +160,7 @@ _conv_choice: dict[tuple, object] = {}
 def _candidates(m: nn.Conv2d, a: torch.Tensor) -> list:
     """The exact methods worth timing for this layer and input (split, always slowest, is not timed)."""
     fns: list = [_conv_w_grouped]
-    if _shift_applies(m):
+    if shift_applies(m):
         fns.append(_conv_w_shift)
         if a.dtype == torch.bfloat16 and a.device.type == "cpu":
             fns.append(_conv_w_shift_mm)

@@ -179,7 +179,7 @@ def cell_weight_grads(
     if out is None:
         out = torch.empty(a.shape[0], n * n, m.weight.numel(), dtype=a.dtype, device=a.device)
     fns: list[Callable] = [_cell_w_unfold]
-    if fisher._shift_applies(m):
+    if fisher.shift_applies(m):
         fns += [_cell_w_rows, _cell_w_rows_taps]
     layout = (a.is_contiguous(memory_format=torch.channels_last), g.is_contiguous(memory_format=torch.channels_last))
     bucket = 1 << max(0, a.shape[0] - 1).bit_length()

@@ -78,13 +78,7 @@ class LayerSample:
 
 def _samplable(m: nn.Module) -> bool:
     """Stride-1 convs are sampled with shifted windows; other layers are computed exactly."""
-    return (
-        isinstance(m, nn.Conv2d)
-        and m.stride == (1, 1)
-        and m.dilation == (1, 1)
-        and m.groups == 1
-        and not isinstance(m.padding, str)
-    )
+    return isinstance(m, nn.Conv2d) and fisher.shift_applies(m)
 
 
 def output_positions(d: nn.Module, resolution: int) -> dict[str, int]:
