@@ -455,7 +455,9 @@ def fisher_normalize_(
     return v
 
 
-def _row_factor(block: torch.Tensor, method: str, weights: torch.Tensor | None, spare: torch.Tensor | None):
+def _row_factor(
+    block: torch.Tensor, method: str, weights: torch.Tensor | None, spare: torch.Tensor | None
+) -> torch.Tensor | None:
     """Normalise `block`'s rows in place up to their norm; return 1/norm per row (None for 'none')."""
     if method == "none":
         return None
