@@ -191,14 +191,6 @@ def cell_weight_grads(
     return out
 
 
-def _conv_cell_grads(m: nn.Conv2d, a: torch.Tensor, g: torch.Tensor, n: int) -> dict[str, torch.Tensor]:
-    """Per-cell weight/bias gradients of a conv layer: B×n²×(weight numel), B×n²×Co."""
-    out = {"weight": cell_weight_grads(m, a, g, n)}
-    if m.bias is not None:
-        out["bias"] = cell_sums(g, n)
-    return out
-
-
 def cell_sums(t: torch.Tensor, n: int) -> torch.Tensor:
     """B×C×H×W → B×n²×C: each cell's sum over its positions (a conv's per-cell bias gradient). From
     channels-last memory summed as cell rows of channels: 3–12× faster than over strided dimensions."""
@@ -239,21 +231,33 @@ def cell_grads(d: nn.Module, x: torch.Tensor, n: int, channels_last: bool = Fals
     Summed over the cells they give `fisher.per_sample_grads(d, x)`. `d` is a folded Discriminator.
     """
     captured, fmap = capture_with_map(d, x, channels_last=channels_last)
-    slots = dict(zip((id(p) for p in d.parameters()), fisher.param_layout(d), strict=True))
-    total = sum(s.numel for s in slots.values())
-    out = torch.empty(x.shape[0], n * n, total, dtype=captured[0][1].dtype, device=x.device)
+    return layer_cells(d, captured, fmap, n, [p.numel() for p in d.parameters()])
 
-    def part(p: torch.Tensor) -> torch.Tensor:  # each layer writes its own slice: no concatenating copy
-        return out[:, :, slots[id(p)].start : slots[id(p)].start + p.numel()]
 
+def layer_cells(
+    d: nn.Module,
+    captured: list,
+    fmap: torch.Tensor,
+    n: int,
+    lengths: list[int],
+    weight_cells: Callable = cell_weight_grads,
+) -> torch.Tensor:
+    """B×n²×Σ lengths: the per-cell gradient values of D's parameters (`lengths[k]` of the k-th), each layer
+    writing its own slice (no concatenating copy). `weight_cells(m, a, g, n, out)` fills a conv's weight
+    slice; a conv's bias gets its cell sums, the head its cells' share of the pooled map."""
+    spans, start = {}, 0
+    for p, k in zip(d.parameters(), lengths, strict=True):
+        spans[id(p)], start = slice(start, start + k), start + k
+    a0 = captured[0][1]
+    out = torch.empty(a0.shape[0], n * n, start, dtype=a0.dtype, device=a0.device)
     for m, a, g in captured:
         if isinstance(m, nn.Conv2d):
-            cell_weight_grads(m, a, g, n, out=part(m.weight))
+            weight_cells(m, a, g, n, out[:, :, spans[id(m.weight)]])
             if m.bias is not None:
-                part(m.bias).copy_(cell_sums(g, n))
+                out[:, :, spans[id(m.bias)]].copy_(cell_sums(g, n))
         else:
             for pname, grad in _head_cell_grads(m, fmap, g, n).items():
-                part(getattr(m, pname)).copy_(grad)
+                out[:, :, spans[id(getattr(m, pname))]].copy_(grad)
     return out
 
 

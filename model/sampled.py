@@ -36,12 +36,11 @@ from model.data import uint8_to_model
 from model.precision import computing_in, products_in
 from model.pyramid import (
     _cells,
-    _head_cell_grads,
     capture_with_map,
     cell_columns,
     cell_rows,
-    cell_sums,
     cell_weight_grads,
+    layer_cells,
     over_views,
     pool_levels,
 )
@@ -360,27 +359,15 @@ class SampledAFV:
         """`raw_cells` in the precision the caller set up (bf16: the cells come out in bfloat16)."""
         with self.extractor.lock:
             captured, fmap = capture_with_map(self.extractor.d, x, channels_last=self.channels_last)
-        out = torch.empty(x.shape[0], self.grid**2, self.dim_per_cell, dtype=captured[0][1].dtype, device=x.device)
-        spans, start = {}, 0
-        for p, n in zip(self.extractor.d.parameters(), self._lengths, strict=True):
-            spans[id(p)], start = slice(start, start + n), start + n
+        return layer_cells(self.extractor.d, captured, fmap, self.grid, self._lengths, self._weight_cells)
 
-        def part(p: torch.Tensor) -> torch.Tensor:  # each layer writes its own slice: no concatenating copy
-            return out[:, :, spans[id(p)]]
-
-        for m, a, g in captured:
-            plan = self._by_module.get(m)
-            if isinstance(m, nn.Linear):
-                for pname, grad in _head_cell_grads(m, fmap, g, self.grid).items():
-                    part(getattr(m, pname)).copy_(grad)
-                continue
-            if plan is None or plan.exact:
-                cell_weight_grads(m, a, g, self.grid, out=part(m.weight))
-            else:
-                sampled_weight_cells(m, a, g, plan, self._masks[plan.name], self.grid, out=part(m.weight))
-            if m.bias is not None:
-                part(m.bias).copy_(cell_sums(g, self.grid))
-        return out
+    def _weight_cells(self, m: nn.Conv2d, a: torch.Tensor, g: torch.Tensor, grid: int, out: torch.Tensor) -> None:
+        """A conv's weight part of the cells: its sampled coordinates, or all of them for an exact layer."""
+        plan = self._by_module.get(m)
+        if plan is None or plan.exact:
+            cell_weight_grads(m, a, g, grid, out=out)
+        else:
+            sampled_weight_cells(m, a, g, plan, self._masks[plan.name], grid, out=out)
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

@@ -35,7 +35,7 @@ def test_sampled_kernels_equal_the_exact_cell_gradient_at_their_coordinates(extr
     conv = next(m for m in d.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3) and m.in_channels > 3)
     captured, _ = pyramid.capture_with_map(d, uint8_to_model(image_batch[:3]))
     m, a, g = next(c for c in captured if c[0] is conv)
-    exact = pyramid._conv_cell_grads(m, a, g, grid)["weight"]  # B×cells×numel
+    exact = pyramid.cell_weight_grads(m, a, g, grid)  # B×cells×numel
     n, taps = m.weight.numel(), 9
     flat = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:50]
     coords = flat[torch.argsort((flat % taps) * n + flat)]
@@ -61,7 +61,7 @@ def test_sampled_kernels_are_exact_for_any_kernel_size_and_padding(size, padding
     out = 8 + 2 * padding - size + 1
     g = torch.randn(3, 6, out, out)
     grid = 2
-    exact = pyramid._conv_cell_grads(m, a, g, grid)["weight"]
+    exact = pyramid.cell_weight_grads(m, a, g, grid)
     n, taps = m.weight.numel(), size * size
     flat = torch.randperm(n, generator=torch.Generator().manual_seed(1))[: n // 3]
     coords = flat[torch.argsort((flat % taps) * n + flat)]
