@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import os
 import socket
@@ -366,17 +367,17 @@ async def warm_and_seed(url: str, images: list[bytes], n_index: int) -> None:
 
 def batch_stats(url: str) -> dict[str, float]:
     text = httpx.get(f"{url}/metrics", timeout=10).text
-    out: dict[str, float] = {}
+    out: dict[str, float] = collections.defaultdict(float)
     for line in text.splitlines():
-        for kind in ("afv", "embed"):
+        for kind, as_kind in (("afv", "afv"), ("pairs", "afv"), ("embed", "embed")):  # pairs: AFVs of image pairs
             for stat in ("sum", "count"):
                 if line.startswith(f'afv_model_batch_size_{stat}{{kind="{kind}"}}'):
-                    out[f"{kind}_{stat}"] = float(line.rsplit(" ", 1)[1])
+                    out[f"{as_kind}_{stat}"] += float(line.rsplit(" ", 1)[1])
             if line.startswith(f'afv_model_batch_seconds_sum{{kind="{kind}"}}'):
-                out[f"{kind}_seconds"] = float(line.rsplit(" ", 1)[1])
+                out[f"{as_kind}_seconds"] += float(line.rsplit(" ", 1)[1])
         if line.startswith("afv_model_threads "):
             out["model_threads"] = float(line.rsplit(" ", 1)[1])
-    return out
+    return dict(out)
 
 
 # ---- report ---------------------------------------------------------------------------------------

@@ -27,29 +27,34 @@ from model.presets import Preset
 log = logging.getLogger(__name__)
 
 
-def _difference(va: torch.Tensor | np.ndarray, vb: torch.Tensor | np.ndarray) -> np.ndarray:
-    """va − vb in NumPy, in the vectors' own precision (at least float32)."""
-    a = va.detach().cpu().numpy() if isinstance(va, torch.Tensor) else np.asarray(va)
-    b = vb.detach().cpu().numpy() if isinstance(vb, torch.Tensor) else np.asarray(vb)
-    return np.subtract(a, b, dtype=np.result_type(a, b, np.float32))
+def _as_numpy(v: torch.Tensor | np.ndarray) -> np.ndarray:
+    """A vector or batch of vectors as a NumPy array (no copy where it already is one, or on the CPU)."""
+    return v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
 
 
 def squared_parts(
     va: torch.Tensor | np.ndarray, vb: torch.Tensor | np.ndarray, rows: int, blocks: list[slice]
-) -> tuple[np.ndarray, float]:
-    """‖va − vb‖² split up: (rows × blocks float64 parts, the float64 total), with the vectors cut into
-    `rows` equal rows (pyramid cells) and each row into column `blocks`.
+) -> np.ndarray:
+    """‖va − vb‖² of each pair split up: N×rows×(blocks + 1) float64 parts, with the vectors (N×F, or F for
+    one pair) cut into `rows` equal rows (pyramid cells) and each row into column `blocks`; the last column
+    holds what no block covers (zero when the blocks tile the row). The squared distance is their sum.
 
-    NumPy, not torch: the service calls this on its event loop, where a torch op would start an intra-op
-    thread pool of its own. One subtraction, then one float32 dot product per block and row (`einsum`,
-    SIMD partial sums; relative error about 10⁻⁸ on 10⁶ values): on a 10⁶-value pyramid AFV 0.70 ms,
-    against 1.45 ms for squaring and summing in float64."""
-    d = _difference(va, vb).reshape(rows, -1)
-    parts = np.zeros((rows, len(blocks)))
-    for j, s in enumerate(blocks):
-        parts[:, j] = np.einsum("ij,ij->i", d[:, s], d[:, s])
-    total = float(parts.sum()) if _tiles(blocks, d.shape[1]) else float(np.einsum("ij,ij->i", d, d).sum())
-    return parts, total
+    NumPy, not torch: the service may call this on its event loop, where a torch op would start an intra-op
+    thread pool of its own. One subtraction per pair, then one float32 dot product per block and row
+    (`einsum`, SIMD partial sums; relative error about 10⁻⁸ on 10⁶ values): on a 10⁶-value pyramid AFV
+    0.70 ms, against 1.45 ms for squaring and summing in float64."""
+    a, b = _as_numpy(va), _as_numpy(vb)
+    a, b = a.reshape(-1, rows, a.shape[-1] // rows), b.reshape(-1, rows, b.shape[-1] // rows)
+    parts = np.zeros((a.shape[0], rows, len(blocks) + 1))
+    tiles = _tiles(blocks, a.shape[2])
+    for i in range(a.shape[0]):  # one pair at a time: its difference stays in cache for the blocks
+        d = np.subtract(a[i], b[i], dtype=np.result_type(a, b, np.float32))
+        for j, s in enumerate(blocks):
+            parts[i, :, j] = np.einsum("ij,ij->i", d[:, s], d[:, s])
+        if not tiles:
+            rest = np.einsum("ij,ij->i", d, d) - parts[i, :, :-1].sum(1)
+            parts[i, :, -1] = np.maximum(rest, 0.0)
+    return parts
 
 
 def _tiles(blocks: list[slice], n: int) -> bool:
@@ -204,14 +209,19 @@ class Embedder:
 
     def explain(self, va: torch.Tensor | np.ndarray, vb: torch.Tensor | np.ndarray) -> DistanceReport:
         """Distance of two embedded vectors with each block's share of the squared distance."""
-        parts, total = squared_parts(va, vb, 1, list(self.blocks.values()))
-        scale = 1.0 / total if total > 0 else 0.0
-        return DistanceReport(total**0.5, {k: float(p) * scale for k, p in zip(self.blocks, parts[0], strict=True)})
+        return self.report(self.pair_parts(va, vb)[0])
 
-    def pair_distance(self, va: torch.Tensor | np.ndarray, vb: torch.Tensor | np.ndarray) -> float:
-        """‖va − vb‖ of two embedded vectors (the distance `explain` reports)."""
-        d = _difference(va, vb).reshape(-1)
-        return float(np.sqrt(np.einsum("i,i->", d, d)))
+    def pair_parts(self, va: torch.Tensor | np.ndarray, vb: torch.Tensor | np.ndarray) -> np.ndarray:
+        """N pairs of embedded vectors (N×F each, or F) → their squared distances split into parts
+        (N×rows×(blocks + 1), `squared_parts`): all `report` needs, a few numbers per pair."""
+        return squared_parts(va, vb, 1, list(self.blocks.values()))
+
+    def report(self, parts: np.ndarray) -> DistanceReport:
+        """One pair's distance and each block's share of its square, from its `pair_parts` (rows×(blocks + 1))."""
+        total = float(parts.sum())
+        scale = 1.0 / total if total > 0 else 0.0
+        layers = parts[:, :-1].sum(0)
+        return DistanceReport(total**0.5, {k: float(p) * scale for k, p in zip(self.blocks, layers, strict=True)})
 
     def set_distance(self, xa: torch.Tensor, xb: torch.Tensor) -> float:
         """Distance between two image sets (N×3×R×R uint8 each), streamed in batches."""

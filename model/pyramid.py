@@ -392,13 +392,16 @@ class PyramidAFVExtractor(AFVExtractor):
         for i in range(0, x.shape[0], self.batch_size):
             yield self.embed(x[i : i + self.batch_size])
 
-    def explain(self, va: torch.Tensor | np.ndarray, vb: torch.Tensor | np.ndarray) -> DistanceReport:
+    def pair_parts(self, va: torch.Tensor | np.ndarray, vb: torch.Tensor | np.ndarray) -> np.ndarray:
+        """N pairs' squared distances split per cell (row) and block: N×r×(blocks + 1) (`squared_parts`)."""
+        return squared_parts(va, vb, self.r, list(self.blocks.values()))
+
+    def report(self, parts: np.ndarray) -> DistanceReport:
         """Distance with each block's share (over all cells) and each cell's share (over views), per level."""
-        parts, total = squared_parts(va, vb, self.r, list(self.blocks.values()))
-        per_row = parts.sum(1)
+        total = float(parts.sum())
         scale = 1.0 / total if total > 0 else 0.0
-        layers = {k: float(p) * scale for k, p in zip(self.blocks, parts.sum(0), strict=True)}
-        per_cell = per_row.reshape(self.spec.n_views, -1).sum(0) * scale
+        layers = {k: float(p) * scale for k, p in zip(self.blocks, parts[:, :-1].sum(0), strict=True)}
+        per_cell = parts.sum(1).reshape(self.spec.n_views, -1).sum(0) * scale
         regions: dict[str, list[list[float]]] = {}
         for i, (n, row, col) in enumerate(self.cells):
             grid = regions.setdefault(f"{n}x{n}", [[0.0] * n for _ in range(n)])

@@ -6,7 +6,8 @@ submitted, or until one kind has `max_batch` images, groups them by kind, and ru
 once on the concatenated batch.
 The thread gathers its next batch itself as soon as a pass ends, so the model never waits for the event
 loop (which only parses requests and writes responses); results go back to the waiting requests with
-`call_soon_threadsafe`. A request larger than `max_batch` is split into chunks.
+`call_soon_threadsafe`. A request larger than `max_batch` is split into chunks. A kind whose rows hold
+several images (an image pair) says so in `images_per_row`, so that `max_batch` always counts images.
 
 With `workers` > 1, that many model threads gather and run batches independently (the functions must
 then be safe to call concurrently). On CPU this keeps the cores busy where one pass spread over all of
@@ -97,10 +98,14 @@ class MicroBatcher:
         workers: int = 1,
         thread_init: Callable[[], None] | None = None,
         thread_exit: Callable[[], None] | None = None,
+        images_per_row: dict[str, int] | None = None,
     ):
         if max_batch < 1 or max_wait_s < 0 or workers < 1:
             raise ValueError("max_batch and workers must be ≥ 1 and max_wait_s ≥ 0")
         self.fns, self.max_batch, self.max_wait_s = fns, max_batch, max_wait_s
+        self.images_per_row = {kind: 1 for kind in fns} | (images_per_row or {})
+        if min(self.images_per_row.values()) < 1 or max(self.images_per_row.values()) > max_batch:
+            raise ValueError("images_per_row must be between 1 and max_batch")
         self.workers, self.thread_init, self.thread_exit = workers, thread_init, thread_exit
         self.observer = observer or _NullObserver()
         self._pending: collections.deque[_Job] = collections.deque()
@@ -143,7 +148,8 @@ class MicroBatcher:
         if kind not in self.fns:
             raise KeyError(f"unknown batch kind {kind!r}")
         loop = asyncio.get_running_loop()
-        jobs = [_Job(kind, x[i : i + self.max_batch], loop.create_future()) for i in range(0, len(x), self.max_batch)]
+        rows = self.max_batch // self.images_per_row[kind]
+        jobs = [_Job(kind, x[i : i + rows], loop.create_future()) for i in range(0, len(x), rows)]
         self._enqueue(lambda: self._pending.extend(jobs))
         parts = await asyncio.gather(*(j.future for j in jobs))
         return parts[0] if len(parts) == 1 else np.concatenate(parts)  # one chunk: its rows of the pass, no copy
@@ -194,10 +200,10 @@ class MicroBatcher:
         batch: list[_Job] = []
         n: collections.Counter[str] = collections.Counter()
         while True:
-            while self._pending and n[self._pending[0].kind] + len(self._pending[0].x) <= self.max_batch:
+            while self._pending and n[self._pending[0].kind] + self._images(self._pending[0]) <= self.max_batch:
                 job = self._pending.popleft()
                 batch.append(job)
-                n[job.kind] += len(job.x)
+                n[job.kind] += self._images(job)
             if self._closed:  # hand the jobs back for stop() to fail
                 self._pending.extendleft(reversed(batch))
                 return None
@@ -206,6 +212,9 @@ class MicroBatcher:
             if full or remaining <= 0:
                 return batch
             self._cond.wait(remaining)
+
+    def _images(self, job: _Job) -> int:
+        return len(job.x) * self.images_per_row[job.kind]
 
     def _run_call(self, call: _Call) -> None:
         try:
@@ -234,7 +243,7 @@ class MicroBatcher:
             for j in jobs:
                 _resolve(j.future, error=e)
             return
-        self.observer.batch_done(kind, len(x), time.perf_counter() - t0)
+        self.observer.batch_done(kind, len(x) * self.images_per_row[kind], time.perf_counter() - t0)
         start = 0
         for j in jobs:
             _resolve(j.future, out[start : start + len(j.x)])

@@ -32,7 +32,7 @@ from anyio import to_thread
 from durable import no_space
 from index import AFVIndexError, Hit, IndexFullError, IndexReadOnlyError, IndexWriteError, ItemNotFoundError
 from index.collection import DB_FILE
-from model.embedder import Embedder
+from model.embedder import DistanceReport, Embedder
 from model.loading import load_embedder
 from model.parallel import BatchSplitter, model_threads, set_thread_torch_threads, split_threads
 from service import jnd, model_processes
@@ -143,7 +143,12 @@ class Engine:
         self.decode_fit = resources.index.decode_fit  # what uploads are decoded for, as the index pins
         workers, threads = model_threads(settings.model_workers, self.extractor.device)
         self._afv_replicas = BatchSplitter(self.extractor)  # one per model thread that needs one
-        fns: dict[str, BatchFn] = {"afv": self._afv_batch, "embed": resources.index.sketch}
+        fns: dict[str, BatchFn] = {
+            "afv": self._afv_batch,
+            "pairs": self._pair_parts_batch,
+            "triplets": self._triplet_batch,
+            "embed": resources.index.sketch,
+        }
         self.processes = self._model_processes(fns, workers, threads)
         procs = self.processes
         thread_init = (lambda: set_thread_torch_threads(threads)) if workers > 1 else None
@@ -155,6 +160,7 @@ class Engine:
             workers=workers,
             thread_init=procs.thread_init if procs else thread_init,
             thread_exit=procs.thread_exit if procs else None,
+            images_per_row={"pairs": 2, "triplets": 3},
         )
         metrics.model_workers.set(workers)
         if procs is not None:
@@ -229,6 +235,26 @@ class Engine:
         parts = self._afv_replicas.map(lambda e, b: e.embed(b), torch.from_numpy(x), threads=threads)
         afvs = parts[0] if len(parts) == 1 else torch.cat(parts)
         return afvs.detach().float().cpu().numpy()
+
+    def _pair_parts_batch(self, x: np.ndarray) -> np.ndarray:
+        """n×2×3×R×R uint8 image pairs → their squared distances in parts (`Embedder.pair_parts`), computed
+        beside the pass: the AFVs (4.3 MB an image for the bundled pyramid) never leave the model process."""
+        v = self._afv_batch(x.reshape(-1, *x.shape[2:]))
+        return self.extractor.pair_parts(v[0::2], v[1::2])
+
+    def _triplet_batch(self, x: np.ndarray) -> np.ndarray:
+        """n×3×3×R×R uint8 (ref, p0, p1) → n×2 squared distances ref–p0 and ref–p1 (sums of `pair_parts`)."""
+        v = self._afv_batch(x.reshape(-1, *x.shape[2:]))
+        return np.stack([self.extractor.pair_parts(v[0::3], v[k::3]).sum((1, 2)) for k in (1, 2)], axis=1)
+
+    async def two_afc(self, triplets: np.ndarray) -> np.ndarray:
+        """n×3×3×R×R uint8 (ref, p0, p1) → n×2 distances ref–p0, ref–p1, batched with concurrent requests."""
+        return np.sqrt(await self.batcher.submit("triplets", triplets))
+
+    async def distances(self, pairs: np.ndarray) -> list[DistanceReport]:
+        """n×2×3×R×R uint8 image pairs → each pair's distance with its shares, batched with concurrent requests."""
+        parts = await self.batcher.submit("pairs", pairs)
+        return [self.extractor.report(p) for p in parts]
 
     async def afv(self, x: np.ndarray) -> np.ndarray:
         """n×3×R×R uint8 → n×P AFVs (float32), batched with concurrent requests."""

@@ -46,7 +46,10 @@ class Metrics:
             registry=r,
         )
         self.images_embedded = Counter(
-            "afv_images_embedded_total", "Images run through the model, by kind (afv, embed).", ["kind"], registry=r
+            "afv_images_embedded_total",
+            "Images run through the model, by kind (afv, pairs, embed).",
+            ["kind"],
+            registry=r,
         )
         self.batch_size = Histogram(
             "afv_model_batch_size", "Images per batched model pass.", ["kind"], buckets=BATCH_BUCKETS, registry=r

@@ -28,8 +28,9 @@ router = APIRouter(prefix="/v1/jnd", tags=["jnd"])
 async def jnd(request: Request, engine: EngineDep, settings: SettingsDep) -> JNDResponse:
     """Distance between two images and whether it is below the just-noticeable threshold."""
     body = await parse_body(request, JNDRequest, settings)
-    v = await engine.afv(await load_images(engine, settings, [("image_a", body.image_a), ("image_b", body.image_b)]))
-    d, t = engine.extractor.pair_distance(v[0], v[1]), engine.jnd_in_use
+    x = await load_images(engine, settings, [("image_a", body.image_a), ("image_b", body.image_b)])
+    [report] = await engine.distances(x[None])
+    d, t = report.distance, engine.jnd_in_use
     return JNDResponse(distance=d, same=d <= t.threshold, threshold=t.threshold, threshold_source=t.source)
 
 
@@ -53,7 +54,7 @@ async def calibrate(body: JNDCalibrateRequest, engine: EngineDep, settings: Sett
     d = np.array([p.distance or 0.0 for p in body.pairs], dtype=np.float64)
     if with_images:
         items = [(f"pairs[{i}].{f}", getattr(body.pairs[i], f)) for i in with_images for f in ("image_a", "image_b")]
-        v = await engine.afv(await load_images(engine, settings, items))
-        d[with_images] = [engine.extractor.pair_distance(v[2 * j], v[2 * j + 1]) for j in range(len(with_images))]
+        x = await load_images(engine, settings, items)
+        d[with_images] = [r.distance for r in await engine.distances(x.reshape(-1, 2, *x.shape[1:]))]
     same = np.array([p.same for p in body.pairs], dtype=np.float64)
     return await engine.calibrate_jnd(d, same, body.save)

@@ -27,8 +27,7 @@ async def distance(request: Request, engine: EngineDep, settings: SettingsDep) -
     """Fisher distance between two images, with each network block's share of the squared distance."""
     body = await parse_body(request, DistanceRequest, settings)
     x = await load_images(engine, settings, [("image_a", body.image_a), ("image_b", body.image_b)])
-    v = await engine.afv(x)
-    report = engine.extractor.explain(v[0], v[1])  # its distance is `pair_distance`'s
+    [report] = await engine.distances(x[None])
     return DistanceResponse(distance=report.distance, layers=report.layers, regions=report.regions)
 
 
@@ -37,8 +36,7 @@ async def two_afc(request: Request, engine: EngineDep, settings: SettingsDep) ->
     """BAPPS two-alternative forced choice: which of p0, p1 is closer to ref."""
     body = await parse_body(request, TwoAFCRequest, settings)
     x = await load_images(engine, settings, [("ref", body.ref), ("p0", body.p0), ("p1", body.p1)])
-    v = await engine.afv(x)
-    d0, d1 = engine.extractor.pair_distance(v[0], v[1]), engine.extractor.pair_distance(v[0], v[2])
+    d0, d1 = (float(d) for d in (await engine.two_afc(x[None]))[0])
     return TwoAFCResponse(d0=d0, d1=d1, choice=0 if d0 <= d1 else 1)
 
 

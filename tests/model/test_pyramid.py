@@ -121,6 +121,15 @@ def test_distance_explains_blocks_and_image_cells(extractor, cifar_images):
     assert extractor.distance(cifar_images[0], cifar_images[0]).distance == 0.0
 
 
+def test_reports_from_a_batch_of_pair_parts_are_each_pairs_own_explanation(extractor, cifar_images):
+    v = extractor.embed(cifar_images[[0, 1, 2, 3, 4, 5]]).numpy()
+    parts = extractor.pair_parts(v[0::2], v[1::2])
+    assert parts.shape == (3, extractor.r, len(extractor.blocks) + 1)
+    for i in range(3):
+        assert extractor.report(parts[i]) == extractor.explain(v[2 * i], v[2 * i + 1])
+    assert len({extractor.report(p).distance for p in parts}) == 3
+
+
 def test_fast_projection_refuses_a_spatial_readout(extractor):
     from model.sketch import ProjectionError, Projector
 

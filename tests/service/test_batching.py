@@ -167,6 +167,8 @@ def test_invalid_configuration():
         MicroBatcher({"f": Recorder()}, max_batch=0)
     with pytest.raises(ValueError):
         MicroBatcher({"f": Recorder()}, workers=0)
+    with pytest.raises(ValueError):
+        MicroBatcher({"f": Recorder()}, max_batch=4, images_per_row={"f": 5})
 
 
 def test_each_kind_fills_its_own_pass():
@@ -250,3 +252,24 @@ def test_each_model_thread_runs_its_exit_hook_as_the_batcher_stops():
     b = MicroBatcher({"f": Recorder()}, workers=2, thread_exit=lambda: exits.append(threading.current_thread().name))
     run(_with(b, lambda: b.submit("f", np.zeros((1, 1)))))
     assert sorted(exits) == ["afv-model-0", "afv-model-1"]
+
+
+class Observed:
+    def __init__(self):
+        self.images: list[tuple[str, int]] = []
+
+    def batch_done(self, kind: str, size: int, seconds: float) -> None:
+        self.images.append((kind, size))
+
+    def queue_wait(self, seconds: float) -> None:
+        pass
+
+
+def test_rows_of_image_pairs_count_twice_toward_the_batch_and_the_metrics():
+    rec, seen = Recorder(), Observed()
+    b = MicroBatcher({"pairs": rec}, max_batch=6, max_wait_s=0.05, observer=seen, images_per_row={"pairs": 2})
+    pairs = np.arange(7 * 2).reshape(7, 2)
+    out = run(_with(b, lambda: asyncio.gather(b.submit("pairs", pairs), b.submit("pairs", pairs[:2]))))
+    assert out[0].tolist() == (pairs * 2).tolist() and len(out[1]) == 2
+    assert max(rec.sizes) == 3 and sum(rec.sizes) == 9  # at most 6 images: 3 pairs a pass
+    assert sum(n for _, n in seen.images) == 18 and {k for k, _ in seen.images} == {"pairs"}

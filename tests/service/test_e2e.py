@@ -50,6 +50,16 @@ def test_2afc_picks_less_distorted(live, i):
     assert swapped["choice"] == 0
 
 
+def test_distance_2afc_and_jnd_report_the_same_distance_of_a_pair(live):
+    ref, p0, p1 = (encode(x) for x in (cifar(4), noisy(cifar(4), 20, seed=1), cifar(7)))
+    with live.client() as c:
+        two = c.post("/v1/2afc", files={"ref": ref, "p0": p0, "p1": p1}).json()
+        d0 = c.post("/v1/distance", files={"image_a": ref, "image_b": p0}).json()["distance"]
+        d1 = c.post("/v1/jnd", files={"image_a": ref, "image_b": p1}).json()["distance"]
+    assert two["d0"] == pytest.approx(d0, rel=1e-5) and two["d1"] == pytest.approx(d1, rel=1e-5)
+    assert two["d0"] < two["d1"]
+
+
 def test_jnd_reports_threshold(live):
     ref = cifar(2)
     with live.client() as c:
@@ -151,8 +161,8 @@ def test_concurrent_requests_share_model_batches(live):
 
     codes, metrics = asyncio.run(run())
     assert codes == [200] * 24
-    count = _metric(metrics, 'afv_model_batch_size_count{kind="afv"}')
-    total = _metric(metrics, 'afv_model_batch_size_sum{kind="afv"}')
+    count = _metric(metrics, 'afv_model_batch_size_count{kind="pairs"}')
+    total = _metric(metrics, 'afv_model_batch_size_sum{kind="pairs"}')
     assert total / count > 2  # some passes carried several requests' images
     assert _metric(metrics, 'afv_http_requests_total{method="POST",route="/v1/distance",status="200"}') >= 24
     assert "afv_index_images" in metrics
