@@ -186,7 +186,7 @@ def cell_weight_grads(
     key: tuple = (tuple(a.shape[1:]), tuple(g.shape[1:]), layout, bucket, tuple(m.weight.shape), m.stride)
     key += (m.padding, n, a.device.type, a.dtype, torch.get_num_threads())
     if key not in _cell_choice:
-        _cell_choice[key] = min(fns, key=lambda fn: fisher.best_time(lambda: fn(m, a, g, n, out), a.device))
+        _cell_choice[key] = fisher.fastest(fns, lambda fn: fn(m, a, g, n, out), a.device)
     _cell_choice[key](m, a, g, n, out)
     return out
 

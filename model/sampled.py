@@ -280,7 +280,7 @@ def sampled_weight_cells(
     key: tuple = (plan.name, plan.shape, len(plan.coords), tuple(a.shape[1:]), grid, bucket, a.device.type, a.dtype)
     key += (torch.get_num_threads(),)  # a part on one thread may prefer another kernel than a whole batch
     if key not in _kernel_choice:
-        _kernel_choice[key] = min(run, key=lambda k: fisher.best_time(run[k], a.device))
+        _kernel_choice[key] = fisher.fastest(list(run), lambda k: run[k](), a.device)
     return run[_kernel_choice[key]]()
 
 

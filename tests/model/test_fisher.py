@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
@@ -169,6 +171,26 @@ def test_conv_method_choice_is_shared_by_batch_sizes_of_one_bucket():
     assert len(fisher._conv_choice) == 1
     fisher._fastest_conv_method(conv, torch.randn(9, 3, 6, 6), torch.randn(9, 4, 6, 6))
     assert len(fisher._conv_choice) == 2
+
+
+def _sleeper(calls: list[float]):
+    def run(seconds: float) -> None:
+        calls.append(seconds)
+        time.sleep(seconds)
+
+    return run
+
+
+def test_kernels_far_slower_on_their_first_call_run_once_and_a_lone_survivor_wins_untimed():
+    calls: list[float] = []
+    assert fisher.fastest([0.06, 0.004, 0.08], _sleeper(calls), torch.device("cpu")) == 0.004
+    assert sorted(calls) == [0.004, 0.06, 0.08]
+
+
+def test_kernels_close_on_their_first_call_are_timed_again_and_the_faster_wins():
+    calls: list[float] = []
+    assert fisher.fastest([0.03, 0.02, 0.3], _sleeper(calls), torch.device("cpu")) == 0.02
+    assert calls.count(0.03) == calls.count(0.02) == 3 and calls.count(0.3) == 1
 
 
 @pytest.mark.parametrize("method", fisher.NORMALIZATIONS)
