@@ -178,12 +178,22 @@ def _fastest_conv_method(m: nn.Conv2d, a: torch.Tensor, g: torch.Tensor):
     conv-gradient kernel. Batch sizes share a power-of-two bucket: the service's micro-batches take any
     size from 1 to `max_batch`, and timing the candidates again for every size cost more than it saved."""
     layout = (a.is_contiguous(memory_format=torch.channels_last), g.is_contiguous(memory_format=torch.channels_last))
-    bucket = 1 << max(0, a.shape[0] - 1).bit_length()
+    bucket = size_bucket(a.shape[0])
     key: tuple = (tuple(a.shape[1:]), tuple(g.shape[1:]), layout, bucket, tuple(m.weight.shape), m.stride)
     key += (m.padding, a.device.type, a.dtype, torch.get_num_threads())  # timed per thread count too
     if key not in _conv_choice:
         _conv_choice[key] = fastest(_candidates(m, a), lambda fn: fn(m, a, g), a.device)
     return _conv_choice[key]
+
+
+def size_bucket(n: int) -> int:
+    """The batch-size bucket (the next power of two) that kernel choices are timed and kept for."""
+    return 1 << max(0, n - 1).bit_length()
+
+
+def bucket_sizes(max_batch: int) -> list[int]:
+    """One batch size in each bucket that batches of 1 to `max_batch` images fall in (for a warm-up)."""
+    return sorted({min(1 << i, max_batch) for i in range(max_batch.bit_length() + 1)})
 
 
 PRUNE_RATIO = 3.0  # a kernel whose first call took this many times the fastest first call is out at once

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -111,7 +112,7 @@ class BatchSplitter(Generic[T]):
         self._template = replicate(obj)  # never runs (so never hooked): replicas are copied from it
         self._count = 0
         self._pool: ThreadPoolExecutor | None = None
-        self._threads = 0
+        self._threads, self._pool_pid = 0, 0
         self._lock = threading.Lock()
 
     def map(self, fn: Callable[[T, torch.Tensor], R], x: torch.Tensor, threads: int, part: int = 0) -> list[R]:
@@ -131,14 +132,17 @@ class BatchSplitter(Generic[T]):
             return fn(r, part)
 
     def _ensure(self, n: int) -> ThreadPoolExecutor:
-        """A pool of n threads and n replicas at least."""
+        """A pool of n threads and n replicas at least (a new pool in a forked child, which has none of the
+        parent's threads: the server warms the model up before it forks its model processes)."""
         with self._lock:
             while self._count < n:
                 self._free.put(self._copy())
+            if self._pool is not None and self._pool_pid != os.getpid():
+                self._pool, self._threads = None, 0  # its threads stayed in the parent; nothing to shut down
             if self._pool is None or self._threads < n:
                 if self._pool is not None:
                     self._pool.shutdown(wait=False)
-                self._pool, self._threads = _single_threaded_pool(n), n
+                self._pool, self._threads, self._pool_pid = _single_threaded_pool(n), n, os.getpid()
             return self._pool
 
     @property
@@ -177,6 +181,24 @@ def threads_after_fork(n: int) -> None:
     global _forked_split
     set_thread_torch_threads(1)
     _forked_split = n
+
+
+@contextmanager
+def threads_as(n: int, forked: bool) -> Iterator[None]:
+    """Run the calling thread's model work with the thread settings a model thread (n torch threads) or,
+    with `forked`, a forked model process (`threads_after_fork(n)`) has, then put them back: for making
+    the timed kernel choices that such threads and processes then find made."""
+    global _forked_split
+    before_split, before_threads = _forked_split, torch.get_num_threads()
+    if forked:
+        threads_after_fork(n)
+    else:
+        set_thread_torch_threads(n)
+    try:
+        yield
+    finally:
+        _forked_split = before_split
+        set_thread_torch_threads(before_threads)
 
 
 def split_threads(device: torch.device) -> int:

@@ -182,7 +182,7 @@ def cell_weight_grads(
     if fisher.shift_applies(m):
         fns += [_cell_w_rows, _cell_w_rows_taps]
     layout = (a.is_contiguous(memory_format=torch.channels_last), g.is_contiguous(memory_format=torch.channels_last))
-    bucket = 1 << max(0, a.shape[0] - 1).bit_length()
+    bucket = fisher.size_bucket(a.shape[0])
     key: tuple = (tuple(a.shape[1:]), tuple(g.shape[1:]), layout, bucket, tuple(m.weight.shape), m.stride)
     key += (m.padding, n, a.device.type, a.dtype, torch.get_num_threads())
     if key not in _cell_choice:

@@ -276,7 +276,7 @@ def sampled_weight_cells(
     }
     if a.dtype == torch.bfloat16:
         del run["sparse"]  # torch's sampled_addmm has no bfloat16 kernel on CPU
-    bucket = 1 << max(0, a.shape[0] - 1).bit_length()
+    bucket = fisher.size_bucket(a.shape[0])
     key: tuple = (plan.name, plan.shape, len(plan.coords), tuple(a.shape[1:]), grid, bucket, a.device.type, a.dtype)
     key += (torch.get_num_threads(),)  # a part on one thread may prefer another kernel than a whole batch
     if key not in _kernel_choice:

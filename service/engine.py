@@ -21,6 +21,7 @@ import asyncio
 import errno
 import logging
 import os
+import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -33,8 +34,9 @@ from durable import no_space
 from index import AFVIndexError, Hit, IndexFullError, IndexReadOnlyError, IndexWriteError, ItemNotFoundError
 from index.collection import DB_FILE
 from model.embedder import DistanceReport, Embedder
+from model.fisher import bucket_sizes
 from model.loading import load_embedder
-from model.parallel import BatchSplitter, model_threads, set_thread_torch_threads, split_threads
+from model.parallel import BatchSplitter, model_threads, set_thread_torch_threads, split_threads, threads_as
 from service import jnd, model_processes
 from service.batching import BatchFn, MicroBatcher
 from service.ingest import Decode, Item, Outcome, ingest_batch
@@ -142,6 +144,7 @@ class Engine:
         self.extractor, self.index = resources.embedder, resources.index.index
         self.decode_fit = resources.index.decode_fit  # what uploads are decoded for, as the index pins
         workers, threads = model_threads(settings.model_workers, self.extractor.device)
+        self._threads_each = threads
         self._afv_replicas = BatchSplitter(self.extractor)  # one per model thread that needs one
         fns: dict[str, BatchFn] = {
             "afv": self._afv_batch,
@@ -182,6 +185,8 @@ class Engine:
         return ModelProcesses(fns, workers, in_bytes=in_bytes, out_bytes=out_bytes, torch_threads=torch_threads)
 
     async def start(self) -> None:
+        if self.settings.warm_up:
+            self._warm_up()  # before the fork: the model processes inherit its choices
         if self.processes is not None:
             self.processes.start()  # forked from the event loop's thread, see ModelProcesses
         await self.batcher.start()
@@ -255,6 +260,19 @@ class Engine:
         """n×2×3×R×R uint8 image pairs → each pair's distance with its shares, batched with concurrent requests."""
         parts = await self.batcher.submit("pairs", pairs)
         return [self.extractor.report(p) for p in parts]
+
+    def _warm_up(self) -> None:
+        """Run each model function once per batch-size bucket, on seeded random images and with the thread
+        settings its passes run with, so that the timed kernel choices (`fisher.fastest`) are made now. Forked
+        model processes inherit them; each would otherwise time them itself during its first requests."""
+        n, r = self.settings.batch_max_size, self.extractor.resolution
+        x = np.random.default_rng(0).integers(0, 256, (n, 3, r, r), dtype=np.uint8)
+        t0 = time.perf_counter()
+        with threads_as(self._threads_each, forked=self.processes is not None):
+            for fn in (self._afv_batch, self.resources.index.sketch):
+                for size in bucket_sizes(n):
+                    fn(x[:size])
+        log.info("model warmed up for batches of 1 to %d images in %.1f s", n, time.perf_counter() - t0)
 
     async def afv(self, x: np.ndarray) -> np.ndarray:
         """n×3×R×R uint8 → n×P AFVs (float32), batched with concurrent requests."""

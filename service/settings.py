@@ -86,6 +86,13 @@ class Settings(BaseSettings):
         "None = yes where possible (Linux, CPU); on a GPU the threads always run them.",
     )
 
+    warm_up: bool = Field(
+        default=True,
+        description="Before serving, run the model once per batch-size bucket (1, 2, 4, … batch_max_size), so "
+        "that its timed kernel choices are made at start-up and not during the first requests "
+        "(about 2 s for the bundled model on 2 cores).",
+    )
+
     # JND: distances at or below the threshold are judged "same". None = calibrated file, else synthetic.
     jnd_threshold: float | None = Field(default=None, ge=0)
 

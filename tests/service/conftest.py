@@ -49,7 +49,7 @@ class LiveServer:
 
 
 def test_settings(data_dir: Path, **overrides) -> Settings:
-    """Small limits so the limit tests stay cheap; no demo collection; the bundled weights read out whole.
+    """Small limits so the limit tests stay cheap; no demo collection; no warm-up; the bundled weights read out whole.
 
     The whole-image read-out embeds ~6× faster than the default's 4×4 pyramid, which keeps the many
     app start-ups (each fits the synthetic JND threshold) cheap; the pyramid default itself is tested
@@ -65,6 +65,7 @@ def test_settings(data_dir: Path, **overrides) -> Settings:
         "max_image_bytes": 1_000_000,
         "max_pixels": 4_000_000,
         "max_images_per_request": 32,
+        "warm_up": False,  # tested on its own (test_engine): every app start-up here would pay it
     }
     return Settings(**{**base, **overrides})
 

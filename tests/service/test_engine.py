@@ -84,3 +84,25 @@ def test_killed_model_processes_are_replaced_and_the_server_answers_as_before(tm
     finally:
         stop_server(server, thread)
     assert _model_processes(others) == []  # stopped with the server
+
+
+def _kernel_choices() -> int:
+    from model import fisher, pyramid, sampled
+
+    return len(fisher._conv_choice) + len(pyramid._cell_choice) + len(sampled._kernel_choice)
+
+
+def test_after_the_warm_up_serving_times_no_kernels(tmp_path):
+    from model import fisher, pyramid, sampled
+
+    for choices in (fisher._conv_choice, pyramid._cell_choice, sampled._kernel_choice):
+        choices.clear()  # as in a fresh server process
+    settings = test_settings(tmp_path, warm_up=True, model_processes=False, model_workers=2)
+    server, thread, url = start_server(settings)
+    try:
+        made = _kernel_choices()
+        assert made > 0
+        _answers(url)  # batches of any size up to the largest, on both model threads
+        assert _kernel_choices() == made
+    finally:
+        stop_server(server, thread)

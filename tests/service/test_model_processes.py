@@ -179,3 +179,27 @@ def test_a_worker_of_several_threads_runs_after_the_parent_used_openmp():
     proc.stop()
     assert "out" in done, "the worker hung in its first parallel region"
     assert done["out"][0].tolist() == [2, 1]  # split across 2 threads of its own, torch itself single-threaded
+
+
+def test_a_worker_splits_its_batches_with_a_splitter_the_parent_used_before_the_fork():
+    from model.parallel import BatchSplitter
+
+    splitter = BatchSplitter(torch.nn.Linear(4, 2))
+    x = torch.randn(6, 4)
+    parent = torch.cat(splitter.map(lambda m, part: m(part), x, threads=2))  # its pool's threads: the parent's
+
+    def split(_: np.ndarray) -> np.ndarray:
+        return torch.cat(splitter.map(lambda m, part: m(part), x, threads=2)).numpy()
+
+    proc = ModelProcess({"split": split}, IN_BYTES, OUT_BYTES, torch_threads=2)
+    proc.start()
+    done: dict[str, np.ndarray] = {}
+    runner = threading.Thread(target=lambda: done.setdefault("out", proc.run("split", _images(1, 0))), daemon=True)
+    runner.start()
+    runner.join(60)
+    if runner.is_alive():  # hung: free the test run from it
+        os.kill(proc.pid, signal.SIGKILL)
+        runner.join(10)
+    proc.stop()
+    assert "out" in done, "the worker waited for the parent's pool threads"
+    np.testing.assert_allclose(done["out"], parent.detach().numpy(), rtol=1e-6)
