@@ -94,16 +94,28 @@ class SetStats:
     @classmethod
     def of(cls, vectors: Iterable[torch.Tensor | np.ndarray]) -> SetStats:
         """Stream N×F batches of one set into its sums (memory O(F))."""
-        n = 0
-        s1: torch.Tensor | float = 0.0
-        s2: torch.Tensor | float = 0.0
+        stats: SetStats | None = None
         for v in vectors:
-            v = torch.as_tensor(v).double()
-            n, s1, s2 = n + v.shape[0], s1 + v.sum(0), s2 + v.pow(2).sum(0)
-        if n == 0:
+            stats = cls.empty(v.shape[1], torch.as_tensor(v).device) if stats is None else stats
+            stats.add(v)
+        if stats is None or stats.n == 0:
             raise ValueError("a set distance needs at least one image in each set")
-        assert isinstance(s1, torch.Tensor) and isinstance(s2, torch.Tensor)  # n > 0: a batch was added
-        return cls(n, s1, s2)
+        return stats
+
+    @classmethod
+    def empty(cls, dim: int, device: torch.device | str = "cpu") -> SetStats:
+        """The sums of no vectors yet (see `add`)."""
+        zeros = torch.zeros(dim, dtype=torch.float64, device=device)
+        return cls(0, zeros, zeros.clone())
+
+    def add(self, v: torch.Tensor | np.ndarray, rows: int = 8) -> None:
+        """Add an N×F batch of the set's vectors to the sums, `rows` at a time (the float64 copy stays small)."""
+        v = torch.as_tensor(v)
+        for i in range(0, v.shape[0], rows):
+            part = v[i : i + rows].to(self.s1.device, torch.float64, copy=True)
+            self.s1 += part.sum(0)
+            self.s2 += part.pow_(2).sum(0)
+        self.n += v.shape[0]
 
     @property
     def mean(self) -> torch.Tensor:

@@ -33,7 +33,7 @@ from anyio import to_thread
 from durable import no_space
 from index import AFVIndexError, Hit, IndexFullError, IndexReadOnlyError, IndexWriteError, ItemNotFoundError
 from index.collection import DB_FILE
-from model.embedder import DistanceReport, Embedder
+from model.embedder import DistanceReport, Embedder, SetStats
 from model.fisher import bucket_sizes
 from model.loading import load_embedder
 from model.parallel import BatchSplitter, model_threads, set_thread_torch_threads, split_threads, threads_as
@@ -273,6 +273,22 @@ class Engine:
                 for size in bucket_sizes(n):
                     fn(x[:size])
         log.info("model warmed up for batches of 1 to %d images in %.1f s", n, time.perf_counter() - t0)
+
+    async def set_stats(self, x: np.ndarray) -> SetStats:
+        """A set's sums (`SetStats`) from its n×3×R×R uint8 images, one batch of AFVs at a time, added up off
+        the event loop: memory O(batch × F), where the whole set's AFVs were 1.1 GB for 256 images of the
+        bundled pyramid, and their float64 sums 1.3 s on the event loop."""
+        stats = SetStats.empty(self.extractor.dim)
+        step = self.settings.batch_max_size
+        for i in range(0, len(x), step):
+            v = await self.afv(x[i : i + step])
+            await to_thread.run_sync(stats.add, v)
+        return stats
+
+    async def set_distance(self, xa: np.ndarray, xb: np.ndarray) -> float:
+        """The model's distance between two image sets (n×3×R×R uint8 each), each streamed (`set_stats`)."""
+        a, b = await asyncio.gather(self.set_stats(xa), self.set_stats(xb))
+        return await to_thread.run_sync(self.extractor.stats_distance, a, b)
 
     async def afv(self, x: np.ndarray) -> np.ndarray:
         """n×3×R×R uint8 → n×P AFVs (float32), batched with concurrent requests."""

@@ -47,8 +47,7 @@ async def set_distance(request: Request, engine: EngineDep, settings: SettingsDe
     limit_images(len(body.images_a) + len(body.images_b), settings.max_images_per_request)
     xa = await load_images(engine, settings, [(f"images_a[{i}]", b) for i, b in enumerate(body.images_a)])
     xb = await load_images(engine, settings, [(f"images_b[{i}]", b) for i, b in enumerate(body.images_b)])
-    v = await engine.afv(np.concatenate([xa, xb]))
-    d = engine.extractor.set_distance_of(v[: len(xa)], v[len(xa) :])
+    d = await engine.set_distance(xa, xb)
     return SetDistanceResponse(distance=d, n_a=len(xa), n_b=len(xb))
 
 

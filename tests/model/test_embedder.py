@@ -52,3 +52,17 @@ def test_a_vector_against_itself_has_no_parts():
     a, _ = _pair(64)
     parts = squared_parts(a, a.copy(), 2, [slice(0, 32)])
     assert parts.shape == (1, 2, 2) and not parts.any()
+
+
+def test_set_sums_streamed_in_batches_equal_the_whole_sets_and_leave_the_vectors_alone():
+    from model.embedder import SetStats
+
+    v = torch.randn(37, 50, dtype=torch.float64)
+    before = v.clone()
+    stats = SetStats.of([v[:20], v[20:].numpy()])
+    assert torch.equal(v, before)  # float64 rows are copied before squaring
+    assert stats.n == 37
+    torch.testing.assert_close(stats.mean, v.mean(0))
+    torch.testing.assert_close(stats.var, v.var(0, unbiased=False))
+    with pytest.raises(ValueError):
+        SetStats.of([])

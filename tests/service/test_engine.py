@@ -8,6 +8,7 @@ import signal
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import numpy as np
 import pytest
 import torch
 
@@ -106,3 +107,20 @@ def test_after_the_warm_up_serving_times_no_kernels(tmp_path):
         assert _kernel_choices() == made
     finally:
         stop_server(server, thread)
+
+
+def test_a_set_distance_streamed_in_batches_is_the_models_set_distance(tmp_path):
+    from model.loading import load_embedder
+    from tests.service.conftest import cifar
+
+    settings = test_settings(tmp_path, batch_max_size=4)  # 7 and 5 images: several AFV batches per set
+    server, thread, url = start_server(settings)
+    try:
+        files = [("images_a", png(i)) for i in range(7)] + [("images_b", png(i)) for i in range(7, 12)]
+        served = httpx.post(f"{url}/v1/set-distance", files=files, timeout=60).json()
+    finally:
+        stop_server(server, thread)
+    ext = load_embedder(None, device="cpu", readout="global")
+    x = torch.from_numpy(np.stack([ext.preprocess(cifar(i)) for i in range(12)]))
+    assert served["n_a"] == 7 and served["n_b"] == 5
+    assert served["distance"] == pytest.approx(ext.set_distance(x[:7], x[7:]), rel=1e-4)
