@@ -3,8 +3,11 @@
 The embedder is whatever `model.loading.load_embedder` makes of the model folder (AFVs by default;
 BiGAN/BigBiGAN encoders and GFMN runs alike): nothing below depends on the method.
 
-Model work (AFVs, index sketches) is grouped by one `MicroBatcher`, so concurrent requests share model
-passes; the embedder's own lock is the one lock around the model. Index reads and writes run in
+Model work (AFVs, index sketches, and the distances of image pairs and 2AFC triplets, computed where
+the pass runs so that only a few numbers per pair come back) is grouped by one `MicroBatcher`, so
+concurrent requests share model passes; the embedder's own lock is the one lock around the model.
+Before serving, the model runs once per batch-size bucket (`Settings.warm_up`), so that the timed kernel
+choices are made before the model processes fork. Index reads and writes run in
 threads (the index has its own lock). Images enter the index only through `service.ingest`.
 Routes call the async methods here and never touch torch or FAISS. Errors raised here are domain
 errors (index errors, `ItemNotFoundError`); `service.errors` maps them to HTTP in one place.
