@@ -193,10 +193,10 @@ def print_ceiling(raws: list[Raw], cores: int) -> None:
 
 
 def default_way(mean_bytes: float) -> str:
-    """How `ingest`'s defaults decode files of this mean size (`service.ingest.DECODE_THREADS_MIN_BYTES`)."""
-    from service.ingest import DECODE_THREADS_MIN_BYTES
+    """How `ingest`'s defaults decode files of this mean size on this machine (`service.ingest.decode_alone`)."""
+    from service.ingest import Item, decode_alone, usable_cores
 
-    return "between passes" if mean_bytes >= DECODE_THREADS_MIN_BYTES else "ahead"
+    return "between passes" if decode_alone([Item(b"x" * int(mean_bytes))], usable_cores()) else "ahead"
 
 
 def one_round(embedder, work: Path, workers: int, r: int) -> tuple[Raw, list[tuple[str, float, int]]]:

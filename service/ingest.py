@@ -41,6 +41,10 @@ Embed = Callable[[np.ndarray], np.ndarray]
 # files' decoding fits beside and large files' does not.
 DECODE_THREADS_MIN_BYTES = 40 * 1024
 MAX_DECODE_THREADS = 8
+# On this few cores every batch is decoded alone: once the faster pyramid kernels kept both cores busy
+# (1.9 of 2 at raw speed), 26 KiB files decoded in two threads between passes beat two threads ahead
+# in 5 of 9 rounds, lost 1 and tied 3 (medians 76-81 % of raw against 66-79 %; docs/results.md).
+FEW_CORES = 2
 
 
 @dataclass(frozen=True)
@@ -121,7 +125,9 @@ def ingest(
     processes, one batch ahead of the model: batch k+1 is decoded while batch k is embedded. Otherwise it
     runs in `decode_threads` threads (None: one per core, at most MAX_DECODE_THREADS): one batch ahead
     with `decode_ahead`, each batch alone between model passes without, and with None (the default)
-    ahead for batches of small files and alone for batches of large ones (DECODE_THREADS_MIN_BYTES)."""
+    ahead for batches of small files and alone for batches of large ones (DECODE_THREADS_MIN_BYTES), or
+    every batch alone on FEW_CORES cores or fewer (`decode_alone`)."""
+    cores = usable_cores()
     if workers > 0:  # fork, as torch's DataLoader does on Linux: workers start at once and only decode
         pool: Executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
         decode_ahead = True
@@ -130,7 +136,7 @@ def ingest(
     with pool:
         ahead: deque[tuple[_Plan, list[Future], bool]] = deque()
         for batch in batched(items, batch_size):
-            alone = not decode_ahead if decode_ahead is not None else large_files(batch)
+            alone = not decode_ahead if decode_ahead is not None else decode_alone(batch, cores)
             while alone and ahead:  # the passes before it first: its decode then has every core
                 yield from _finish_pipelined(index, *ahead.popleft(), decode, embed, decode_errors)
             plan, in_flight = _plan(index, batch), bool(ahead)
@@ -265,6 +271,16 @@ def _redo_deleted(
         again = ingest_batch(index, [items[i] for i in gone], decode=decode, embed=embed, decode_errors=decode_errors)
         for i, outcome in zip(gone, again):
             outcomes[i] = outcome
+
+
+def decode_alone(items: list[Item], cores: int) -> bool:
+    """Whether `ingest` decodes this batch alone between model passes by default (else one batch ahead)."""
+    return cores <= FEW_CORES or large_files(items)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def large_files(items: list[Item]) -> bool:

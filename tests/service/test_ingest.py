@@ -139,7 +139,7 @@ def test_decoding_ahead_or_side_by_side_gives_the_same_outcomes(tmp_path, images
     )  # junk fails alone; a repeat is a duplicate
 
 
-def test_by_default_small_files_are_decoded_ahead_and_large_ones_alone(tmp_path):
+def test_by_default_small_files_are_decoded_ahead_and_large_ones_alone(tmp_path, monkeypatch):
     import time
 
     import service.ingest as ingest_module
@@ -156,6 +156,7 @@ def test_by_default_small_files_are_decoded_ahead_and_large_ones_alone(tmp_path)
         passes_ended.append(time.perf_counter())
         return CountingEmbed()(x)
 
+    monkeypatch.setattr(ingest_module, "usable_cores", lambda: ingest_module.FEW_CORES + 2)
     big = ingest_module.DECODE_THREADS_MIN_BYTES
     small = [Item(bytes([i]) * 1_000, source=f"small{i}") for i in range(4)]
     large = [Item(bytes([100 + i]) * big, source=f"large{i}") for i in range(2)]
@@ -189,3 +190,12 @@ def test_decoding_ahead_in_threads_decodes_the_next_batch_before_the_pass_ends(t
         assert [o.ok for _, o in got] == [True] * 4 and idx.count == 4
     assert all(name.startswith("afv-decode") for _, name in decoded.values())
     assert decoded["s2"][0] < passes_ended[0] and decoded["s3"][0] < passes_ended[0]  # batch 2, during pass 1
+
+
+def test_on_few_cores_every_batch_is_decoded_alone_by_default():
+    import service.ingest as ingest_module
+
+    small, large = [Item(b"x" * 1_000)], [Item(b"x" * ingest_module.DECODE_THREADS_MIN_BYTES)]
+    few, more = ingest_module.FEW_CORES, ingest_module.FEW_CORES + 1
+    assert ingest_module.decode_alone(small, few) and ingest_module.decode_alone(large, few)
+    assert not ingest_module.decode_alone(small, more) and ingest_module.decode_alone(large, more)
