@@ -104,8 +104,8 @@ class MicroBatcher:
             raise ValueError("max_batch and workers must be ≥ 1 and max_wait_s ≥ 0")
         self.fns, self.max_batch, self.max_wait_s = fns, max_batch, max_wait_s
         self.images_per_row = {kind: 1 for kind in fns} | (images_per_row or {})
-        if min(self.images_per_row.values()) < 1 or max(self.images_per_row.values()) > max_batch:
-            raise ValueError("images_per_row must be between 1 and max_batch")
+        if min(self.images_per_row.values()) < 1:
+            raise ValueError("images_per_row must be ≥ 1")
         self.workers, self.thread_init, self.thread_exit = workers, thread_init, thread_exit
         self.observer = observer or _NullObserver()
         self._pending: collections.deque[_Job] = collections.deque()
@@ -148,7 +148,7 @@ class MicroBatcher:
         if kind not in self.fns:
             raise KeyError(f"unknown batch kind {kind!r}")
         loop = asyncio.get_running_loop()
-        rows = self.max_batch // self.images_per_row[kind]
+        rows = max(1, self.max_batch // self.images_per_row[kind])  # a row larger than max_batch goes alone
         jobs = [_Job(kind, x[i : i + rows], loop.create_future()) for i in range(0, len(x), rows)]
         self._enqueue(lambda: self._pending.extend(jobs))
         parts = await asyncio.gather(*(j.future for j in jobs))
@@ -200,7 +200,7 @@ class MicroBatcher:
         batch: list[_Job] = []
         n: collections.Counter[str] = collections.Counter()
         while True:
-            while self._pending and n[self._pending[0].kind] + self._images(self._pending[0]) <= self.max_batch:
+            while self._pending and self._fits(self._pending[0], n[self._pending[0].kind]):
                 job = self._pending.popleft()
                 batch.append(job)
                 n[job.kind] += self._images(job)
@@ -215,6 +215,10 @@ class MicroBatcher:
 
     def _images(self, job: _Job) -> int:
         return len(job.x) * self.images_per_row[job.kind]
+
+    def _fits(self, job: _Job, taken: int) -> bool:
+        """Whether `job` joins a pass that has `taken` images of its kind (a first job always does)."""
+        return taken == 0 or taken + self._images(job) <= self.max_batch
 
     def _run_call(self, call: _Call) -> None:
         try:

@@ -168,7 +168,7 @@ def test_invalid_configuration():
     with pytest.raises(ValueError):
         MicroBatcher({"f": Recorder()}, workers=0)
     with pytest.raises(ValueError):
-        MicroBatcher({"f": Recorder()}, max_batch=4, images_per_row={"f": 5})
+        MicroBatcher({"f": Recorder()}, images_per_row={"f": 0})
 
 
 def test_each_kind_fills_its_own_pass():
@@ -273,3 +273,12 @@ def test_rows_of_image_pairs_count_twice_toward_the_batch_and_the_metrics():
     assert out[0].tolist() == (pairs * 2).tolist() and len(out[1]) == 2
     assert max(rec.sizes) == 3 and sum(rec.sizes) == 9  # at most 6 images: 3 pairs a pass
     assert sum(n for _, n in seen.images) == 18 and {k for k, _ in seen.images} == {"pairs"}
+
+
+def test_a_row_of_more_images_than_a_batch_holds_runs_in_a_pass_of_its_own():
+    rec = Recorder()
+    b = MicroBatcher({"triplets": rec}, max_batch=2, max_wait_s=0.01, images_per_row={"triplets": 3})
+    rows = np.arange(3 * 3).reshape(3, 3)
+    out = run(_with(b, lambda: asyncio.wait_for(b.submit("triplets", rows), 10)))
+    assert out.tolist() == (rows * 2).tolist()
+    assert rec.sizes == [1, 1, 1]

@@ -124,3 +124,13 @@ def test_a_set_distance_streamed_in_batches_is_the_models_set_distance(tmp_path)
     x = torch.from_numpy(np.stack([ext.preprocess(cifar(i)) for i in range(12)]))
     assert served["n_a"] == 7 and served["n_b"] == 5
     assert served["distance"] == pytest.approx(ext.set_distance(x[:7], x[7:]), rel=1e-4)
+
+
+def test_a_batch_smaller_than_a_2afc_triplet_still_answers_it(tmp_path):
+    server, thread, url = start_server(test_settings(tmp_path, batch_max_size=2))
+    try:
+        files = {"ref": png(0), "p0": png(0), "p1": png(5)}
+        r = httpx.post(f"{url}/v1/2afc", files=files, timeout=60)
+    finally:
+        stop_server(server, thread)
+    assert r.status_code == 200 and r.json()["choice"] == 0 and r.json()["d0"] == pytest.approx(0, abs=1e-3)
