@@ -132,7 +132,7 @@ def ingest(
         pool: Executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
         decode_ahead = True
     else:
-        pool = ThreadPoolExecutor(decode_threads or min(MAX_DECODE_THREADS, os.cpu_count() or 1), "afv-decode")
+        pool = ThreadPoolExecutor(decode_threads or min(MAX_DECODE_THREADS, cores), "afv-decode")
     with pool:
         ahead: deque[tuple[_Plan, list[Future], bool]] = deque()
         for batch in batched(items, batch_size):

@@ -90,7 +90,7 @@ class Settings(BaseSettings):
         default=True,
         description="Before serving, run the model once per batch-size bucket (1, 2, 4, … batch_max_size), so "
         "that its timed kernel choices are made at start-up and not during the first requests "
-        "(about 2 s for the bundled model on 2 cores).",
+        "(about 3.5 s of start-up for the bundled model on 2 cores).",
     )
 
     # JND: distances at or below the threshold are judged "same". None = calibrated file, else synthetic.

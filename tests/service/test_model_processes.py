@@ -161,24 +161,30 @@ def _torch_work(x: np.ndarray) -> np.ndarray:
     return np.array([[split_threads(torch.device("cpu")), torch.get_num_threads()]] * len(x), np.float32)
 
 
-def test_a_worker_of_several_threads_runs_after_the_parent_used_openmp():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    a = torch.randn(1500, 1500)
-    (a.clone() @ a).sum()  # the parent's OpenMP threads exist now: a forked child must not wait for them
-    torch.set_num_threads(before)
-    proc = ModelProcess({"torch": _torch_work}, IN_BYTES, OUT_BYTES, torch_threads=2)
+def _first_pass_of_a_two_thread_worker(kind: str, fn, x: np.ndarray) -> np.ndarray | None:
+    """`fn(x)` run as the first pass of a forked worker of 2 threads; None if it hung (killed after 60 s)."""
+    proc = ModelProcess({kind: fn}, IN_BYTES, OUT_BYTES, torch_threads=2)
     proc.start()
     done: dict[str, np.ndarray] = {}
-    runner = threading.Thread(target=lambda: done.setdefault("out", proc.run("torch", _images(2, 0))), daemon=True)
+    runner = threading.Thread(target=lambda: done.setdefault("out", proc.run(kind, x)), daemon=True)
     runner.start()
     runner.join(60)
     if runner.is_alive():  # hung: free the test run from it
         os.kill(proc.pid, signal.SIGKILL)
         runner.join(10)
     proc.stop()
-    assert "out" in done, "the worker hung in its first parallel region"
-    assert done["out"][0].tolist() == [2, 1]  # split across 2 threads of its own, torch itself single-threaded
+    return done.get("out")
+
+
+def test_a_worker_of_several_threads_runs_after_the_parent_used_openmp():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    a = torch.randn(1500, 1500)
+    (a.clone() @ a).sum()  # the parent's OpenMP threads exist now: a forked child must not wait for them
+    torch.set_num_threads(before)
+    out = _first_pass_of_a_two_thread_worker("torch", _torch_work, _images(2, 0))
+    assert out is not None, "the worker hung in its first parallel region"
+    assert out[0].tolist() == [2, 1]  # split across 2 threads of its own, torch itself single-threaded
 
 
 def test_a_worker_splits_its_batches_with_a_splitter_the_parent_used_before_the_fork():
@@ -191,15 +197,6 @@ def test_a_worker_splits_its_batches_with_a_splitter_the_parent_used_before_the_
     def split(_: np.ndarray) -> np.ndarray:
         return torch.cat(splitter.map(lambda m, part: m(part), x, threads=2)).numpy()
 
-    proc = ModelProcess({"split": split}, IN_BYTES, OUT_BYTES, torch_threads=2)
-    proc.start()
-    done: dict[str, np.ndarray] = {}
-    runner = threading.Thread(target=lambda: done.setdefault("out", proc.run("split", _images(1, 0))), daemon=True)
-    runner.start()
-    runner.join(60)
-    if runner.is_alive():  # hung: free the test run from it
-        os.kill(proc.pid, signal.SIGKILL)
-        runner.join(10)
-    proc.stop()
-    assert "out" in done, "the worker waited for the parent's pool threads"
-    np.testing.assert_allclose(done["out"], parent.detach().numpy(), rtol=1e-6)
+    out = _first_pass_of_a_two_thread_worker("split", split, _images(1, 0))
+    assert out is not None, "the worker waited for the parent's pool threads"
+    np.testing.assert_allclose(out, parent.detach().numpy(), rtol=1e-6)
