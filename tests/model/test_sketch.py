@@ -123,3 +123,19 @@ def test_a_map_too_large_for_csr_adds_the_same_buckets(monkeypatch):
     via_csr = sketch(z)
     monkeypatch.setattr("model.sketch.CSR_MAX_NNZ", 10)
     torch.testing.assert_close(sketch(z), via_csr, rtol=1e-5, atol=1e-5)
+
+
+def test_replicas_of_a_sketch_build_its_csr_map_once_and_share_it(monkeypatch):
+    """The CPU model threads' replicas (`replicate`) use the map the first of them built, with the same result."""
+    from model.parallel import replicate
+
+    sketch, z = SparseSketch(500, 32, seed=1), torch.randn(3, 500)
+    builds = []
+    build = SparseSketch._build_csr
+    monkeypatch.setattr(SparseSketch, "_build_csr", lambda self: builds.append(1) or build(self))
+    copies = [replicate(sketch) for _ in range(3)]
+    results = [c(z) for c in copies] + [sketch(z)]
+    assert len(builds) == 1
+    assert copies[0]._csr() is copies[2]._csr() is sketch._csr()
+    for r in results[1:]:
+        torch.testing.assert_close(r, results[0])
