@@ -11,6 +11,10 @@ Makes N distinct JPEG photos-like files (size×size), then, in one run:
   of indexes made before that pin. It also says which way `ingest`'s defaults take for these files
   (by their mean size). Odd rounds (`--repeats`) run the pipeline runs in reverse order.
 
+Every pipeline run is measured against the mean of two raw runs, one just before and one just after
+it: on these shared machines the raw rate varied 2× within minutes (229-479 img/s), so one raw run per
+round left the ratios drifting by more than the differences between the ways of decoding.
+
     .venv/bin/python bench/ingest_throughput.py                                  # bundled default model
     .venv/bin/python bench/ingest_throughput.py --readout global --images 1000   # the whole-image read-out
     .venv/bin/python bench/ingest_throughput.py --model RUN_DIR --size 512 --workers 1 --threads 1
@@ -141,7 +145,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1, help="Decode processes for the pipelined run.")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's).")
     ap.add_argument("--device", default="cpu", help="cpu, cuda, or auto (images/s per GPU on a GPU machine).")
-    ap.add_argument("--repeats", type=int, default=1, help="Rounds of all runs, each ratio against its round's raw.")
+    ap.add_argument("--repeats", type=int, default=1, help="Rounds of all runs (medians printed).")
     args = ap.parse_args()
 
     import torch
@@ -164,20 +168,20 @@ def main() -> None:
         f"torch threads {torch.get_num_threads()}"
     )
     print(f"`afv index build` decodes these files ({mean_bytes / 1024:.0f} KiB on average) {default_way(mean_bytes)}")
-    print(f"{'run':<28} {'img/s':>8} {'vs raw':>7} {'added':>6}")
+    print("each run against the mean of the raw runs just before and after it (raw varied 2x within minutes here)")
+    print(f"{'run':<28} {'img/s':>8} {'raw':>8} {'vs raw':>7} {'added':>6}")
     cores = os.cpu_count() or 1
-    for r, (raw, rows) in enumerate(rounds):
+    for r, (_, rows) in enumerate(rounds):
         if args.repeats > 1:
             print(f"round {r + 1}")
-        print(f"{'raw sketch (pre-decoded)':<28} {raw.rate:>8.1f} {1:>6.0%} {'-':>6}")
-        for name, rate, n in rows:
-            print(f"{name:<28} {rate:>8.1f} {rate / raw.rate:>6.0%} {n:>6}")
+        for row in rows:
+            print(f"{row.name:<28} {row.rate:>8.1f} {row.raw:>8.1f} {row.share:>6.0%} {row.added:>6}")
     if args.repeats > 1:
-        print("median over the rounds of each run's share of its round's raw rate:")
-        for i, (name, _, _) in enumerate(rounds[0][1]):
-            print(f"{name:<28} {np.median([rows[i][1] / raw.rate for raw, rows in rounds]):>15.0%}")
+        print("median over the rounds of each run's share of raw:")
+        for i, row in enumerate(rounds[0][1]):
+            print(f"{row.name:<28} {np.median([rows[i].share for _, rows in rounds]):>24.0%}")
     if embedder.device.type == "cpu":
-        print_ceiling([raw for raw, _ in rounds], cores)
+        print_ceiling([raw for raws, _ in rounds for raw in raws], cores)
 
 
 def print_ceiling(raws: list[Raw], cores: int) -> None:
@@ -199,11 +203,26 @@ def default_way(mean_bytes: float) -> str:
     return "between passes" if decode_alone([Item(b"x" * int(mean_bytes))], usable_cores()) else "ahead"
 
 
-def one_round(embedder, work: Path, workers: int, r: int) -> tuple[Raw, list[tuple[str, float, int]]]:
-    """Raw, and the pipeline decoding in one thread between model passes, in torch's number of threads
-    between passes and one batch ahead, in `workers` processes ahead, and in one thread with the full
-    JPEG decode: (name, img/s, added) in that order. Odd rounds run the pipeline runs in reverse order,
-    so that no run always comes first or last."""
+@dataclass
+class Row:
+    """One pipeline run: its images/s, the raw rate around it (the mean of the raw runs just before and
+    after), and how many images it added."""
+
+    name: str
+    rate: float
+    raw: float
+    added: int
+
+    @property
+    def share(self) -> float:
+        return self.rate / self.raw
+
+
+def one_round(embedder, work: Path, workers: int, r: int) -> tuple[list[Raw], list[Row]]:
+    """The pipeline decoding in one thread between model passes, in torch's number of threads between
+    passes and one batch ahead, in `workers` processes ahead, and in one thread with the full JPEG
+    decode, with a raw run before the first and after each: (the raw runs, the rows in that order). Odd
+    rounds run the pipeline runs in reverse order, so that no run always comes first or last."""
     import torch
 
     tag, photos, threads = f"-{r}", work / "photos", torch.get_num_threads()
@@ -214,11 +233,13 @@ def one_round(embedder, work: Path, workers: int, r: int) -> tuple[Raw, list[tup
     if workers > 0:
         runs.append((f"{workers} process(es), ahead", {"workers": workers}))
     runs.append(("1 thread, full JPEG decode", {"workers": 0, "reduced": False}))
-    raw = raw_rate(embedder, photos, work, tag)
-    rates = {}
-    for name, how in runs[::-1] if r % 2 else runs:
-        rates[name] = pipeline_rate(embedder, photos, work, tag=tag, **how)
-    return raw, [(name, *rates[name]) for name, _ in runs]
+    raws = [raw_rate(embedder, photos, work, f"{tag}-0")]
+    rows = {}
+    for k, (name, how) in enumerate(runs[::-1] if r % 2 else runs, 1):
+        rate, added = pipeline_rate(embedder, photos, work, tag=tag, **how)
+        raws.append(raw_rate(embedder, photos, work, f"{tag}-{k}"))
+        rows[name] = Row(name, rate, (raws[-2].rate + raws[-1].rate) / 2, added)
+    return raws, [rows[name] for name, _ in runs]
 
 
 if __name__ == "__main__":
