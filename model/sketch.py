@@ -136,10 +136,11 @@ class _SharedLazy:
 
     def get(self, build: Callable[[], torch.Tensor]) -> torch.Tensor:
         """The value, built by `build` if no copy has built it yet."""
-        with self._lock:
-            if self._value is None:
-                self._value = build()
-            return self._value
+        if self._value is None:  # the lock only until it is built: no lock to inherit held across a later fork
+            with self._lock:
+                if self._value is None:
+                    self._value = build()
+        return self._value
 
 
 def _transposed(z: torch.Tensor) -> torch.Tensor:
