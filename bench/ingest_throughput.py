@@ -12,7 +12,7 @@ Makes N distinct JPEG photos-like files (size×size), then, in one run:
   (by their mean size). Odd rounds (`--repeats`) run the pipeline runs in reverse order.
 
 Every pipeline run is measured against the mean of two raw runs, one just before and one just after
-it: on these shared machines the raw rate varied 2× within minutes (229-479 img/s), so one raw run per
+it: on these shared machines the raw rate varied 2× within minutes (229-494 img/s), so one raw run per
 round left the ratios drifting by more than the differences between the ways of decoding.
 
     .venv/bin/python bench/ingest_throughput.py                                  # bundled default model

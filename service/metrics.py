@@ -47,7 +47,7 @@ class Metrics:
         )
         self.images_embedded = Counter(
             "afv_images_embedded_total",
-            "Images run through the model, by kind (afv, pairs, embed).",
+            "Images run through the model, by kind (afv, pairs, triplets, embed).",
             ["kind"],
             registry=r,
         )
