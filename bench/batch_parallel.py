@@ -3,6 +3,7 @@
 
     .venv/bin/python bench/batch_parallel.py                              # bundled default model
     .venv/bin/python bench/batch_parallel.py --model RUN --mode exact --batch 32
+    .venv/bin/python bench/batch_parallel.py --threads 1     # one thread: the whole batch against parts in turn
 """
 
 from __future__ import annotations
@@ -40,7 +41,10 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--part", type=int, default=None, help="Images per part (default: PART_IMAGES).")
+    ap.add_argument("--threads", type=int, default=None, help="Torch threads (default: torch's, one per core).")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     embedder = load_embedder(args.model, device="cpu", batch_size=args.batch)
     projector = Projector(embedder, d=1024, mode=args.mode or auto_mode(embedder))

@@ -118,13 +118,14 @@ class BatchSplitter(Generic[T]):
     def map(self, fn: Callable[[T, torch.Tensor], R], x: torch.Tensor, threads: int, part: int = 0) -> list[R]:
         """fn on `x` split along dim 0 and run on `threads` threads: the results in order. The parts are a
         multiple of `threads`, of about `part` images each (0: one part per thread), so a thread that
-        something else slows down takes fewer of them. With one thread the batch stays whole and runs on
-        the calling thread (one thread gains nothing from parts: whole batches ran 5-10 % faster)."""
+        something else slows down takes fewer of them. With one thread the parts run in turn on the
+        calling thread: parts of 8 fit the caches, where a whole batch of 64 ran at 0.6-0.8× their images/s
+        (`bench/batch_parallel.py --threads 1`)."""
         per_thread = max(1, math.ceil(x.shape[0] / (threads * part))) if part > 0 else 1
         pieces = list(torch.tensor_split(x, max(1, min(threads * per_thread, x.shape[0]))))
         if threads <= 1 or len(pieces) == 1:
             with self._borrow() as r:
-                return [fn(r, x)]
+                return [fn(r, p) for p in pieces]
         return list(self._ensure(min(threads, len(pieces))).map(lambda p: self._call(fn, p), pieces))
 
     def _call(self, fn: Callable[[T, torch.Tensor], R], part: torch.Tensor) -> R:
@@ -219,5 +220,7 @@ class SplitProjector:
 
     def embed(self, x: torch.Tensor) -> np.ndarray:
         """N×3×R×R uint8 images → N×d float32 sketches, as `Projector.embed` computes them."""
-        parts = self._parts.map(Projector.embed, x, split_threads(self.projector.extractor.device), self.part)
+        device = self.projector.extractor.device
+        part = self.part if device.type == "cpu" else 0  # a GPU takes the batch whole
+        parts = self._parts.map(Projector.embed, x, split_threads(device), part)
         return parts[0] if len(parts) == 1 else np.concatenate(parts)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.parallel import BatchSplitter, model_threads, replicate, split_threads
+from model.parallel import BatchSplitter, SplitProjector, model_threads, replicate, split_threads
 from model.sampled import SampledAFV
 from model.sketch import Projector
 
@@ -94,10 +94,25 @@ def test_off_the_cpu_a_batch_is_not_split():
     assert split_threads(torch.device("cuda")) == 1 and split_threads(torch.device("cpu")) == torch.get_num_threads()
 
 
-def test_one_thread_runs_the_whole_batch_on_the_calling_thread(two_torch_threads):
+def test_one_thread_runs_the_parts_in_turn_on_the_calling_thread(two_torch_threads):
     splitter = BatchSplitter(object())
-    calls = splitter.map(lambda _, x: (len(x), threading.current_thread()), torch.zeros(20), 1, part=8)
-    assert calls == [(20, threading.current_thread())] and splitter.replicas == 1
+    calls = splitter.map(lambda _, x: (int(x[0]), len(x), threading.current_thread()), torch.arange(20), 1, part=8)
+    me = threading.current_thread()
+    assert calls == [(0, 7, me), (7, 7, me), (14, 6, me)] and splitter.replicas == 1
+
+
+def test_without_a_part_size_one_thread_runs_the_whole_batch(two_torch_threads):
+    splitter = BatchSplitter(object())
+    assert splitter.map(lambda _, x: len(x), torch.zeros(20), 1) == [20]
+
+
+def test_off_the_cpu_a_split_projector_embeds_the_batch_whole(extractor, image_batch, monkeypatch):
+    split = SplitProjector(Projector(extractor, d=64, mode="sampled", samples=256), part=2)
+    sizes: list[int] = []
+    monkeypatch.setattr(Projector, "embed", lambda self, x: sizes.append(len(x)) or np.zeros((len(x), 64)))
+    monkeypatch.setattr(split.projector.extractor, "device", torch.device("cuda"))  # only read, never used
+    split.embed(image_batch[:6])
+    assert sizes == [6]
 
 
 def test_concurrent_whole_batch_callers_get_replicas_of_their_own(extractor, image_batch):

@@ -28,7 +28,7 @@ def _pyramid(ex: AFVExtractor, readout: str) -> PyramidAFVExtractor:
     return PyramidAFVExtractor(ex, spec, pyramid.estimate_pyramid_stats(ex.d, ex.g, spec, 16, batch_size=16))
 
 
-@pytest.mark.parametrize("kernel", ["sparse", "dense", "gather", "chosen"])
+@pytest.mark.parametrize("kernel", ["sparse", "dense", "gather", "accumulate", "chosen"])
 @pytest.mark.parametrize("grid", [1, 2, 4])
 def test_sampled_kernels_equal_the_exact_cell_gradient_at_their_coordinates(extractor, image_batch, grid, kernel):
     d = extractor.d
@@ -45,16 +45,21 @@ def test_sampled_kernels_equal_the_exact_cell_gradient_at_their_coordinates(extr
         "sparse": lambda: sampled._sparse_select(m, a, g, masks, grid),
         "dense": lambda: sampled._dense_select(m, a, g, coords, grid),
         "gather": lambda: sampled._gather_select(m, a, g, masks, grid),
+        "accumulate": lambda: sampled._accumulate_select(m, a, g, coords, grid),
         "chosen": lambda: sampled_weight_cells(m, a, g, plan, masks, grid),
     }[kernel]()
     torch.testing.assert_close(got, exact[:, :, coords], rtol=1e-4, atol=1e-5 * float(exact.abs().max()))
 
 
-@pytest.mark.parametrize("kernel", ["sparse", "dense", "gather", "gather one image at a time"])
+@pytest.mark.parametrize(
+    "kernel",
+    ["sparse", "dense", "gather", "gather one image at a time", "accumulate", "accumulate one image at a time"],
+)
 @pytest.mark.parametrize(("size", "padding"), [(3, 1), (3, 0), (5, 2), (1, 0), (3, 2)])
 def test_sampled_kernels_are_exact_for_any_kernel_size_and_padding(size, padding, kernel, monkeypatch):
-    if kernel == "gather one image at a time":
+    if kernel.endswith("one image at a time"):
         monkeypatch.setattr(sampled, "GATHER_CHUNK_BYTES", 1)
+        monkeypatch.setattr(sampled, "ACCUMULATE_CHUNK_BYTES", 1)
     torch.manual_seed(0)
     m = nn.Conv2d(4, 6, size, padding=padding)
     a = torch.randn(3, 4, 8, 8)
@@ -70,6 +75,7 @@ def test_sampled_kernels_are_exact_for_any_kernel_size_and_padding(size, padding
         "sparse": lambda: sampled._sparse_select(m, a, g, masks, grid),
         "dense": lambda: sampled._dense_select(m, a, g, coords, grid),
         "gather": lambda: sampled._gather_select(m, a, g, masks, grid),
+        "accumulate": lambda: sampled._accumulate_select(m, a, g, coords, grid),
     }[kernel.split()[0]]()
     torch.testing.assert_close(got, exact[:, :, coords], rtol=1e-4, atol=1e-5 * float(exact.abs().max()))
 
