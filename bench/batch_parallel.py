@@ -30,7 +30,7 @@ def rate(fn, x: torch.Tensor, batch: int) -> float:
 
 def main() -> None:
     from model.loading import load_embedder
-    from model.parallel import PART_IMAGES, SplitProjector
+    from model.parallel import PART_IMAGES, SERIAL_PART_IMAGES, SplitProjector
     from model.sketch import Projector
     from service.model_index import auto_mode
 
@@ -40,7 +40,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--images", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--part", type=int, default=None, help="Images per part (default: PART_IMAGES).")
+    ap.add_argument(
+        "--part", type=int, default=None, help="Images per part (default: PART_IMAGES, one thread SERIAL_)."
+    )
     ap.add_argument("--threads", type=int, default=None, help="Torch threads (default: torch's, one per core).")
     args = ap.parse_args()
     if args.threads:
@@ -48,7 +50,7 @@ def main() -> None:
 
     embedder = load_embedder(args.model, device="cpu", batch_size=args.batch)
     projector = Projector(embedder, d=1024, mode=args.mode or auto_mode(embedder))
-    split = SplitProjector(projector, PART_IMAGES if args.part is None else args.part)
+    split = SplitProjector(projector, args.part or PART_IMAGES, args.part or SERIAL_PART_IMAGES)
     r = embedder.resolution
     x = torch.randint(0, 256, (args.images, 3, r, r), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     diff = float(np.abs(split.embed(x[: args.batch]) - projector.embed(x[: args.batch])).max())
@@ -58,7 +60,8 @@ def main() -> None:
         parts.append(rate(split.embed, x, args.batch))
     print(
         f"{embedder.name} ({projector.mode} sketch), batch {args.batch}, {torch.get_num_threads()} torch threads, "
-        f"parts of {split.part or 'batch / threads'} images, {args.images} images x {args.repeats}"
+        f"parts of {split.part if torch.get_num_threads() > 1 else split.serial_part} images, "
+        f"{args.images} images x {args.repeats}"
     )
     print(f"one pass, intra-op threads : {' '.join(f'{v:7.1f}' for v in one)} img/s")
     print(f"split across the threads   : {' '.join(f'{v:7.1f}' for v in parts)} img/s")

@@ -32,6 +32,9 @@ R = TypeVar("R")
 # Images per part of a split sketch: parts of 8 ran faster than parts of 32, 16 or 4 (a batch of 64 on 2
 # threads, bench/batch_parallel.py --part): they fit the caches, and a slowed thread takes fewer of them.
 PART_IMAGES = 8
+# One thread runs a batch in parts of 16 in turn: whole batches of 32-64 ran at 0.6-0.9× their images/s
+# (the working set leaves the caches), parts of 8 lost to 16 on the fast 32-px models and small batches.
+SERIAL_PART_IMAGES = 16
 # Independent model threads by default (service.batching): measured on 2 cores only; beyond 4, batches
 # from 32 clients would get small enough to cost more per image than the barriers they avoid.
 MAX_MODEL_THREADS = 4
@@ -119,8 +122,7 @@ class BatchSplitter(Generic[T]):
         """fn on `x` split along dim 0 and run on `threads` threads: the results in order. The parts are a
         multiple of `threads`, of about `part` images each (0: one part per thread), so a thread that
         something else slows down takes fewer of them. With one thread the parts run in turn on the
-        calling thread: parts of 8 fit the caches, where a whole batch of 64 ran at 0.6-0.8× their images/s
-        (`bench/batch_parallel.py --threads 1`)."""
+        calling thread (`SERIAL_PART_IMAGES`)."""
         per_thread = max(1, math.ceil(x.shape[0] / (threads * part))) if part > 0 else 1
         pieces = list(torch.tensor_split(x, max(1, min(threads * per_thread, x.shape[0]))))
         if threads <= 1 or len(pieces) == 1:
@@ -214,13 +216,14 @@ class SplitProjector:
     """A projector's `embed`, each call split across the calling thread's torch threads on CPU, in parts of
     about `part` images."""
 
-    def __init__(self, projector: Projector, part: int = PART_IMAGES):
-        self.projector, self.part = projector, part
+    def __init__(self, projector: Projector, part: int = PART_IMAGES, serial_part: int = SERIAL_PART_IMAGES):
+        self.projector, self.part, self.serial_part = projector, part, serial_part
         self._parts = BatchSplitter(projector)
 
     def embed(self, x: torch.Tensor) -> np.ndarray:
         """N×3×R×R uint8 images → N×d float32 sketches, as `Projector.embed` computes them."""
         device = self.projector.extractor.device
-        part = self.part if device.type == "cpu" else 0  # a GPU takes the batch whole
-        parts = self._parts.map(Projector.embed, x, split_threads(device), part)
+        threads = split_threads(device)
+        part = 0 if device.type != "cpu" else self.part if threads > 1 else self.serial_part  # a GPU: whole
+        parts = self._parts.map(Projector.embed, x, threads, part)
         return parts[0] if len(parts) == 1 else np.concatenate(parts)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from model import parallel
 from model.parallel import BatchSplitter, SplitProjector, model_threads, replicate, split_threads
 from model.sampled import SampledAFV
 from model.sketch import Projector
@@ -106,8 +107,17 @@ def test_without_a_part_size_one_thread_runs_the_whole_batch(two_torch_threads):
     assert splitter.map(lambda _, x: len(x), torch.zeros(20), 1) == [20]
 
 
+def test_on_one_cpu_thread_a_split_projector_embeds_parts_of_its_serial_size(extractor, image_batch, monkeypatch):
+    split = SplitProjector(Projector(extractor, d=64, mode="sampled", samples=256), part=2, serial_part=4)
+    sizes: list[int] = []
+    monkeypatch.setattr(Projector, "embed", lambda self, x: sizes.append(len(x)) or np.zeros((len(x), 64)))
+    monkeypatch.setattr(parallel, "split_threads", lambda device: 1)
+    assert split.embed(image_batch[:10]).shape == (10, 64)
+    assert sizes == [4, 3, 3]
+
+
 def test_off_the_cpu_a_split_projector_embeds_the_batch_whole(extractor, image_batch, monkeypatch):
-    split = SplitProjector(Projector(extractor, d=64, mode="sampled", samples=256), part=2)
+    split = SplitProjector(Projector(extractor, d=64, mode="sampled", samples=256), part=2, serial_part=2)
     sizes: list[int] = []
     monkeypatch.setattr(Projector, "embed", lambda self, x: sizes.append(len(x)) or np.zeros((len(x), 64)))
     monkeypatch.setattr(split.projector.extractor, "device", torch.device("cuda"))  # only read, never used
