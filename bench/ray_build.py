@@ -10,17 +10,25 @@ index (the shards are added to the index while Ray embeds the rest).
 
     .venv/bin/python bench/ray_build.py ../shared/data/cifar10-jpeg.tar.gz             # 5000, bundled model
     .venv/bin/python bench/ray_build.py FOLDER --images 1000 --model RUN_DIR --shard-size 500
+    .venv/bin/python bench/ray_build.py ../shared/data/cifar10-jpeg.tar.gz --running-cluster
+
+`--running-cluster` starts a local Ray head (`ray start --head`) before both builds and stops it after,
+and the Ray build joins it (`--address auto`): Ray's per-job costs without its start and stop, as on a
+cluster that is already up.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +83,25 @@ def compare(local: Path, ray: Path, queries: int = 100, k: int = 10, seed: int =
         return float(np.abs(A - B).max()), float(rel.max()), float(np.mean(same))
 
 
+@contextmanager
+def running_cluster(start: bool) -> Iterator[None]:
+    """A local Ray head for the duration (when `start`), with this machine's CPUs; stopped after."""
+    if not start:
+        yield
+        return
+    ray = str(Path(sys.executable).parent / "ray")
+    cpus = str(os.cpu_count() or 1)
+    subprocess.run(
+        [ray, "start", "--head", "--num-cpus", cpus, "--include-dashboard=false", "--disable-usage-stats"],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield
+    finally:
+        subprocess.run([ray, "stop"], capture_output=True)
+
+
 def bar_rate(output: str, bar: str) -> float | None:
     """Images per second over a finished tqdm bar in a command's output: its count over its elapsed time."""
     done = re.findall(rf"{re.escape(bar)}: 100%[^\r\n]*? (\d+)/\d+ \[(?:(\d+):)?(\d+):(\d+)<", output)
@@ -92,24 +119,25 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=None, help="Run directory (default: the bundled model).")
     ap.add_argument("--shard-size", type=int, default=1000, help="Images per embedding shard of the Ray build.")
     ap.add_argument("--ray-args", default="", help="More options for the Ray build, e.g. '--workers 2'.")
+    ap.add_argument("--running-cluster", action="store_true", help="Join a Ray head started beforehand.")
     ap.add_argument("--keep", type=Path, default=None, help="Copy the Ray-built index here (for bench/pq_recall.py).")
     args = ap.parse_args()
 
-    import os
-
     model = ["--model", str(args.model)] if args.model else []
-    with tempfile.TemporaryDirectory(prefix="afv-ray-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="afv-ray-bench-") as tmp, running_cluster(args.running_cluster):
         work = Path(tmp)
         n = take_images(args.source, args.images, work / "images")
         local_s, _ = timed_build(work / "images", work / "local", model)
         ray_extra = [*model, "--engine", "ray", "--shard-size", str(args.shard_size), *args.ray_args.split()]
+        ray_extra += ["--address", "auto"] if args.running_cluster else []
         ray_s, ray_out = timed_build(work / "images", work / "ray", ray_extra)
         max_abs, max_rel, same = compare(work / "local", work / "ray")
         if args.keep:
             shutil.copytree(work / "ray", args.keep, ignore=shutil.ignore_patterns("embeddings", "LOCK"))
     shards = next((line for line in ray_out.splitlines() if line.startswith("embedding shards:")), "")
     embed_rate = bar_rate(ray_out, "embedding (ray)")  # shards are added meanwhile: no assembly rate of its own
-    print(f"{n} images of {args.source}, model {args.model or 'bundled default'}, {os.cpu_count()} CPUs")
+    cluster = ", Ray head started beforehand" if args.running_cluster else ""
+    print(f"{n} images of {args.source}, model {args.model or 'bundled default'}, {os.cpu_count()} CPUs{cluster}")
     print(f"{'engine':<8} {'wall s':>8} {'img/s':>8}")
     print(f"{'local':<8} {local_s:>8.1f} {n / local_s:>8.1f}")
     print(f"{'ray':<8} {ray_s:>8.1f} {n / ray_s:>8.1f}   ({shards})")
