@@ -306,7 +306,8 @@ def sampled_weight_cells(
         "gather": lambda: _gather_select(m, a, g, masks, grid, out),
     }
     if g.shape[2] * g.shape[3] <= ACCUMULATE_MAX_POSITIONS * grid * grid:
-        run["accumulate"] = lambda: _accumulate_select(m, a, g, plan.coords, grid, out)
+        coords = plan.coords
+        run["accumulate"] = lambda: _accumulate_select(m, a, g, coords, grid, out)
     if a.dtype == torch.bfloat16:
         del run["sparse"]  # torch's sampled_addmm has no bfloat16 kernel on CPU
     bucket = fisher.size_bucket(a.shape[0])
