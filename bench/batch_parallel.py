@@ -41,7 +41,10 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument(
-        "--part", type=int, default=None, help="Images per part (default: PART_IMAGES, one thread SERIAL_)."
+        "--part",
+        type=int,
+        default=None,
+        help="Images per part (default: PART_IMAGES; on one thread SERIAL_PART_IMAGES).",
     )
     ap.add_argument("--threads", type=int, default=None, help="Torch threads (default: torch's, one per core).")
     args = ap.parse_args()

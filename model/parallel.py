@@ -32,8 +32,8 @@ R = TypeVar("R")
 # Images per part of a split sketch: parts of 8 ran faster than parts of 32, 16 or 4 (a batch of 64 on 2
 # threads, bench/batch_parallel.py --part): they fit the caches, and a slowed thread takes fewer of them.
 PART_IMAGES = 8
-# One thread runs a batch in parts of 16 in turn: whole batches of 32-64 ran at 0.6-0.9× their images/s
-# (the working set leaves the caches), parts of 8 lost to 16 on the fast 32-px models and small batches.
+# One thread runs a batch in parts of 16 in turn: whole batches of 64 ran at 0.6-0.85× their images/s (the
+# working set leaves the caches; bench/batch_parallel.py --threads 1); parts of 8 lost on the fast 32-px models.
 SERIAL_PART_IMAGES = 16
 # Independent model threads by default (service.batching): measured on 2 cores only; beyond 4, batches
 # from 32 clients would get small enough to cost more per image than the barriers they avoid.
@@ -214,7 +214,7 @@ def split_threads(device: torch.device) -> int:
 
 class SplitProjector:
     """A projector's `embed`, each call split across the calling thread's torch threads on CPU, in parts of
-    about `part` images."""
+    about `part` images (with one thread: parts of `serial_part`, in turn)."""
 
     def __init__(self, projector: Projector, part: int = PART_IMAGES, serial_part: int = SERIAL_PART_IMAGES):
         self.projector, self.part, self.serial_part = projector, part, serial_part
@@ -224,6 +224,9 @@ class SplitProjector:
         """N×3×R×R uint8 images → N×d float32 sketches, as `Projector.embed` computes them."""
         device = self.projector.extractor.device
         threads = split_threads(device)
-        part = 0 if device.type != "cpu" else self.part if threads > 1 else self.serial_part  # a GPU: whole
+        if device.type != "cpu":
+            part = 0  # a GPU takes the batch whole
+        else:
+            part = self.part if threads > 1 else self.serial_part
         parts = self._parts.map(Projector.embed, x, threads, part)
         return parts[0] if len(parts) == 1 else np.concatenate(parts)

@@ -246,9 +246,10 @@ def _accumulate_select(
 ) -> torch.Tensor:
     """Per position of a cell, every sampled coordinate's output-gradient channel times its im2col column
     (both gathered from cell rows), accumulated over the cell's positions: work ∝ sampled coordinates ×
-    positions and no GEMM. The fastest kernel where cells hold few positions, where a GEMM of inner size
-    K = positions wastes most of its time (the bundled pyramid's 8×8 maps, 4 per cell: 4× faster than the
-    dense kernel). Chunked over samples so a chunk's products stay in cache."""
+    positions and no GEMM. Fastest where cells hold few positions in large batches, where a GEMM of inner
+    size K = positions writes whole gradients that leave the caches (the bundled pyramid's 8×8 maps, 4 per
+    cell: 2-4× faster than the dense kernel at 32-64 images; in parts of 8 the dense kernel wins). Chunked
+    over samples so a chunk's products stay in cache."""
     width = m.weight.shape[1] * math.prod(m.weight.shape[2:])
     tap_major = _tap_major(coords, m.weight.shape).to(a.device)
     rows, cols = tap_major // width, tap_major % width  # (output channel) and (tap, input channel)
