@@ -435,7 +435,7 @@ class SampledAFV:
         if method == "power":
             magnitude = v.abs()
             squares = self._unit_sums(magnitude)  # the signed square root's square is |v|
-            v = magnitude.sqrt_().copysign_(v)  # one full-size temporary, not two (see `fisher.normalize_`)
+            v = fisher.signed_sqrt(v, magnitude, out=magnitude)  # one full-size temporary, not two
         elif method == "l2":
             squares = self._unit_sums(v.square())
         else:

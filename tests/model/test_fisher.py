@@ -205,6 +205,17 @@ def test_in_place_normalisation_equals_the_pure_one_on_rows_and_views(method):
     assert torch.allclose(fisher.normalize_(part, method), fisher.normalize(v[:, :, 10:30], method), atol=1e-7)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_signed_square_root_keeps_the_sign_and_takes_zero_and_the_tiniest_values_to_zero(dtype):
+    tiny = torch.finfo(dtype).tiny
+    v = torch.cat([torch.randn(1000, dtype=dtype) * 10.0 ** torch.randint(-6, 6, (1000,)), torch.tensor([0.0, -0.0])])
+    v = torch.cat([v, torch.tensor([tiny, -tiny, tiny / 4, -tiny / 4], dtype=dtype)])
+    got = fisher.signed_sqrt(v, v.abs(), out=torch.empty_like(v))
+    want = v.sign() * v.abs().sqrt()
+    torch.testing.assert_close(got[:-2], want[:-2], rtol=2 * torch.finfo(dtype).eps, atol=0.0)
+    assert torch.equal(got[-2:].sign(), v[-2:].sign()) and float(got[-2:].abs().max()) < 1e-19  # subnormals
+
+
 def test_in_place_normalisation_refuses_an_unknown_method():
     with pytest.raises(ValueError, match="unknown normalization"):
         fisher.normalize_(torch.ones(2, 3), "softmax")
