@@ -7,8 +7,8 @@
 #     run  command: "bash bench/gpu_session.sh"   carry: [".whl"]   timeout_s: 540
 #
 # Steps, in this order (`gpu_session.sh STEP…` runs only those):
-#   gpu-tests        the test suite's CUDA tests (`-m gpu`: exact and sampled AFVs on CUDA equal the CPU's),
-#                    which no session has run yet: CI has no GPU
+#   gpu-tests        the suite's `-m gpu` tests, which no session has run yet (CI has no GPU): AFVs, sketches,
+#                    bfloat16, an index, the server and a training run on CUDA against the CPU
 #   extract          the loop, ours and the floor for paper64 and paper (`afv bench extract`; #14 item 5)
 #   sketch-paper64   exact, sampled and fast sketches of untrained paper64 against exact AFVs, images/s
 #   sketch-paper     the same for paper (32 px); the goal is the fast sketch at ≥ 50× the loop
@@ -40,6 +40,8 @@ if compgen -G ".whl/*.whl" > /dev/null; then
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 START=$SECONDS
+GPU_TESTS=(tests/model/test_sampled.py tests/model/test_sketch.py tests/model/test_precision.py tests/model/test_train.py
+           tests/service/test_model_index.py tests/service/test_engine.py)  # every `gpu` test; no Ray, Selenium there
 
 step() {  # step NAME SECONDS COMMAND...: run it into $OUT/NAME.txt within what is left of BUDGET
   local name=$1 limit=$2; shift 2
@@ -53,8 +55,8 @@ step() {  # step NAME SECONDS COMMAND...: run it into $OUT/NAME.txt within what 
 
 run_step() {
   case $1 in
-    gpu-tests) step gpu-tests 45 $PY -m pytest -m gpu -p no:cacheprovider tests/model/test_sampled.py ;;
-    extract) step extract 130 $PY -m service.cli bench extract "${PRESETS[@]}" --device "$DEVICE" \
+    gpu-tests) step gpu-tests 60 $PY -m pytest -m gpu -p no:cacheprovider "${GPU_TESTS[@]}" ;;
+    extract) step extract 120 $PY -m service.cli bench extract "${PRESETS[@]}" --device "$DEVICE" \
       --batch-size 64 --loop-images $LOOP --repeats $REPEATS ;;
     sketch-paper64) step sketch-paper64 60 $PY -m service.cli bench sketch --preset $P64 \
       --images tests/fixtures/tinyimagenet64 --normalization none --mode exact --mode sampled --mode fast -n $N \

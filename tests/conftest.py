@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,14 +18,25 @@ CIFAR = FIXTURES / "cifar10"
 BAPPS = FIXTURES / "bapps"
 
 
+# The device of the `gpu`-marked tests. AFV_TEST_GPU_DEVICE=cpu runs them on the CPU instead, which checks
+# the tests themselves on a machine without CUDA (their comparisons are then CPU against CPU).
+GPU_DEVICE_ENV = "AFV_TEST_GPU_DEVICE"
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Skip `gpu`-marked tests on machines without CUDA (the marker is declared in pyproject.toml)."""
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() or os.environ.get(GPU_DEVICE_ENV):
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")
     for item in items:
         if item.get_closest_marker("gpu") is not None:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def gpu() -> torch.device:
+    """The device of `gpu`-marked tests: CUDA (or $AFV_TEST_GPU_DEVICE)."""
+    return torch.device(os.environ.get(GPU_DEVICE_ENV, "cuda"))
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -3,6 +3,7 @@ and small real images. Conftests that need them import them (`from tests.tiny_mo
 
 from __future__ import annotations
 
+import copy
 import io
 from pathlib import Path
 
@@ -26,6 +27,11 @@ def make_extractor(seed: int = 0, n_stats: int = 32) -> AFVExtractor:
     d, g = Discriminator(preset).eval(), Generator(preset).eval()
     stats = fisher.estimate_stats(fold_spectral_norm(d), g, n_stats, batch_size=n_stats, seed=seed)
     return AFVExtractor(d, g, stats, device=torch.device("cpu"), batch_size=32, name=f"tiny-test-{seed}")
+
+
+def on_device(ex: AFVExtractor, device: torch.device, normalization: str = "power") -> AFVExtractor:
+    """The same model on `device` (G copied first: AFVExtractor moves its G there in place)."""
+    return AFVExtractor(ex.d, copy.deepcopy(ex.g), ex.stats, device=device, normalization=normalization, batch_size=32)
 
 
 @pytest.fixture(autouse=True)

@@ -18,6 +18,7 @@ from model.precision import check_precision, computing_in
 from model.pyramid import PyramidAFVExtractor, parse_readout
 from model.sampled import SampledAFV
 from model.sketch import Projector, pairwise_distances
+from tests.tiny_model import on_device
 
 
 def _power(ex: AFVExtractor) -> AFVExtractor:
@@ -53,6 +54,24 @@ def test_vectors_differ_from_fp32_yet_keep_their_distances(extractor, image_batc
     assert v16.dtype == torch.float32 and v16.shape == v32.shape
     assert not torch.equal(v16, v32)  # bf16 was in effect
     assert _distance_error(v32, v16) < 0.02
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["mixed", "bf16"])
+@pytest.mark.parametrize("kind", ["global", "pyramid", "sampled"])
+def test_on_gpu_bfloat16_vectors_keep_the_distances_of_the_cpus_fp32_ones(extractor, image_batch, gpu, kind, precision):
+    """torch.autocast on CUDA, not the CPU's bfloat16 kernels: the same tolerance as on the CPU."""
+    ex, on_gpu = _power(extractor), on_device(extractor, gpu)
+    if kind == "pyramid":
+        ex = _pyramid(ex)
+        on_gpu = PyramidAFVExtractor(on_gpu, ex.spec, ex.cell_stats.to("cpu"))
+    x = image_batch[:8]
+    if kind == "sampled":
+        v32, v16 = SampledAFV(ex, samples=2000)(x), _in(on_gpu, precision, lambda: SampledAFV(on_gpu, samples=2000)(x))
+    else:
+        v32, v16 = ex.embed(x), _in(on_gpu, precision, lambda: on_gpu.embed(x))
+    assert v16.dtype == torch.float32 and v16.shape == v32.shape
+    assert _distance_error(v32, v16.cpu()) < 0.02
 
 
 @pytest.mark.parametrize("precision", ["mixed", "bf16"])

@@ -3,8 +3,6 @@ the estimate is unbiased over seeds, and every read-out and normalisation goes t
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import pytest
 import torch
@@ -16,6 +14,7 @@ from model.extract import AFVExtractor
 from model.pyramid import PyramidAFVExtractor, parse_readout
 from model.sampled import LayerSample, SampledAFV, plan_samples, sampled_weight_cells, tap_masks
 from model.sketch import pairwise_distances
+from tests.tiny_model import on_device
 
 
 def _with_norm(ex: AFVExtractor, normalization: str) -> AFVExtractor:
@@ -165,12 +164,10 @@ def test_coordinates_are_distinct_and_cover_every_parameter(extractor):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("readout", ["global", "pyramid-2"])
-def test_on_cuda_exact_and_sampled_afvs_match_the_cpu(extractor, image_batch, readout):
-    cuda = torch.device("cuda")
+def test_on_gpu_exact_and_sampled_afvs_match_the_cpu(extractor, image_batch, gpu, readout):
     ex = _with_norm(extractor, "power")
     ex = ex if readout == "global" else _pyramid(ex, readout)
-    g = copy.deepcopy(extractor.g)  # AFVExtractor moves G to its device in place
-    on_gpu = AFVExtractor(extractor.d, g, extractor.stats, device=cuda, normalization="power")
+    on_gpu = on_device(extractor, gpu)
     on_gpu = on_gpu if readout == "global" else PyramidAFVExtractor(on_gpu, ex.spec, ex.cell_stats.to("cpu"))
     x = image_batch[:6]
     for cpu_fn, gpu_fn in [

@@ -139,3 +139,14 @@ def test_replicas_of_a_sketch_build_its_csr_map_once_and_share_it(monkeypatch):
     assert copies[0]._csr() is copies[2]._csr() is sketch._csr()
     for r in results[1:]:
         torch.testing.assert_close(r, results[0])
+
+
+@pytest.mark.gpu
+def test_on_gpu_the_sparse_sketch_adds_the_buckets_the_cpus_sparse_product_does(gpu):
+    """Off the CPU the map is applied in index_add rounds, on it as one CSR product: the same sketch."""
+    m, scale = 20_000, torch.rand(20_000) + 0.5
+    z = torch.randn(6, m)
+    on_cpu = SparseSketch(m, 256, seed=2, scale=scale)(z)
+    on_gpu = SparseSketch(m, 256, seed=2, scale=scale, device=gpu)(z.to(gpu))
+    assert on_gpu.device.type == gpu.type
+    torch.testing.assert_close(on_gpu.cpu(), on_cpu, rtol=1e-4, atol=1e-4 * float(on_cpu.abs().max()))

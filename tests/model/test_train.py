@@ -11,14 +11,14 @@ import torch
 from model.checkpoint import CheckpointError, load_networks, read_checkpoint
 from model.data import load_collection
 from model.ebmgan import EBMGANTrainer
+from model.loading import load_embedder
 from model.presets import PRESETS
 from model.train import TrainConfig, train
 
 
 def _cfg(data, out, steps, **kw) -> TrainConfig:
-    return TrainConfig(
-        data=str(data), out=str(out), preset="tiny", steps=steps, device="cpu", monitor_samples=32, holdout=32, **kw
-    )
+    base = {"preset": "tiny", "device": "cpu", "monitor_samples": 32, "holdout": 32}
+    return TrainConfig(data=str(data), out=str(out), steps=steps, **{**base, **kw})
 
 
 def test_a_few_steps_decrease_the_discriminator_loss(cifar_images):
@@ -51,6 +51,18 @@ def test_resume_after_a_stop_is_bit_exact(cifar_dir, tmp_path):
     for key in ("D", "G", "G_ema"):
         for name, t in a[key].items():
             assert torch.equal(t, b[key][name]), f"{key}.{name} differs after resume"
+
+
+@pytest.mark.gpu
+def test_on_gpu_a_run_trains_resumes_and_then_serves_on_the_cpu(cifar_dir, cifar_images, tmp_path, gpu):
+    """Trained on the GPU (TF32 on), resumed there, and loaded by a machine without one."""
+    run = tmp_path / "run"
+    train(_cfg(cifar_dir, run, 3, ckpt_every=3, device=str(gpu)), progress=False)
+    train(_cfg(cifar_dir, run, 6, ckpt_every=3, device=str(gpu)), progress=False)  # resumes at step 3
+    assert read_checkpoint(run / "last.pt")["step"] == 6
+    embedder = load_embedder(run, device="cpu")
+    vectors = embedder.embed(cifar_images[:4])
+    assert vectors.device.type == "cpu" and bool(torch.isfinite(vectors).all()) and float(vectors.abs().max()) > 0
 
 
 def test_unreadable_files_are_skipped_with_a_warning_naming_them(cifar_dir, tmp_path, caplog):

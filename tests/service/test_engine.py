@@ -51,6 +51,21 @@ def test_two_model_threads_answer_as_one_does(live, tmp_path):
         assert a == pytest.approx(b, rel=1e-4, abs=1e-5)
 
 
+@pytest.mark.gpu
+def test_on_gpu_the_server_answers_as_on_the_cpu(live, tmp_path, gpu):
+    """On the GPU the server runs one model thread, no processes and whole batches: the CPU server's answers."""
+    server, thread, url = start_server(test_settings(tmp_path, device=str(gpu)))
+    try:
+        assert httpx.get(f"{url}/readyz").json()["device"].startswith(gpu.type)
+        on_gpu = _answers(url)
+    finally:
+        stop_server(server, thread)
+    on_cpu = _answers(live.url)
+    assert on_gpu[0] == pytest.approx(on_cpu[0], rel=1e-3)
+    for a, b in zip(on_gpu[1], on_cpu[1]):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3 * np.abs(b).max())
+
+
 def _model_processes(besides: frozenset[int] = frozenset()) -> list:
     """The live model processes of this test process, other than those with the pids `besides`."""
     children = multiprocessing.active_children()

@@ -12,6 +12,7 @@ from model.data import decode_image
 from model.extract import AFVExtractor
 from model.fisher import FisherStats
 from service.model_index import SAMPLED_MIN_DIM, BuildOptions, ModelIndex, auto_mode
+from tests.tiny_model import on_device
 
 
 def _batch(extractor, images) -> np.ndarray:
@@ -101,6 +102,19 @@ def test_with_two_torch_threads_a_sketch_is_split_and_equals_the_one_thread_sket
     assert mi._split._parts._count == 2  # a second replica was made, so the batch was split
     np.testing.assert_allclose(split, one, rtol=1e-5, atol=1e-6 * np.abs(one).max())
     mi.close()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["exact", "sampled"])
+def test_on_gpu_an_index_sketches_as_on_the_cpu(tmp_path, extractor, images, gpu, mode):
+    """Off the CPU a batch runs whole and the sketch's map is applied in index_add rounds: the same sketches."""
+    x = _batch(extractor, images[:7])
+    with ModelIndex.create(tmp_path / "cpu", extractor, BuildOptions(dim=128, mode=mode)) as mi:
+        on_cpu = mi.sketch(x)
+    moved = on_device(extractor, gpu, extractor.normalization)
+    with ModelIndex.create(tmp_path / "gpu", moved, BuildOptions(dim=128, mode=mode)) as mi:
+        on_gpu = mi.sketch(x)
+    np.testing.assert_allclose(on_gpu, on_cpu, rtol=1e-3, atol=1e-3 * np.abs(on_cpu).max())
 
 
 def test_a_new_index_pins_the_reduced_jpeg_decode_and_an_older_one_keeps_the_full_decode(tmp_path, extractor):
