@@ -20,8 +20,13 @@ low-passed generator samples; the two views weigh the same. Edits that remove fi
 downscaling, noise) leave the second view nearly unchanged, while the first view keeps the metric
 sensitive to them (multi-scale input for a model whose finest layers see only high frequencies).
 
-Shapes: B = batch, P = D's parameters, R = Σ n² cells over the levels (times 2 views with
-`+lowres`), vectors are B×(R·P) in view-major, level-major, cell-major (row by row), parameter order.
+With `+grey` every image is also read out as its greyscale copy (ITU-R 601 luma in all three channels,
+as Pillow converts to L), with per-cell statistics from greyscale generator samples; all views weigh
+the same. The grey view of a greyscale copy is the original's grey view, so copies that lost their
+colour (or had it shifted) stay close, at the cost of one more pass per image.
+
+Shapes: B = batch, P = D's parameters, R = Σ n² cells over the levels (times V views: 1, plus one each
+for `+lowres` and `+grey`), vectors are B×(R·P) in view-major, level-major, cell-major (row by row), parameter order.
 """
 
 from __future__ import annotations
@@ -51,6 +56,9 @@ log = logging.getLogger(__name__)
 GLOBAL = "global"
 BLOCKS = "+blocks"
 LOWRES = "+lowres"
+GREY = "+grey"
+FLAGS = (LOWRES, GREY, BLOCKS)  # in the order names list them
+LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, as Pillow's convert("L")
 
 
 @dataclass(frozen=True)
@@ -59,22 +67,24 @@ class Readout:
 
     levels: tuple[int, ...] = (1,)
     per_block: bool = False  # normalise every (cell, block) part separately, blocks weighted equally
-    lowres: bool = False  # add the 2×-low-passed image as a second view
+    lowres: bool = False  # add the 2×-low-passed image as a view
+    grey: bool = False  # add the greyscale image as a view
 
     @property
     def name(self) -> str:
-        """(1,) → 'global'; (1, 2, 4) → 'pyramid-1-2-4'; then '+lowres' and '+blocks' if set."""
+        """(1,) → 'global'; (1, 2, 4) → 'pyramid-1-2-4'; then '+lowres', '+grey' and '+blocks' if set."""
         base = GLOBAL if self.levels == (1,) else "pyramid-" + "-".join(map(str, self.levels))
-        return base + (LOWRES if self.lowres else "") + (BLOCKS if self.per_block else "")
+        on = (self.lowres, self.grey, self.per_block)
+        return base + "".join(flag for flag, set_ in zip(FLAGS, on, strict=True) if set_)
 
     @property
     def stats_name(self) -> str:
         """The per-cell statistics depend on the levels and views only."""
-        return Readout(self.levels, lowres=self.lowres).name
+        return Readout(self.levels, lowres=self.lowres, grey=self.grey).name
 
     @property
     def n_views(self) -> int:
-        return 2 if self.lowres else 1
+        return 1 + self.lowres + self.grey
 
     @property
     def is_plain(self) -> bool:
@@ -82,16 +92,14 @@ class Readout:
 
 
 def parse_readout(spec: str | None) -> Readout:
-    """'global' | 'pyramid-1-2-4', each optionally '+lowres' and/or '+blocks'. Levels: distinct ascending
-    powers of two."""
+    """'global' | 'pyramid-1-2-4', each optionally with '+lowres', '+grey' and/or '+blocks' (in any order).
+    Levels: distinct ascending powers of two."""
     core, *flags = (spec or GLOBAL).split("+")
-    if any(f"+{f}" not in (BLOCKS, LOWRES) for f in flags) or len(set(flags)) != len(flags):
-        raise ValueError(
-            f"unknown read-out {spec!r}; use 'global' or 'pyramid-N-M-…', optionally with '+lowres' and/or '+blocks'"
-        )
-    per_block, lowres = BLOCKS[1:] in flags, LOWRES[1:] in flags
+    if any(f"+{f}" not in FLAGS for f in flags) or len(set(flags)) != len(flags):
+        raise ValueError(f"unknown read-out {spec!r}; use 'global' or 'pyramid-N-M-…', optionally with {_FLAGS_TEXT}")
+    per_block, lowres, grey = (flag[1:] in flags for flag in (BLOCKS, LOWRES, GREY))
     if core == GLOBAL:
-        return Readout((1,), per_block, lowres)
+        return Readout((1,), per_block, lowres, grey)
     parts = core.split("-")
     try:
         if parts[0] != "pyramid" or len(parts) < 2:
@@ -100,11 +108,14 @@ def parse_readout(spec: str | None) -> Readout:
     except ValueError:
         raise ValueError(
             f"unknown read-out {spec!r}; use 'global' or 'pyramid-N-M-…' (grid sizes, e.g. "
-            "pyramid-1-2-4), optionally with '+lowres' and/or '+blocks'"
+            f"pyramid-1-2-4), optionally with {_FLAGS_TEXT}"
         ) from None
     if list(levels) != sorted(set(levels)) or any(n < 1 or n & (n - 1) for n in levels):
         raise ValueError(f"pyramid levels must be distinct ascending powers of two, got {spec!r}")
-    return Readout(levels, per_block, lowres)
+    return Readout(levels, per_block, lowres, grey)
+
+
+_FLAGS_TEXT = "'+lowres', '+grey' and/or '+blocks'"
 
 
 def n_cells(levels: tuple[int, ...]) -> int:
@@ -283,12 +294,13 @@ def pool_levels(fine: torch.Tensor, levels: tuple[int, ...]) -> torch.Tensor:
     return torch.matmul(pooling_matrix(levels).to(fine), fine)
 
 
-def over_views(cells: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, lowres: bool) -> torch.Tensor:
-    """`cells` of each view of `x` (x, and with `lowres` its `lowpass` copy), views stacked as cells; one
-    view's result is returned as it is, without a `cat` copy."""
-    if not lowres:
+def over_views(cells: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, spec: Readout) -> torch.Tensor:
+    """`cells` of each view of `x` (x, then its `lowpass` copy with `+lowres` and its `greyscale` copy with
+    `+grey`), views stacked as cells; one view's result is returned as it is, without a `cat` copy."""
+    if spec.n_views == 1:
         return cells(x)
-    return torch.cat([cells(x), cells(lowpass(x))], dim=1)
+    views = [x] + [lowpass(x)] * spec.lowres + [greyscale(x)] * spec.grey
+    return torch.cat([cells(v) for v in views], dim=1)
 
 
 def pyramid_grads(d: nn.Module, x: torch.Tensor, levels: tuple[int, ...], channels_last: bool = False) -> torch.Tensor:
@@ -301,10 +313,16 @@ def lowpass(x: torch.Tensor) -> torch.Tensor:
     return F.interpolate(F.avg_pool2d(x, 2), scale_factor=2, mode="bilinear", align_corners=False)
 
 
+def greyscale(x: torch.Tensor) -> torch.Tensor:
+    """The view of `+grey`: B×3×R×R images (model space) with their luma in all three channels."""
+    luma = torch.tensor(LUMA, dtype=x.dtype, device=x.device)
+    return torch.einsum("bchw,c->bhw", x, luma)[:, None].expand(-1, 3, -1, -1).contiguous()
+
+
 def view_grads(d: nn.Module, x: torch.Tensor, readout: Readout) -> torch.Tensor:
     """B×(V·R)×P: the pyramid cell gradients of each view of `x` (model space), views stacked as cells."""
     nhwc = x.device.type == "cpu"  # the cell kernels copy runs of channels; +11 % on the default model
-    return over_views(lambda v: pyramid_grads(d, v, readout.levels, nhwc), x, readout.lowres)
+    return over_views(lambda v: pyramid_grads(d, v, readout.levels, nhwc), x, readout)
 
 
 def level_weights(levels: tuple[int, ...], device: torch.device | str = "cpu", n_views: int = 1) -> torch.Tensor:

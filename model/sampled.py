@@ -35,6 +35,7 @@ from model import fisher
 from model.data import uint8_to_model
 from model.precision import computing_in, products_in
 from model.pyramid import (
+    Readout,
     _cells,
     capture_with_map,
     cell_columns,
@@ -323,7 +324,7 @@ class SampledAFV:
     """Images → weighted coordinate-sampled AFVs whose squared distances estimate the exact AFVs'.
 
     Works for the whole-image extractor (`AFVExtractor`) and the spatial-pyramid one
-    (`PyramidAFVExtractor`, any levels, `+lowres`, `+blocks`), with normalisation none, l2 or power.
+    (`PyramidAFVExtractor`, any levels, `+lowres`, `+grey`, `+blocks`), with normalisation none, l2 or power.
     """
 
     def __init__(self, extractor, samples: int = 16384, seed: int = 0, exact_below: int = 4096):
@@ -332,7 +333,7 @@ class SampledAFV:
         self.extractor, self.samples, self.seed, self.exact_below = extractor, samples, seed, exact_below
         spec = getattr(extractor, "spec", None)
         self.levels: tuple[int, ...] = spec.levels if spec is not None else (1,)
-        self.lowres = bool(spec is not None and spec.lowres)
+        self.views = spec if spec is not None else Readout()
         self.grid = self.levels[-1]
         self.channels_last = extractor.device.type == "cpu"  # NHWC kernels are faster there (fisher.capture)
         self.plans = plan_samples(extractor.d, extractor.resolution, samples, seed, exact_below)
@@ -420,7 +421,7 @@ class SampledAFV:
         before the fixed weights of `coordinate_scale` (which a sketch can fold into its map)."""
         ex = self.extractor
         xm = uint8_to_model(x.to(ex.device))
-        raw = over_views(lambda v: pool_levels(self.raw_cells(v), self.levels), xm, self.lowres)  # B×R×M
+        raw = over_views(lambda v: pool_levels(self.raw_cells(v), self.levels), xm, self.views)  # B×R×M
         if self.n_units == 1:
             method = self.extractor.normalization
             return fisher.fisher_normalize_(raw, self.mean, self.inv, method, weights=self.weights_dev)

@@ -399,8 +399,9 @@ def _progress(flag: bool | None) -> bool:
 def _grid(labels: list[str], rows: list[dict], value) -> str:
     """Label × metric table: `value(row, label)` in each cell."""
     w = max(14, *(len(s) + 1 for s in labels))
-    lines = [f"{'':<{w}}" + "".join(f"{r['metric'][:13]:>14}" for r in rows)]
-    lines += [f"{lab:<{w}}" + "".join(f"{value(r, lab):>14.3f}" for r in rows) for lab in labels]
+    cols = [max(14, len(r["metric"]) + 2) for r in rows]  # whole names: read-outs differ only in their ends
+    lines = [f"{'':<{w}}" + "".join(f"{r['metric']:>{c}}" for r, c in zip(rows, cols))]
+    lines += [f"{lab:<{w}}" + "".join(f"{value(r, lab):>{c}.3f}" for r, c in zip(rows, cols)) for lab in labels]
     return "\n".join(lines)
 
 

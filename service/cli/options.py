@@ -33,7 +33,10 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 EmbeddingOpt = Annotated[str | None, typer.Option(help="bigan/bigbigan models: z | hidden | z+hidden (default z).")]
 ReadoutOpt = Annotated[
     str | None,
-    typer.Option(help="AFV read-out: global | pyramid-1-2-4 (spatial pyramid levels); default: the model's."),
+    typer.Option(
+        help="AFV read-out: global | pyramid-1-2-4 (spatial pyramid levels), optionally +lowres, +grey, +blocks; "
+        "default: the model's."
+    ),
 ]
 
 

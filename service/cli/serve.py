@@ -26,7 +26,11 @@ def serve_command(
     precision: PrecisionOpt = None,
     embedding: EmbeddingOpt = None,
     readout: Annotated[
-        str | None, typer.Option(help="AFV models: global | pyramid-1-2-4 (spatial pyramid); default: the model's own.")
+        str | None,
+        typer.Option(
+            help="AFV models: global | pyramid-1-2-4 (spatial pyramid), optionally +lowres, +grey, +blocks; "
+            "default: the model's own."
+        ),
     ] = None,
     read_only: Annotated[
         bool,

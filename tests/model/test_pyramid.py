@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -173,6 +174,58 @@ def test_lowres_view_stacks_the_low_passed_image_as_more_cells(tiny_run, cifar_i
     torch.testing.assert_close(both[:, 5:], views[1], rtol=0, atol=0)
     flat = torch.full((1, 3, 8, 8), 0.5, dtype=torch.float64)
     torch.testing.assert_close(pyramid.lowpass(flat), flat)  # a constant image has nothing to lose
+
+
+def test_grey_readout_names_parse_in_any_order_and_count_their_views():
+    spec = pyramid.parse_readout("pyramid-4+grey")
+    assert spec == pyramid.Readout((4,), grey=True) and spec.n_views == 2 and spec.name == "pyramid-4+grey"
+    both = pyramid.parse_readout("pyramid-2+blocks+grey+lowres")
+    assert both.n_views == 3 and both.name == "pyramid-2+lowres+grey+blocks"
+    assert both.stats_name == "pyramid-2+lowres+grey"
+    with pytest.raises(ValueError, match="grey"):
+        pyramid.parse_readout("pyramid-4+grey+grey")
+    with pytest.raises(ValueError, match="grey"):
+        pyramid.parse_readout("pyramid-4+gray")
+
+
+def test_the_grey_view_is_pillows_luma_and_a_grey_image_is_its_own_grey_view(cifar_images):
+    from PIL import Image
+
+    rgb = cifar_images[:3]
+    luma = [np.asarray(Image.fromarray(im.permute(1, 2, 0).numpy()).convert("L"), np.float64) for im in rgb]
+    grey = pyramid.greyscale(rgb.double())
+    assert grey.shape == rgb.shape and torch.equal(grey[:, 0], grey[:, 2])
+    np.testing.assert_allclose(grey[:, 1].numpy(), np.stack(luma), atol=0.51)  # Pillow rounds to integers
+    torch.testing.assert_close(pyramid.greyscale(grey), grey)
+    # in model space too: [-1, 1] is affine in the pixels and the luma weights sum to 1
+    torch.testing.assert_close(pyramid.greyscale(rgb.double() / 127.5 - 1), grey / 127.5 - 1)
+
+
+def test_grey_view_stacks_the_greyscale_image_after_the_others(tiny_run, cifar_images):
+    d = load_embedder(tiny_run, device="cpu").d.double()
+    x = uint8_to_model(cifar_images[:2]).double()
+    three = pyramid.view_grads(d, x, pyramid.parse_readout("pyramid-1-2+lowres+grey"))
+    assert three.shape[1] == 3 * 5
+    for k, view in enumerate((x, pyramid.lowpass(x), pyramid.greyscale(x))):
+        want = pyramid.pyramid_grads(d, view, (1, 2), channels_last=True)  # as on CPU
+        torch.testing.assert_close(three[:, 5 * k : 5 * (k + 1)], want, rtol=0, atol=0)
+
+
+def test_a_greyscale_copy_is_nearer_its_original_relative_to_other_images_with_the_grey_view(tiny_run, cifar_images):
+    """An image and its greyscale copy share the grey view, so the copy's distance is their colour views'."""
+    x = cifar_images[:8]
+    grey = pyramid.greyscale(x.double()).round().to(torch.uint8)
+
+    def copy_over_nearest_other(readout: str) -> tuple[torch.Tensor, torch.Tensor]:
+        ext = load_embedder(tiny_run, device="cpu", readout=readout, normalization="power")
+        v, g = ext.embed(x), ext.embed(grey)
+        nearest = (torch.cdist(v, v) + torch.eye(len(x)) * 1e9).min(dim=1).values
+        return (v - g).norm(dim=1) / nearest, (v - g).reshape(len(x), ext.spec.n_views, -1).norm(dim=2)
+
+    plain, _ = copy_over_nearest_other("pyramid-2")
+    with_grey, per_view = copy_over_nearest_other("pyramid-2+grey")
+    assert bool((per_view[:, 1] < per_view[:, 0]).all())  # the grey views differ only by the luma's rounding
+    assert bool((with_grey < plain).all()), (with_grey, plain)
 
 
 def test_lowres_vectors_give_both_views_equal_weight_and_explain_per_cell(tiny_run, cifar_images):

@@ -80,7 +80,7 @@ def test_sampled_kernels_are_exact_for_any_kernel_size_and_padding(size, padding
 
 
 @pytest.mark.parametrize("normalization", ["none", "l2", "power"])
-@pytest.mark.parametrize("readout", ["global", "pyramid-1-2", "pyramid-2+lowres+blocks"])
+@pytest.mark.parametrize("readout", ["global", "pyramid-1-2", "pyramid-2+lowres+blocks", "pyramid-2+grey"])
 def test_with_every_coordinate_kept_it_is_the_exact_afv(extractor, image_batch, normalization, readout):
     ex = _with_norm(extractor, normalization)
     ex = ex if readout == "global" else _pyramid(ex, readout)

@@ -272,6 +272,15 @@ def test_copies_and_ranking_run_the_afv_metric_sketched(tiny_run, cifar_dir):
     assert 0 <= out["rows"][0]["families"]["noise"]["mean"] <= 1
 
 
+def test_the_table_names_read_outs_that_differ_only_at_their_ends_in_full(tiny_run, cifar_dir):
+    args = ["eval", "copies", str(cifar_dir), "--model", str(tiny_run), "--device", "cpu", "--metric", "afv"]
+    args += ["--readout", "pyramid-2:power", "--readout", "pyramid-2+grey:power", "--edit", "grayscale"]
+    res = runner.invoke(app, [*args, "--queries", "4", "--limit", "20", "--dim", "64"])
+    assert res.exit_code == 0, res.output
+    header = next(line for line in res.output.splitlines() if "afv:" in line)
+    assert header.split() == ["afv:pyramid-2:power", "afv:pyramid-2+grey:power"]
+
+
 def test_readout_variants_are_scored_side_by_side(tiny_run, bapps_dir):
     d = str(bapps_dir / "2afc")
     out = _json(
