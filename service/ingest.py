@@ -130,9 +130,11 @@ def ingest(
     cores = usable_cores()
     if workers > 0:  # fork, as torch's DataLoader does on Linux: workers start at once and only decode
         pool: Executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
-        decode_ahead = True
+        decode_ahead, tasks = True, workers
     else:
-        pool = ThreadPoolExecutor(decode_threads or min(MAX_DECODE_THREADS, cores), "afv-decode")
+        tasks = decode_threads or min(MAX_DECODE_THREADS, cores)
+        pool = ThreadPoolExecutor(tasks, "afv-decode")
+    decode_some = DecodeFiles(decode, decode_errors)
     with pool:
         ahead: deque[tuple[_Plan, list[Future], bool]] = deque()
         for batch in batched(items, batch_size):
@@ -140,7 +142,8 @@ def ingest(
             while alone and ahead:  # the passes before it first: its decode then has every core
                 yield from _finish_pipelined(index, *ahead.popleft(), decode, embed, decode_errors)
             plan, in_flight = _plan(index, batch), bool(ahead)
-            ahead.append((plan, [pool.submit(decode, batch[i].data, batch[i].source) for i in plan.todo], in_flight))
+            chunks = [[(batch[i].data, batch[i].source) for i in part] for part in split(plan.todo, tasks)]
+            ahead.append((plan, [pool.submit(decode_some, chunk) for chunk in chunks], in_flight))
             if alone or len(ahead) > 1:
                 yield from _finish_pipelined(index, *ahead.popleft(), decode, embed, decode_errors)
         while ahead:
@@ -156,14 +159,9 @@ def _finish_pipelined(
     embed: Embed,
     decode_errors: tuple[type[Exception], ...],
 ) -> Iterator[tuple[Item, Outcome]]:
-    """Collect a batch's decoded images from the workers, embed and add them (first dropping what the batch
-    before added meanwhile, if it was planned while that one was in flight)."""
-    decoded: list[np.ndarray | Exception] = []
-    for fut in futures:
-        try:
-            decoded.append(fut.result())
-        except decode_errors as e:
-            decoded.append(e)
+    """Collect a batch's decoded images from the workers (in order, runs of `DecodeFiles`), embed and add them
+    (first dropping what the batch before added meanwhile, if it was planned while that one was in flight)."""
+    decoded: list[np.ndarray | Exception] = [x for fut in futures for x in fut.result()]
     if planned_in_flight:
         decoded = _drop_added_since(index, plan, decoded)
     _complete(index, plan, decoded, decode, embed, decode_errors)
@@ -213,6 +211,36 @@ def _plan(index: AFVIndex, items: list[Item]) -> _Plan:
         else:
             first.setdefault(sha, i)
     return _Plan(items, shas, known, first, outcomes)
+
+
+@dataclass(frozen=True)
+class DecodeFiles:
+    """Decode some images in turn: each one's pixels, or its decode error. One task per decode thread or
+    process and batch: 256-px JPEGs decoded 15-25 % faster in two threads than as one task each (the
+    futures' hand-offs cost more than a small file's decode). Picklable when `decode` is."""
+
+    decode: Decode
+    errors: tuple[type[Exception], ...]
+
+    def __call__(self, files: list[tuple[bytes, str]]) -> list[np.ndarray | Exception]:
+        out: list[np.ndarray | Exception] = []
+        for data, source in files:
+            try:
+                out.append(self.decode(data, source))
+            except self.errors as e:
+                out.append(e)
+        return out
+
+
+def split(items: list[int], parts: int) -> list[list[int]]:
+    """`items` in at most `parts` contiguous runs of nearly equal length (none empty)."""
+    size, extra = divmod(len(items), parts)
+    runs, start = [], 0
+    for k in range(min(parts, len(items))):
+        end = start + size + (k < extra)
+        runs.append(items[start:end])
+        start = end
+    return runs
 
 
 def _decode_one(decode: Decode, item: Item, *, decode_errors: tuple[type[Exception], ...]) -> np.ndarray | Exception:

@@ -139,6 +139,24 @@ def test_decoding_ahead_or_side_by_side_gives_the_same_outcomes(tmp_path, images
     )  # junk fails alone; a repeat is a duplicate
 
 
+def test_a_batch_is_decoded_in_one_run_of_files_per_decode_thread(index, monkeypatch):
+    import service.ingest as ingest_module
+
+    runs: list[list[str]] = []
+    decode_files = ingest_module.DecodeFiles.__call__
+
+    def logged(self, files):
+        runs.append([source for _, source in files])
+        return decode_files(self, files)
+
+    monkeypatch.setattr(ingest_module.DecodeFiles, "__call__", logged)
+    items = [_item(i, source=f"s{i}") for i in range(7)] + [Item(b"junk", source="bad")]
+    got = list(ingest(index, items, decode=decode, embed=CountingEmbed(), batch_size=8, decode_threads=3))
+    assert [o.ok for _, o in got] == [True] * 7 + [False] and isinstance(got[7][1].error, ImageDecodeError)
+    assert sorted(runs) == [["s0", "s1", "s2"], ["s3", "s4", "s5"], ["s6", "bad"]]
+    assert ingest_module.split([1, 2, 3], 8) == [[1], [2], [3]] and ingest_module.split([], 2) == []
+
+
 def test_by_default_small_files_are_decoded_ahead_and_large_ones_alone(tmp_path, monkeypatch):
     import time
 
