@@ -20,10 +20,11 @@ low-passed generator samples; the two views weigh the same. Edits that remove fi
 downscaling, noise) leave the second view nearly unchanged, while the first view keeps the metric
 sensitive to them (multi-scale input for a model whose finest layers see only high frequencies).
 
-With `+grey` every image is also read out as its greyscale copy (ITU-R 601 luma in all three channels,
-as Pillow converts to L), with per-cell statistics from greyscale generator samples; all views weigh
-the same. The grey view of a greyscale copy is the original's grey view, so copies that lost their
-colour (or had it shifted) stay close, at the cost of one more pass per image.
+With `+grey` every image is also read out as its greyscale copy (ITU-R 601 luma, as Pillow converts to
+L), standardised per image to a fixed mean and contrast, in all three channels, with per-cell statistics
+from generator samples seen the same way; all views weigh the same. A copy that lost its colour or had
+its brightness or contrast changed has the original's grey view, so it stays close, at the cost of one
+more pass per image.
 
 Shapes: B = batch, P = D's parameters, R = Σ n² cells over the levels (times V views: 1, plus one each
 for `+lowres` and `+grey`), vectors are B×(R·P) in view-major, level-major, cell-major (row by row), parameter order.
@@ -59,6 +60,7 @@ LOWRES = "+lowres"
 GREY = "+grey"
 FLAGS = (LOWRES, GREY, BLOCKS)  # in the order names list them
 LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, as Pillow's convert("L")
+GREY_STD = 0.5  # the grey view's standard deviation per image (model space: pixels span [-1, 1])
 
 
 @dataclass(frozen=True)
@@ -314,9 +316,18 @@ def lowpass(x: torch.Tensor) -> torch.Tensor:
 
 
 def greyscale(x: torch.Tensor) -> torch.Tensor:
-    """The view of `+grey`: B×3×R×R images (model space) with their luma in all three channels."""
-    luma = torch.tensor(LUMA, dtype=x.dtype, device=x.device)
-    return torch.einsum("bchw,c->bhw", x, luma)[:, None].expand(-1, 3, -1, -1).contiguous()
+    """The view of `+grey`: B×3×R×R images (model space) → their luma, standardised per image to mean 0 and
+    standard deviation GREY_STD (then clipped to [-1, 1]), in all three channels. Greyscale conversion,
+    brightness and contrast changes (affine in the pixels) leave it unchanged, short of clipping."""
+    g = luma(x)
+    mean, std = g.mean((2, 3), keepdim=True), g.std((2, 3), keepdim=True)
+    g = (g - mean).div_(std + 1e-3).mul_(GREY_STD).clamp_(-1, 1)
+    return g.expand(-1, 3, -1, -1).contiguous()
+
+
+def luma(x: torch.Tensor) -> torch.Tensor:
+    """B×3×H×W → B×1×H×W: ITU-R 601 luma, as Pillow's convert("L") (before its rounding)."""
+    return torch.einsum("bchw,c->bhw", x, torch.tensor(LUMA, dtype=x.dtype, device=x.device))[:, None]
 
 
 def view_grads(d: nn.Module, x: torch.Tensor, readout: Readout) -> torch.Tensor:

@@ -188,17 +188,31 @@ def test_grey_readout_names_parse_in_any_order_and_count_their_views():
         pyramid.parse_readout("pyramid-4+gray")
 
 
-def test_the_grey_view_is_pillows_luma_and_a_grey_image_is_its_own_grey_view(cifar_images):
+def test_the_grey_view_is_pillows_luma_standardised_per_image(cifar_images):
     from PIL import Image
 
     rgb = cifar_images[:3]
-    luma = [np.asarray(Image.fromarray(im.permute(1, 2, 0).numpy()).convert("L"), np.float64) for im in rgb]
-    grey = pyramid.greyscale(rgb.double())
-    assert grey.shape == rgb.shape and torch.equal(grey[:, 0], grey[:, 2])
-    np.testing.assert_allclose(grey[:, 1].numpy(), np.stack(luma), atol=0.51)  # Pillow rounds to integers
-    torch.testing.assert_close(pyramid.greyscale(grey), grey)
-    # in model space too: [-1, 1] is affine in the pixels and the luma weights sum to 1
-    torch.testing.assert_close(pyramid.greyscale(rgb.double() / 127.5 - 1), grey / 127.5 - 1)
+    pillow = [np.asarray(Image.fromarray(im.permute(1, 2, 0).numpy()).convert("L"), np.float64) for im in rgb]
+    np.testing.assert_allclose(pyramid.luma(rgb.double())[:, 0].numpy(), np.stack(pillow), atol=0.51)  # rounding
+    view = pyramid.greyscale(uint8_to_model(rgb).double())
+    assert view.shape == rgb.shape and torch.equal(view[:, 0], view[:, 2]) and bool((view.abs() <= 1).all())
+    assert bool((view.mean((1, 2, 3)).abs() < 0.05).all())
+    std, clipped = view.std((1, 2, 3)), (view.abs() == 1).double().mean((1, 2, 3))
+    assert bool((std <= pyramid.GREY_STD + 1e-9).all())  # clipping the tails only lowers it
+    for k in range(len(rgb)):
+        if clipped[k] < 0.005:
+            assert float(std[k]) == pytest.approx(pyramid.GREY_STD, rel=0.02)
+
+
+def test_greyscale_brightness_and_contrast_changes_leave_the_grey_view_unchanged(cifar_images):
+    x = uint8_to_model(cifar_images[:4]).double()
+    view = pyramid.greyscale(x)
+    grey = pyramid.luma(x).expand(-1, 3, -1, -1)  # a greyscale copy: every channel the luma
+    darker = (x + 1) * 0.7 - 1  # 30 % less light: pixels × 0.7
+    flatter = 0.6 * x + 0.4 * x.mean((1, 2, 3), keepdim=True)  # contrast −40 %: blended with the mean
+    for edited in (grey, darker, flatter):
+        torch.testing.assert_close(pyramid.greyscale(edited), view, rtol=0, atol=5e-3)  # the std's 1e-3 floor
+    assert not torch.allclose(pyramid.greyscale(x.flip(3)), view)  # a real view of the image, not a constant
 
 
 def test_grey_view_stacks_the_greyscale_image_after_the_others(tiny_run, cifar_images):
@@ -211,21 +225,20 @@ def test_grey_view_stacks_the_greyscale_image_after_the_others(tiny_run, cifar_i
         torch.testing.assert_close(three[:, 5 * k : 5 * (k + 1)], want, rtol=0, atol=0)
 
 
-def test_a_greyscale_copy_is_nearer_its_original_relative_to_other_images_with_the_grey_view(tiny_run, cifar_images):
-    """An image and its greyscale copy share the grey view, so the copy's distance is their colour views'."""
+def test_in_the_grey_view_a_greyscale_copy_is_far_nearer_than_any_other_image(tiny_run, cifar_images):
+    """The colour view alone may place another image nearer than an image's greyscale copy; the grey view
+    places the copy at a small fraction of the distance to the nearest other image."""
     x = cifar_images[:8]
-    grey = pyramid.greyscale(x.double()).round().to(torch.uint8)
+    grey = pyramid.luma(x.double()).round().to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
+    ext = load_embedder(tiny_run, device="cpu", readout="pyramid-2+grey", normalization="power")
+    v, g = ext.embed(x).reshape(8, 2, -1), ext.embed(grey).reshape(8, 2, -1)
 
-    def copy_over_nearest_other(readout: str) -> tuple[torch.Tensor, torch.Tensor]:
-        ext = load_embedder(tiny_run, device="cpu", readout=readout, normalization="power")
-        v, g = ext.embed(x), ext.embed(grey)
-        nearest = (torch.cdist(v, v) + torch.eye(len(x)) * 1e9).min(dim=1).values
-        return (v - g).norm(dim=1) / nearest, (v - g).reshape(len(x), ext.spec.n_views, -1).norm(dim=2)
+    def copy_over_nearest_other(view: int) -> torch.Tensor:
+        nearest = (torch.cdist(v[:, view], v[:, view]) + torch.eye(8) * 1e9).min(dim=1).values
+        return (v[:, view] - g[:, view]).norm(dim=1) / nearest
 
-    plain, _ = copy_over_nearest_other("pyramid-2")
-    with_grey, per_view = copy_over_nearest_other("pyramid-2+grey")
-    assert bool((per_view[:, 1] < per_view[:, 0]).all())  # the grey views differ only by the luma's rounding
-    assert bool((with_grey < plain).all()), (with_grey, plain)
+    colour, grey_view = copy_over_nearest_other(0), copy_over_nearest_other(1)
+    assert float(grey_view.max()) < 0.2 and float(colour.max()) > 0.5, (grey_view, colour)
 
 
 def test_lowres_vectors_give_both_views_equal_weight_and_explain_per_cell(tiny_run, cifar_images):
