@@ -59,6 +59,7 @@ BLOCKS = "+blocks"
 LOWRES = "+lowres"
 GREY = "+grey"
 FLAGS = (LOWRES, GREY, BLOCKS)  # in the order names list them
+_FLAGS_TEXT = "'+lowres', '+grey' and/or '+blocks'"
 LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, as Pillow's convert("L")
 GREY_STD = 0.5  # the grey view's standard deviation per image (model space: pixels span [-1, 1])
 
@@ -115,9 +116,6 @@ def parse_readout(spec: str | None) -> Readout:
     if list(levels) != sorted(set(levels)) or any(n < 1 or n & (n - 1) for n in levels):
         raise ValueError(f"pyramid levels must be distinct ascending powers of two, got {spec!r}")
     return Readout(levels, per_block, lowres, grey)
-
-
-_FLAGS_TEXT = "'+lowres', '+grey' and/or '+blocks'"
 
 
 def n_cells(levels: tuple[int, ...]) -> int:

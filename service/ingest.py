@@ -142,8 +142,8 @@ def ingest(
             while alone and ahead:  # the passes before it first: its decode then has every core
                 yield from _finish_pipelined(index, *ahead.popleft(), decode, embed, decode_errors)
             plan, in_flight = _plan(index, batch), bool(ahead)
-            chunks = [[(batch[i].data, batch[i].source) for i in part] for part in split(plan.todo, tasks)]
-            ahead.append((plan, [pool.submit(decode_some, chunk) for chunk in chunks], in_flight))
+            runs = [[batch[i] for i in run] for run in split(plan.todo, tasks)]
+            ahead.append((plan, [pool.submit(decode_some, run) for run in runs], in_flight))
             if alone or len(ahead) > 1:
                 yield from _finish_pipelined(index, *ahead.popleft(), decode, embed, decode_errors)
         while ahead:
@@ -222,25 +222,13 @@ class DecodeFiles:
     decode: Decode
     errors: tuple[type[Exception], ...]
 
-    def __call__(self, files: list[tuple[bytes, str]]) -> list[np.ndarray | Exception]:
-        out: list[np.ndarray | Exception] = []
-        for data, source in files:
-            try:
-                out.append(self.decode(data, source))
-            except self.errors as e:
-                out.append(e)
-        return out
+    def __call__(self, items: list[Item]) -> list[np.ndarray | Exception]:
+        return [_decode_one(self.decode, item, decode_errors=self.errors) for item in items]
 
 
 def split(items: list[int], parts: int) -> list[list[int]]:
     """`items` in at most `parts` contiguous runs of nearly equal length (none empty)."""
-    size, extra = divmod(len(items), parts)
-    runs, start = [], 0
-    for k in range(min(parts, len(items))):
-        end = start + size + (k < extra)
-        runs.append(items[start:end])
-        start = end
-    return runs
+    return [run.tolist() for run in np.array_split(np.asarray(items, dtype=np.int64), parts) if len(run)]
 
 
 def _decode_one(decode: Decode, item: Item, *, decode_errors: tuple[type[Exception], ...]) -> np.ndarray | Exception:

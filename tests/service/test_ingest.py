@@ -145,9 +145,9 @@ def test_a_batch_is_decoded_in_one_run_of_files_per_decode_thread(index, monkeyp
     runs: list[list[str]] = []
     decode_files = ingest_module.DecodeFiles.__call__
 
-    def logged(self, files):
-        runs.append([source for _, source in files])
-        return decode_files(self, files)
+    def logged(self, items):
+        runs.append([item.source for item in items])
+        return decode_files(self, items)
 
     monkeypatch.setattr(ingest_module.DecodeFiles, "__call__", logged)
     items = [_item(i, source=f"s{i}") for i in range(7)] + [Item(b"junk", source="bad")]
